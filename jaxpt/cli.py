@@ -1,0 +1,179 @@
+"""The `jaxpt` command: argument parsing and error reporting only; the work is delegated.
+
+  jaxpt prepare  --input=PATH --output=DIR      text -> tokenizer + stored examples
+  jaxpt pretrain --config=FILE --workdir=DIR    masked-LM + NSP pretraining, resumable
+
+A mistake the user can fix (a missing path, a config typo, a mismatched checkpoint) ends with
+one line on stderr naming it and exit status 2, before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+from absl import flags
+
+COMMANDS = {
+    "prepare": "clean text files, train a WordPiece tokenizer, write BERT examples (tensorstore)",
+    "pretrain": "pretrain BERT (MLM + NSP) on prepared data; re-run to resume",
+}
+
+USAGE = """usage: jaxpt COMMAND [--flag=value ...]
+
+jaxpt: pretraining and fine-tuning BERT-style models with JAX and Flax NNX.
+
+commands:
+{commands}
+
+`jaxpt COMMAND --help` describes a command's flags. Example, the `make pretrain` demo:
+  jaxpt prepare --recipe=shakespeare --output=workdirs/shakespeare/data --vocab_size=8192
+  jaxpt pretrain --config=configs/shakespeare_tiny.py --workdir=workdirs/shakespeare
+"""
+
+
+class UsageError(Exception):
+  pass
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+  from jaxpt.config import ConfigError
+  from jaxpt.data.clean import InputError
+  from jaxpt.data.store import StoreError
+  from jaxpt.data.tokenizer import TokenizerError
+  return (UsageError, ConfigError, InputError, StoreError, TokenizerError, flags.Error)
+
+
+def _prepare_flags() -> flags.FlagValues:
+  from jaxpt.data.corpora import RECIPES
+  from jaxpt.data.prepare import PrepareOptions
+  d = PrepareOptions()
+  fv = flags.FlagValues()
+  flags.DEFINE_multi_string("input", [], "Text files, directories or globs; repeatable or "
+                            "comma-separated. Documents are separated by blank lines, one "
+                            "sentence per line.", flag_values=fv)
+  flags.DEFINE_enum("recipe", None, list(RECIPES), "A real corpus to fetch (into the cache) "
+                    "and use as input: " + ", ".join(RECIPES), flag_values=fv)
+  flags.DEFINE_string("output", None, "Output directory (created; must not hold files unless "
+                      "--overwrite).", flag_values=fv)
+  flags.DEFINE_string("tokenizer", d.tokenizer, "A vocab.txt or tokenizer.json to use instead "
+                      "of training a WordPiece tokenizer.", flag_values=fv)
+  flags.DEFINE_integer("vocab_size", d.vocab_size, "Size of the trained WordPiece vocabulary.",
+                       flag_values=fv)
+  flags.DEFINE_integer("seq_length", d.seq_length, "Tokens per example, [CLS] and [SEP] "
+                       "included.", flag_values=fv)
+  flags.DEFINE_boolean("lowercase", d.lowercase, "Lower-case text (uncased BERT).",
+                       flag_values=fv)
+  flags.DEFINE_integer("min_chars", d.min_chars, "Drop documents shorter than this after "
+                       "cleaning.", flag_values=fv)
+  flags.DEFINE_float("validation_fraction", d.validation_fraction, "Fraction of documents "
+                     "(by hash of their text) held out for evaluation.", flag_values=fv)
+  flags.DEFINE_float("short_seq_prob", d.short_seq_prob, "Probability of a shorter target "
+                     "length for an example (BERT: 0.1).", flag_values=fv)
+  flags.DEFINE_integer("seed", d.seed, "Seed of the example construction.", flag_values=fv)
+  flags.DEFINE_boolean("overwrite", d.overwrite, "Replace an existing output directory.",
+                       flag_values=fv)
+  flags.DEFINE_string("cache_dir", None, "Where recipes cache downloads (default "
+                      "$JAXPT_CACHE or ~/.cache/jaxpt).", flag_values=fv)
+  flags.DEFINE_boolean("progress", True, "Show progress bars.", flag_values=fv)
+  return fv
+
+
+def _run_prepare(fv: flags.FlagValues) -> int:
+  from jaxpt.data import corpora
+  from jaxpt.data.prepare import PrepareOptions, prepare
+  if not fv.output:
+    raise UsageError("--output is required")
+  inputs = list(fv.input)
+  if fv.recipe:
+    inputs.append(str(corpora.fetch(fv.recipe, fv.cache_dir)))
+  if not inputs:
+    raise UsageError("give --input=PATH (or --recipe=NAME)")
+  opts = PrepareOptions(
+      vocab_size=fv.vocab_size, seq_length=fv.seq_length, tokenizer=fv.tokenizer,
+      lowercase=fv.lowercase, min_chars=fv.min_chars,
+      validation_fraction=fv.validation_fraction, short_seq_prob=fv.short_seq_prob,
+      seed=fv.seed, overwrite=fv.overwrite, progress=fv.progress)
+  manifest = prepare(inputs, fv.output, opts)
+  splits = ", ".join(f"{name}: {s['examples']} examples ({s['tokens']} tokens)"
+                     for name, s in manifest["splits"].items())
+  print(f"jaxpt prepare: {fv.output}: vocabulary {manifest['tokenizer']['vocab_size']}, "
+        f"{splits}; kept {manifest['cleaning']['documents_kept']} of "
+        f"{manifest['cleaning']['documents_in']} documents in {manifest['seconds']} s")
+  return 0
+
+
+def _pretrain_flags() -> flags.FlagValues:
+  from ml_collections import config_flags
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file(
+      "config", None, "A preset in configs/ (e.g. configs/bert_tiny.py); override fields with "
+      "--config.optim.learning_rate=3e-4 and the like.", flag_values=fv, lock_config=True)
+  flags.DEFINE_string("workdir", None, "Run directory: checkpoints/, metrics.jsonl, "
+                      "tensorboard/. Re-running with the same one resumes.", flag_values=fv)
+  flags.DEFINE_boolean("progress", True, "Show a progress bar.", flag_values=fv)
+  return fv
+
+
+def _run_pretrain(fv: flags.FlagValues) -> int:
+  if not fv.workdir:
+    raise UsageError("--workdir is required")
+  if fv.config is None:
+    raise UsageError("--config is required (e.g. --config=configs/bert_tiny.py)")
+  from jaxpt import trainer
+  try:
+    trainer.pretrain(fv.config, fv.workdir, progress=fv.progress)
+  except trainer.TrainError as e:
+    raise UsageError(str(e)) from None
+  return 0
+
+
+_FLAGS = {"prepare": (_prepare_flags, _run_prepare), "pretrain": (_pretrain_flags, _run_pretrain)}
+
+
+def _usage() -> str:
+  width = max(len(c) for c in COMMANDS)
+  return USAGE.format(commands="\n".join(f"  {c:<{width}}  {h}" for c, h in COMMANDS.items()))
+
+
+def _parse(fv: flags.FlagValues, argv: list[str]) -> None:
+  try:
+    rest = fv(argv)
+  except flags.Error as e:
+    raise UsageError(str(e).splitlines()[0]) from None
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
+    # ml_collections reports an unknown --config.key as KeyError, a bad type as TypeError.
+    message = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+    raise UsageError(message.splitlines()[0]) from None
+  if len(rest) > 1:
+    raise UsageError(f"unexpected argument {rest[1]!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+    print(_usage())
+    return 0
+  command = argv[1]
+  if command not in _FLAGS:
+    print(f"jaxpt: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+    return 2
+  define, run = _FLAGS[command]
+  fv = define()
+  if any(a in ("-h", "--help", "--helpfull") for a in argv[2:]):
+    print(f"usage: jaxpt {command} [--flag=value ...]\n\n{COMMANDS[command]}\n")
+    print(textwrap.indent(fv.get_help(include_special_flags=False), ""))
+    return 0
+  try:
+    _parse(fv, [f"jaxpt {command}"] + argv[2:])
+    return run(fv)
+  except _user_errors() as e:
+    print(f"jaxpt {command}: error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print(f"jaxpt {command}: interrupted", file=sys.stderr)
+    return 130
+
+
+if __name__ == "__main__":
+  sys.exit(main())

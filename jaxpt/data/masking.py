@@ -1,0 +1,90 @@
+"""Dynamic MLM masking on the host: pure numpy, a pure function of the seed it is given."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskingSpec:
+  vocab_size: int
+  mask_id: int
+  special_ids: tuple[int, ...]  # never chosen as targets, never drawn as random replacements
+  mask_prob: float = 0.15
+  mask_token_prob: float = 0.8
+  random_token_prob: float = 0.1
+  max_predictions: int = 20
+
+
+def mask_row(input_ids: np.ndarray, length: int, spec: MaskingSpec,
+             rng: np.random.Generator):
+  """Masks one example.
+
+  Chooses round(mask_prob * candidates) target positions among the non-special tokens (at least
+  one, at most `max_predictions`); each target becomes [MASK] with probability mask_token_prob,
+  a random non-special token with probability random_token_prob, or stays as it is.
+
+  Returns (masked_ids_row [length], positions [P], targets [P], weights [P]) with
+  P = spec.max_predictions; unused slots have position 0, target 0 and weight 0.
+  """
+  ids = input_ids.copy()
+  candidates = np.flatnonzero(~np.isin(ids[:length], spec.special_ids))
+  p = spec.max_predictions
+  positions = np.zeros(p, np.int32)
+  targets = np.zeros(p, np.int32)
+  weights = np.zeros(p, np.float32)
+  if candidates.size == 0:
+    return ids, positions, targets, weights
+  n = min(p, max(1, int(round(candidates.size * spec.mask_prob))))
+  chosen = np.sort(rng.choice(candidates, size=n, replace=False))
+  positions[:n] = chosen
+  targets[:n] = ids[chosen]
+  weights[:n] = 1.0
+  u = rng.random(n)
+  to_mask = u < spec.mask_token_prob
+  to_random = (u >= spec.mask_token_prob) & (u < spec.mask_token_prob + spec.random_token_prob)
+  ids[chosen[to_mask]] = spec.mask_id
+  if to_random.any():
+    ids[chosen[to_random]] = _random_tokens(rng, int(to_random.sum()), spec)
+  return ids, positions, targets, weights
+
+
+def _random_tokens(rng: np.random.Generator, n: int, spec: MaskingSpec) -> np.ndarray:
+  """Uniform over the vocabulary minus the special tokens."""
+  special = np.sort(np.asarray(spec.special_ids))
+  draws = rng.integers(0, spec.vocab_size - len(special), size=n)
+  for s in special:  # shift past each special id at or below the draw
+    draws = draws + (draws >= s)
+  return draws
+
+
+def mask_batch(rows: dict[str, np.ndarray], spec: MaskingSpec, seed: int, step: int,
+               row_offset: int = 0) -> dict[str, np.ndarray]:
+  """Masks a batch of stored rows into model inputs.
+
+  Each row's randomness is seeded by (seed, step, global row index), so a row is masked the
+  same whichever process reads it and however the batch is split across processes.
+  """
+  ids = rows["input_ids"]
+  batch, length = ids.shape
+  out_ids = np.empty_like(ids, dtype=np.int32)
+  p = spec.max_predictions
+  positions = np.zeros((batch, p), np.int32)
+  targets = np.zeros((batch, p), np.int32)
+  weights = np.zeros((batch, p), np.float32)
+  for r in range(batch):
+    rng = np.random.default_rng((seed, step, row_offset + r))
+    out_ids[r], positions[r], targets[r], weights[r] = mask_row(
+        ids[r], int(rows["lengths"][r]), spec, rng)
+  attention_mask = (np.arange(length)[None, :] < rows["lengths"][:, None]).astype(np.int32)
+  return {
+      "input_ids": out_ids,
+      "token_type_ids": rows["token_type_ids"].astype(np.int32),
+      "attention_mask": attention_mask,
+      "masked_positions": positions,
+      "masked_ids": targets,
+      "masked_weights": weights,
+      "nsp_labels": rows["nsp_labels"].astype(np.int32),
+  }

@@ -1,0 +1,125 @@
+"""Examples as tensorstore zarr3 arrays, plus the JSON manifest, on local disk or GCS.
+
+Layout of a prepared directory:
+  manifest.json                 written last: its presence means the directory is complete
+  tokenizer.json, vocab.txt
+  {split}/input_ids             [examples, length] uint16 (int32 if the vocabulary needs it)
+  {split}/token_type_ids        [examples, length] uint8
+  {split}/lengths               [examples] int32
+  {split}/nsp_labels            [examples] uint8
+Arrays are zarr3 with sharding: small inner chunks for random reads, few files on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import tensorstore as ts
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+ARRAYS = ("input_ids", "token_type_ids", "lengths", "nsp_labels")
+_ROWS_PER_CHUNK = 64  # inner chunk: a random read decompresses 64 rows
+_ROWS_PER_SHARD = 16384  # outer chunk: one file per 16k rows
+
+
+class StoreError(ValueError):
+  pass
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+  return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.int32)
+
+
+def _kvstore(path: str) -> dict:
+  if path.startswith("gs://"):
+    bucket, _, key = path[len("gs://"):].partition("/")
+    return {"driver": "gcs", "bucket": bucket, "path": key}
+  return {"driver": "file", "path": os.path.abspath(path)}
+
+
+def _spec(path: str, shape: tuple[int, ...], dtype: np.dtype) -> dict:
+  rows = max(1, min(_ROWS_PER_SHARD, shape[0]))
+  inner = max(1, min(_ROWS_PER_CHUNK, rows))
+  shard = -(-rows // inner) * inner
+  return {
+      "driver": "zarr3",
+      "kvstore": _kvstore(path),
+      "metadata": {
+          "shape": list(shape),
+          "data_type": np.dtype(dtype).name,
+          "chunk_grid": {"name": "regular",
+                         "configuration": {"chunk_shape": [shard, *shape[1:]]}},
+          "codecs": [{"name": "sharding_indexed", "configuration": {
+              "chunk_shape": [inner, *shape[1:]],
+              "codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                         {"name": "zstd", "configuration": {"level": 3}}],
+          }}],
+      },
+  }
+
+
+def write_split(directory: str, split: str, arrays, vocab_size: int) -> None:
+  """Writes one split's arrays under `directory/split/`."""
+  dtypes = {"input_ids": token_dtype(vocab_size), "token_type_ids": np.dtype(np.uint8),
+            "lengths": np.dtype(np.int32), "nsp_labels": np.dtype(np.uint8)}
+  for name in ARRAYS:
+    data = np.asarray(getattr(arrays, name)).astype(dtypes[name])
+    if data.shape[0] == 0:
+      raise StoreError(f"{split}: no examples to write")
+    arr = ts.open(_spec(os.path.join(directory, split, name), data.shape, data.dtype),
+                  create=True, delete_existing=True).result()
+    arr.write(data).result()
+
+
+def write_manifest(directory: str, manifest: dict) -> None:
+  """Written last, through a temporary file and a rename, so it is never half there."""
+  path = os.path.join(directory, MANIFEST)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump({"format_version": FORMAT_VERSION, **manifest}, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def read_manifest(directory: str) -> dict:
+  path = os.path.join(directory, MANIFEST)
+  if not os.path.isdir(directory):
+    raise StoreError(f"data directory {directory}: does not exist (run `jaxpt prepare` first)")
+  if not os.path.exists(path):
+    raise StoreError(f"data directory {directory}: no {MANIFEST}; it is not a finished "
+                     "`jaxpt prepare` output")
+  with open(path, encoding="utf-8") as f:
+    manifest = json.load(f)
+  if manifest.get("format_version") != FORMAT_VERSION:
+    raise StoreError(f"{path}: format_version {manifest.get('format_version')!r}, "
+                     f"this jaxpt reads {FORMAT_VERSION}")
+  return manifest
+
+
+class SplitReader:
+  """Random-access rows of one split; `read(indices)` returns a dict of numpy arrays."""
+
+  def __init__(self, directory: str, split: str):
+    self.split = split
+    self._arrays = {}
+    for name in ARRAYS:
+      spec = {"driver": "zarr3", "kvstore": _kvstore(os.path.join(directory, split, name))}
+      try:
+        self._arrays[name] = ts.open(spec, read=True).result()
+      except ValueError as e:
+        raise StoreError(f"{os.path.join(directory, split, name)}: cannot open ({e})") from None
+    self.num_examples = int(self._arrays["lengths"].shape[0])
+    self.seq_length = int(self._arrays["input_ids"].shape[1])
+
+  def __len__(self) -> int:
+    return self.num_examples
+
+  def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows at `indices` (any order, repeats allowed), as int32 arrays."""
+    unique, inverse = np.unique(indices, return_inverse=True)
+    futures = {name: arr[unique].read() for name, arr in self._arrays.items()}
+    return {name: np.asarray(f.result())[inverse].astype(np.int32)
+            for name, f in futures.items()}

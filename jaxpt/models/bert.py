@@ -1,0 +1,195 @@
+"""BERT encoder with its pretraining heads (masked LM, next sentence) in Flax NNX.
+
+Post-LN Transformer as in Devlin et al. (2019) and HuggingFace's `BertForPreTraining`. Every
+parameter carries logical axis names (`vocab`, `embed`, `heads`, `head_dim`, `mlp`, ...); the one
+mapping from those names to mesh axes lives in `jaxpt/sharding.py`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxpt.config import ModelConfig
+
+
+def _dense_init(cfg: ModelConfig, axes: tuple[str | None, ...]):
+  return nnx.with_partitioning(
+      jax.nn.initializers.truncated_normal(cfg.initializer_range), axes)
+
+
+def _zeros(axes: tuple[str | None, ...]):
+  return nnx.with_partitioning(jax.nn.initializers.zeros, axes)
+
+
+def _layer_norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  return nnx.LayerNorm(
+      cfg.hidden_size, epsilon=cfg.layer_norm_eps, dtype=_dtype(cfg),
+      scale_init=nnx.with_partitioning(jax.nn.initializers.ones, ("norm",)),
+      bias_init=_zeros(("norm",)), rngs=rngs)
+
+
+def _dtype(cfg: ModelConfig):
+  return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+
+
+class Embeddings(nnx.Module):
+  """Word + position + token-type embeddings, then LayerNorm and dropout."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    init = jax.nn.initializers.truncated_normal(cfg.initializer_range)
+    self.word = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=_dtype(cfg),
+                          embedding_init=nnx.with_partitioning(init, ("vocab", "embed")),
+                          rngs=rngs)
+    self.position = nnx.Embed(cfg.max_position_embeddings, cfg.hidden_size, dtype=_dtype(cfg),
+                              embedding_init=nnx.with_partitioning(init, (None, "embed")),
+                              rngs=rngs)
+    self.token_type = nnx.Embed(cfg.type_vocab_size, cfg.hidden_size, dtype=_dtype(cfg),
+                                embedding_init=nnx.with_partitioning(init, (None, "embed")),
+                                rngs=rngs)
+    self.norm = _layer_norm(cfg, rngs)
+    self.dropout = nnx.Dropout(cfg.hidden_dropout)
+
+  def __call__(self, input_ids, token_type_ids, *, deterministic: bool, rngs):
+    length = input_ids.shape[1]
+    x = self.word(input_ids)  # [batch, length, embed]
+    x = x + self.position(jnp.arange(length))[None]  # positions 0..length-1
+    x = x + self.token_type(token_type_ids)
+    return self.dropout(self.norm(x), deterministic=deterministic, rngs=rngs)
+
+
+class SelfAttention(nnx.Module):
+  """Multi-head self-attention; `jax.nn.dot_product_attention` unless attention dropout is on."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    h, n, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+    qkv = dict(kernel_init=_dense_init(cfg, ("embed", "heads", "head_dim")),
+               bias_init=_zeros(("heads", "head_dim")), dtype=_dtype(cfg), rngs=rngs)
+    self.query = nnx.LinearGeneral(h, (n, d), **qkv)
+    self.key = nnx.LinearGeneral(h, (n, d), **qkv)
+    self.value = nnx.LinearGeneral(h, (n, d), **qkv)
+    self.out = nnx.LinearGeneral((n, d), h, axis=(-2, -1),
+                                 kernel_init=_dense_init(cfg, ("heads", "head_dim", "embed")),
+                                 bias_init=_zeros(("embed",)), dtype=_dtype(cfg), rngs=rngs)
+    self.attention_dropout = nnx.Dropout(cfg.attention_dropout)
+    self.scale = d ** -0.5
+
+  def __call__(self, x, attention_mask, *, deterministic: bool, rngs):
+    q = self.query(x)  # [batch, length, heads, head_dim]
+    k = self.key(x)
+    v = self.value(x)
+    mask = attention_mask[:, None, None, :].astype(bool)  # [batch, 1, 1, length] (keys)
+    if deterministic or self.attention_dropout.rate == 0.0:
+      y = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=self.scale)
+    else:
+      # Dropout on the attention probabilities (BERT) needs them materialised.
+      logits = jnp.einsum("bqnd,bknd->bnqk", q, k) * self.scale  # [batch, heads, q, k]
+      logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+      probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+      probs = self.attention_dropout(probs, deterministic=deterministic, rngs=rngs)
+      y = jnp.einsum("bnqk,bknd->bqnd", probs, v)  # [batch, length, heads, head_dim]
+    return self.out(y)  # [batch, length, embed]
+
+
+class Mlp(nnx.Module):
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.up = nnx.Linear(cfg.hidden_size, cfg.intermediate_size, dtype=_dtype(cfg),
+                         kernel_init=_dense_init(cfg, ("embed", "mlp")),
+                         bias_init=_zeros(("mlp",)), rngs=rngs)
+    self.down = nnx.Linear(cfg.intermediate_size, cfg.hidden_size, dtype=_dtype(cfg),
+                           kernel_init=_dense_init(cfg, ("mlp", "embed")),
+                           bias_init=_zeros(("embed",)), rngs=rngs)
+
+  def __call__(self, x):
+    return self.down(jax.nn.gelu(self.up(x), approximate=False))  # BERT's exact (erf) GELU
+
+
+class EncoderLayer(nnx.Module):
+  """Post-LN block: x = LN(x + Drop(Attn(x))); x = LN(x + Drop(Mlp(x)))."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.attention = SelfAttention(cfg, rngs=rngs)
+    self.attention_norm = _layer_norm(cfg, rngs)
+    self.mlp = Mlp(cfg, rngs=rngs)
+    self.mlp_norm = _layer_norm(cfg, rngs)
+    self.dropout = nnx.Dropout(cfg.hidden_dropout)
+
+  def __call__(self, x, attention_mask, *, deterministic: bool, rngs):
+    y = self.attention(x, attention_mask, deterministic=deterministic, rngs=rngs)
+    x = self.attention_norm(x + self.dropout(y, deterministic=deterministic, rngs=rngs))
+    y = self.mlp(x)
+    return self.mlp_norm(x + self.dropout(y, deterministic=deterministic, rngs=rngs))
+
+
+class Bert(nnx.Module):
+  """The encoder and pooler (HuggingFace's `BertModel`)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = cfg
+    self.embeddings = Embeddings(cfg, rngs=rngs)
+    self.layers = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.pooler = nnx.Linear(cfg.hidden_size, cfg.hidden_size, dtype=_dtype(cfg),
+                             kernel_init=_dense_init(cfg, ("embed", None)),
+                             bias_init=_zeros((None,)), rngs=rngs)
+
+  def encode(self, input_ids, token_type_ids=None, attention_mask=None, *,
+             deterministic: bool = True, rngs: nnx.Rngs | None = None):
+    """Last hidden states `[batch, length, embed]`."""
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
+    for layer in self.layers:
+      x = layer(x, attention_mask, deterministic=deterministic, rngs=rngs)
+    return x
+
+  def pool(self, hidden):
+    """tanh(dense(hidden of [CLS])) `[batch, embed]`, the input of NSP and classifiers."""
+    return jnp.tanh(self.pooler(hidden[:, 0]))
+
+
+class MlmHead(nnx.Module):
+  """Transform (dense, GELU, LayerNorm), then logits tied to the word embeddings, plus a bias."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.transform = nnx.Linear(cfg.hidden_size, cfg.hidden_size, dtype=_dtype(cfg),
+                                kernel_init=_dense_init(cfg, ("embed", None)),
+                                bias_init=_zeros((None,)), rngs=rngs)
+    self.norm = _layer_norm(cfg, rngs)
+    self.bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.float32), out_sharding=("vocab",))
+
+  def __call__(self, x, word_embeddings: nnx.Embed):
+    x = self.norm(jax.nn.gelu(self.transform(x), approximate=False))
+    logits = word_embeddings.attend(x)  # [..., vocab]
+    return logits.astype(jnp.float32) + self.bias[...]
+
+
+class BertForPreTraining(nnx.Module):
+  """BERT with masked-LM and next-sentence heads.
+
+  The MLM logits are computed only at the `masked_positions` ([batch, predictions]); a full
+  [batch, length, vocab] projection is work the loss does not need.
+  """
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.bert = Bert(cfg, rngs=rngs)
+    self.mlm = MlmHead(cfg, rngs=rngs)
+    self.nsp = nnx.Linear(cfg.hidden_size, 2, dtype=_dtype(cfg),
+                          kernel_init=_dense_init(cfg, ("embed", None)),
+                          bias_init=_zeros((None,)), rngs=rngs)
+
+  def __call__(self, input_ids, token_type_ids, attention_mask, masked_positions, *,
+               deterministic: bool = True, rngs: nnx.Rngs | None = None):
+    """Returns (mlm_logits [batch, predictions, vocab], nsp_logits [batch, 2]), float32."""
+    hidden = self.bert.encode(input_ids, token_type_ids, attention_mask,
+                              deterministic=deterministic, rngs=rngs)
+    picked = jnp.take_along_axis(hidden, masked_positions[..., None], axis=1)  # [b, p, embed]
+    mlm_logits = self.mlm(picked, self.bert.embeddings.word)
+    nsp_logits = self.nsp(self.bert.pool(hidden)).astype(jnp.float32)
+    return mlm_logits, nsp_logits
+
+
+def count_params(tree) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(tree))

@@ -1,0 +1,96 @@
+"""Pretraining losses, `train_step` and `eval_step`: pure functions of (state, batch), no I/O.
+
+A batch is a dict of arrays, the leading axis the (global) batch:
+  input_ids, token_type_ids, attention_mask: int32 [batch, length]
+  masked_positions, masked_ids: int32 [batch, predictions]; masked_weights: float32 (0 = padding)
+  nsp_labels: int32 [batch] (0 = B follows A, 1 = B is random, HuggingFace's convention)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: optimizer updates applied so far
+  params: Any  # pure dict of parameter arrays (nnx.State.to_pure_dict())
+  opt_state: Any
+
+
+def masked_cross_entropy(logits, targets, weights):
+  """(weighted sum of token cross-entropies, weighted count of correct argmaxes)."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  return jnp.sum(losses * weights), jnp.sum(correct * weights)
+
+
+def pretraining_sums(model, batch: Batch, *, deterministic: bool, rngs=None) -> Metrics:
+  """Sums over the batch, so that means can be formed over any number of batches or devices."""
+  mlm_logits, nsp_logits = model(
+      batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+      batch["masked_positions"], deterministic=deterministic, rngs=rngs)
+  weights = batch["masked_weights"]
+  mlm_loss, mlm_correct = masked_cross_entropy(mlm_logits, batch["masked_ids"], weights)
+  nsp_loss, nsp_correct = masked_cross_entropy(
+      nsp_logits, batch["nsp_labels"], jnp.ones(nsp_logits.shape[0], jnp.float32))
+  return {
+      "mlm_loss": mlm_loss, "mlm_correct": mlm_correct, "mlm_count": jnp.sum(weights),
+      "nsp_loss": nsp_loss, "nsp_correct": nsp_correct,
+      "nsp_count": jnp.asarray(nsp_logits.shape[0], jnp.float32),
+  }
+
+
+def means(sums: Metrics, prefix: str) -> Metrics:
+  """Turns `pretraining_sums` (possibly added over batches) into named means."""
+  mlm_count = jnp.maximum(sums["mlm_count"], 1.0)
+  mlm_loss = sums["mlm_loss"] / mlm_count
+  nsp_loss = sums["nsp_loss"] / sums["nsp_count"]
+  return {
+      f"{prefix}/loss": mlm_loss + nsp_loss,
+      f"{prefix}/mlm_loss": mlm_loss,
+      f"{prefix}/mlm_accuracy": sums["mlm_correct"] / mlm_count,
+      f"{prefix}/nsp_loss": nsp_loss,
+      f"{prefix}/nsp_accuracy": sums["nsp_correct"] / sums["nsp_count"],
+  }
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, seed: int) -> Callable:
+  """Returns `train_step(state, batch) -> (state, metrics)`; dropout keys fold in the step."""
+
+  def loss_fn(params, batch, rng):
+    model = nnx.merge(graphdef, params)
+    sums = pretraining_sums(model, batch, deterministic=False, rngs=nnx.Rngs(dropout=rng))
+    loss = (sums["mlm_loss"] / jnp.maximum(sums["mlm_count"], 1.0)
+            + sums["nsp_loss"] / sums["nsp_count"])
+    return loss, sums
+
+  def train_step(state: TrainState, batch: Batch):
+    rng = jax.random.fold_in(jax.random.key(seed), state.step)
+    grads, sums = jax.grad(loss_fn, has_aux=True)(state.params, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = means(sums, "train")
+    metrics["train/grad_norm"] = optax.global_norm(grads)
+    metrics["lr"] = schedule(state.step)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def make_eval_step(graphdef: nnx.GraphDef) -> Callable:
+  """Returns `eval_step(params, batch) -> sums` (deterministic: no dropout)."""
+
+  def eval_step(params, batch: Batch) -> Metrics:
+    return pretraining_sums(nnx.merge(graphdef, params), batch, deterministic=True)
+
+  return eval_step

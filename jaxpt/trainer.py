@@ -1,0 +1,276 @@
+"""The pretraining loop: build sharded state, jit the step, feed batches, log, evaluate, save.
+
+Everything a user could get wrong (config, data directory, tokenizer, mesh, checkpoint) is
+checked before the first compile. Inside the loop the host never waits for the device except
+at log, eval and checkpoint steps.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm import tqdm
+
+from jaxpt import checkpoint as ckpt_lib
+from jaxpt import config as config_lib
+from jaxpt import metrics as metrics_lib
+from jaxpt import optim, sharding
+from jaxpt.config import Config, ConfigError
+from jaxpt.data import loader, store
+from jaxpt.models import bert
+from jaxpt.train_step import TrainState, make_eval_step, make_train_step, means
+
+log = logging.getLogger("jaxpt")
+
+
+class TrainError(RuntimeError):
+  """A problem found before training starts; the message names the file or field."""
+
+
+@dataclasses.dataclass
+class Model:
+  """The static and abstract halves of a model: what jit and checkpoints need."""
+
+  graphdef: nnx.GraphDef
+  abstract_params: dict  # pure dict of ShapeDtypeStructs
+  param_shardings: dict  # same structure, NamedShardings
+
+
+def build_model(cfg: config_lib.ModelConfig, mesh, seed: int = 0) -> tuple[Model, callable]:
+  """Shapes first: the abstract model and shardings, and a function creating its parameters.
+
+  The returned `init()` is meant to run under `jax.jit(out_shardings=...)`, so each device
+  materialises only its own shards; no device ever holds the whole model.
+  """
+  def create():
+    with nnx.use_eager_sharding(False):
+      return nnx.split(bert.BertForPreTraining(cfg, rngs=nnx.Rngs(params=seed)))
+
+  with nnx.use_eager_sharding(False):
+    graphdef, abstract_state = nnx.eval_shape(
+        lambda: nnx.split(bert.BertForPreTraining(cfg, rngs=nnx.Rngs(params=seed))))
+  shardings = sharding.param_shardings(abstract_state, mesh).to_pure_dict()
+
+  def init():
+    return create()[1].to_pure_dict()
+
+  return Model(graphdef, abstract_state.to_pure_dict(), shardings), init
+
+
+def state_shardings(model: Model, tx: optax.GradientTransformation, mesh):
+  """TrainState of NamedShardings: optimizer moments sharded like their parameters."""
+  abstract_opt = jax.eval_shape(tx.init, model.abstract_params)
+  opt = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, model.param_shardings,
+                              transform_non_params=lambda _: sharding.replicated(mesh))
+  return TrainState(step=sharding.replicated(mesh), params=model.param_shardings,
+                    opt_state=opt)
+
+
+def _check_data(cfg: Config, data: loader.PreparedData, mesh) -> None:
+  m = cfg.model
+  if data.vocab_size > m.vocab_size:
+    raise ConfigError(
+        f"config.model.vocab_size={m.vocab_size} is smaller than the tokenizer of "
+        f"{data.directory} ({data.vocab_size} tokens); set --config.model.vocab_size="
+        f"{data.vocab_size}")
+  if data.seq_length > m.max_position_embeddings:
+    raise ConfigError(
+        f"config.model.max_position_embeddings={m.max_position_embeddings} is shorter than "
+        f"the examples in {data.directory} (seq_length {data.seq_length})")
+  if data.num_examples("train") < 1:
+    raise TrainError(f"{data.directory}: the train split is empty")
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if cfg.train.batch_size % shards:
+    raise ConfigError(f"config.train.batch_size={cfg.train.batch_size} must be divisible by "
+                      f"the data x fsdp mesh size {shards}")
+  if cfg.train.batch_size % jax.process_count():
+    raise ConfigError(f"config.train.batch_size={cfg.train.batch_size} must be divisible by "
+                      f"the number of processes {jax.process_count()}")
+
+
+def _to_device(batch: dict, batch_sharding) -> dict:
+  return {k: jax.make_array_from_process_local_data(batch_sharding, v)
+          for k, v in batch.items()}
+
+
+def device_prefetch(batches, batch_sharding, size: int = 2):
+  """Keeps `size` batches in flight to the devices while the current step runs."""
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(_to_device(batch, batch_sharding))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
+def _truncate_metrics(workdir: str, last_step: int) -> None:
+  """Drops rows logged after `last_step` (from a run that died before its next checkpoint)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  rows = metrics_lib.read_metrics(workdir)
+  kept = [r for r in rows if r["step"] <= last_step]
+  if len(kept) != len(rows):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(tmp, path)
+
+
+def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
+  """Trains to `cfg.train.num_steps`, resuming from the latest checkpoint in `workdir`.
+
+  Returns the last logged metrics (train and eval).
+  """
+  config_lib.validate(cfg)
+  if not cfg.data.dir:
+    raise ConfigError("config.data.dir is empty: point it at a `jaxpt prepare` output")
+  data = loader.PreparedData.open(cfg.data.dir)
+  mesh = sharding.make_mesh(cfg.mesh)
+  _check_data(cfg, data, mesh)
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                       max_to_keep=cfg.checkpoint.max_to_keep,
+                                       async_save=cfg.checkpoint.async_save)
+  tokenizer_hash = data.manifest["tokenizer"]["hash"]
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    saved_data, saved_config = checkpointer.restore_metadata(latest)
+    if saved_data.get("tokenizer_hash") != tokenizer_hash:
+      raise TrainError(
+          f"{checkpointer.directory}/{latest}: trained with tokenizer "
+          f"{saved_data.get('tokenizer_hash')}, but {data.directory} uses {tokenizer_hash}")
+    if saved_config.get("model") != dataclasses.asdict(cfg.model):
+      changed = sorted(k for k, v in dataclasses.asdict(cfg.model).items()
+                       if saved_config.get("model", {}).get(k) != v)
+      raise TrainError(f"{checkpointer.directory}/{latest}: saved with a different model "
+                       f"config (model.{', model.'.join(changed)} differ)")
+
+  model, init_params = build_model(cfg.model, mesh, cfg.seed)
+  schedule = optim.learning_rate_schedule(cfg.optim, cfg.train.num_steps)
+  tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
+  state_sh = state_shardings(model, tx, mesh)
+  batch_sh = sharding.batch_sharding(mesh)
+  rep = sharding.replicated(mesh)
+
+  def init_state():
+    params = init_params()
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  with jax.set_mesh(mesh):
+    if latest is None:
+      state = jax.jit(init_state, out_shardings=state_sh)()
+    else:
+      abstract = ckpt_lib.abstract_like(jax.eval_shape(init_state), state_sh)
+      state, _, _ = checkpointer.restore(latest, abstract)
+  start_step = int(state.step)
+  if latest is not None:
+    _truncate_metrics(workdir, start_step)
+
+  train_step = jax.jit(make_train_step(model.graphdef, tx, schedule, cfg.seed),
+                       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep),
+                       donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(model.graphdef), in_shardings=(state_sh.params, batch_sh),
+                      out_shardings=rep)
+
+  spec = data.masking_spec(cfg.data)
+  local = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  train_batches = loader.batches(
+      data.reader("train"), spec, batch_size=cfg.train.batch_size, seed=cfg.seed,
+      start_step=start_step, read_threads=cfg.data.read_threads,
+      prefetch=cfg.data.prefetch_batches, **local)
+  eval_set = _eval_batches(cfg, data, spec, batch_sh, local)
+
+  n_params = bert.count_params(model.abstract_params)
+  tokens_per_step = cfg.train.batch_size * data.seq_length
+  if is_main:
+    print(f"jaxpt pretrain: {n_params / 1e6:.2f}M parameters, {jax.device_count()} "
+          f"{jax.devices()[0].platform} device(s), mesh {dict(mesh.shape)}, "
+          f"{data.num_examples('train')} train examples of {data.seq_length} tokens, "
+          + (f"resuming at step {start_step}" if start_step else "starting at step 0"),
+          flush=True)
+
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+  bar = tqdm(total=cfg.train.num_steps, initial=start_step, disable=not (progress and is_main),
+             unit="step", dynamic_ncols=True)
+  meter = metrics_lib.Throughput()
+  pending: list[dict] = []
+  last: dict = {}
+  step = start_step
+  with jax.set_mesh(mesh):
+    batches = device_prefetch(train_batches, batch_sh)
+    while step < cfg.train.num_steps:
+      state, step_metrics = train_step(state, next(batches))
+      step += 1
+      pending.append(step_metrics)
+      meter.add(tokens_per_step)
+      bar.update(1)
+      is_last = step == cfg.train.num_steps
+      row = {}
+      if step % cfg.train.log_every_steps == 0 or is_last:
+        fetched = jax.device_get(pending)  # the only host sync of a logging interval
+        pending = []
+        row = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+        row["perf/tokens_per_sec"] = meter.rate()
+        if not math.isfinite(row["train/loss"]):
+          raise TrainError(f"step {step}: train/loss is {row['train/loss']}; stopping "
+                           "without saving a non-finite state")
+        bar.set_postfix(loss=f"{row['train/loss']:.3f}",
+                        tok_s=f"{row['perf/tokens_per_sec']:.0f}", refresh=False)
+      if eval_set and ((cfg.train.eval_every_steps
+                        and step % cfg.train.eval_every_steps == 0) or is_last):
+        row.update(evaluate(eval_step, state.params, eval_set))
+      if row:
+        writer.write(step, row)
+        last.update(row)
+        last["step"] = step
+      if step % cfg.checkpoint.every_steps == 0 or is_last:
+        checkpointer.save(step, state, config=config_lib.to_dict(cfg),
+                          data={"next_step": step, "seed": cfg.seed,
+                                "tokenizer_hash": tokenizer_hash},
+                          force=is_last)
+  bar.close()
+  checkpointer.close()
+  writer.close()
+  if is_main and last:
+    summary = ", ".join(f"{k}={last[k]:.4f}" for k in
+                        ("train/mlm_loss", "eval/mlm_loss", "eval/mlm_accuracy") if k in last)
+    print(f"jaxpt pretrain: step {step}: {summary}\n"
+          f"  metrics:     {os.path.join(workdir, 'metrics.jsonl')}\n"
+          f"  tensorboard: {os.path.join(workdir, 'tensorboard')}\n"
+          f"  checkpoints: {checkpointer.directory} (steps {checkpointer.all_steps()})",
+          flush=True)
+  return last
+
+
+def _eval_batches(cfg: Config, data: loader.PreparedData, spec, batch_sh, local) -> list:
+  """The held-out batches, fixed for the whole run (same order and masks at every eval)."""
+  n = data.num_examples("validation")
+  if n == 0:
+    log.warning("%s has no validation split; evaluation is skipped", data.directory)
+    return []
+  count = min(cfg.train.eval_batches, max(1, n // cfg.train.batch_size))
+  it = loader.batches(data.reader("validation"), spec, batch_size=cfg.train.batch_size,
+                      seed=cfg.seed + 1, shuffle=False, read_threads=1, prefetch=1, **local)
+  return [_to_device(next(it), batch_sh) for _ in range(count)]
+
+
+def evaluate(eval_step, params, eval_set: list) -> dict:
+  total = None
+  for batch in eval_set:
+    sums = eval_step(params, batch)
+    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+  out = {k: float(v) for k, v in jax.device_get(means(total, "eval")).items()}
+  out["eval/perplexity"] = float(math.exp(min(out["eval/mlm_loss"], 50.0)))
+  return out
