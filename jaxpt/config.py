@@ -5,10 +5,7 @@ mutable only so that ml_collections' `config_flags` can apply `--config.a.b=valu
 after `validate` nothing changes them.
 """
 
-from __future__ import annotations
-
 import dataclasses
-from typing import Literal
 
 
 class ConfigError(ValueError):
@@ -54,7 +51,7 @@ class DataConfig:
 class OptimConfig:
   """AdamW with linear warm-up then linear decay (the BERT recipe)."""
 
-  name: Literal["adamw"] = "adamw"
+  name: str = "adamw"  # the only choice until the optimisers issue adds more
   learning_rate: float = 1e-4  # BERT paper, batch 256
   warmup_steps: int = 10_000  # BERT paper
   end_learning_rate_fraction: float = 0.0  # linear decay to this fraction of the peak
@@ -103,7 +100,7 @@ class Config:
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
 
-def with_model(cfg: Config, **changes) -> Config:
+def with_model(cfg: "Config", **changes) -> "Config":
   """Returns `cfg` with `changes` applied to its model config (the usual preset edit)."""
   return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes))
 

