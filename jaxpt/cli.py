@@ -115,14 +115,30 @@ def _pretrain_flags() -> flags.FlagValues:
   return fv
 
 
+def _load_config(fv: flags.FlagValues):
+  """The parsed --config, or a one-line UsageError (config_flags defers load failures)."""
+  from jaxpt.config import Config
+  cfg = fv.config
+  if cfg is None:
+    raise UsageError("--config is required (e.g. --config=configs/bert_tiny.py)")
+  if not isinstance(cfg, Config):
+    try:
+      cfg.model  # an _ErrorConfig raises the deferred load error here
+    except (IOError, AttributeError) as e:
+      reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+      raise UsageError(f"--config={fv['config'].config_filename}: {reason}") from None
+    raise UsageError(f"--config={fv['config'].config_filename}: get_config() must return a "
+                     f"jaxpt.config.Config, got {type(cfg).__name__}")
+  return cfg
+
+
 def _run_pretrain(fv: flags.FlagValues) -> int:
   if not fv.workdir:
     raise UsageError("--workdir is required")
-  if fv.config is None:
-    raise UsageError("--config is required (e.g. --config=configs/bert_tiny.py)")
+  cfg = _load_config(fv)
   from jaxpt import trainer
   try:
-    trainer.pretrain(fv.config, fv.workdir, progress=fv.progress)
+    trainer.pretrain(cfg, fv.workdir, progress=fv.progress)
   except trainer.TrainError as e:
     raise UsageError(str(e)) from None
   return 0

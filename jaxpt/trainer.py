@@ -243,6 +243,12 @@ def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
   bar.close()
   checkpointer.close()
   writer.close()
+  if not last:  # nothing to do: the run had already reached num_steps
+    rows = metrics_lib.read_metrics(workdir)
+    last = {k: v for row in rows for k, v in row.items()}
+    if is_main:
+      print(f"jaxpt pretrain: {workdir} already finished {start_step} of "
+            f"{cfg.train.num_steps} steps; raise --config.train.num_steps to train further")
   if is_main and last:
     summary = ", ".join(f"{k}={last[k]:.4f}" for k in
                         ("train/mlm_loss", "eval/mlm_loss", "eval/mlm_accuracy") if k in last)

@@ -1,0 +1,36 @@
+# The two commands of the README. Both create or update .venv first.
+#   make pretrain   fetch Shakespeare, prepare it, pretrain BERT-tiny on it (~10 min on 2 CPU cores)
+#   make test       install the test extras and run the test suite
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= workdirs/shakespeare
+DATA := $(WORKDIR)/data
+PYTEST_ARGS ?=
+
+.PHONY: pretrain test install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Re-installs when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+pretrain: install
+	@test -f $(DATA)/manifest.json || \
+	  $(VENV)/bin/jaxpt prepare --recipe=shakespeare --output=$(DATA) --vocab_size=8192 \
+	    --validation_fraction=0.05
+	$(VENV)/bin/jaxpt pretrain --config=configs/shakespeare_tiny.py --workdir=$(WORKDIR) \
+	  --config.data.dir=$(DATA)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(WORKDIR)

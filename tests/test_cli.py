@@ -1,0 +1,120 @@
+"""The `jaxpt` command end to end, as a user runs it: prepare, pretrain, stop, resume; errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def jaxpt(*args, timeout=300):
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  return subprocess.run([sys.executable, "-m", "jaxpt", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def one_line_error(proc, *needles):
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1, proc.stderr
+  for needle in needles:
+    assert needle in lines[0], lines[0]
+  return lines[0]
+
+
+def test_help_lists_commands():
+  proc = jaxpt()
+  assert proc.returncode == 0 and "prepare" in proc.stdout and "pretrain" in proc.stdout
+  proc = jaxpt("pretrain", "--help")
+  assert proc.returncode == 0 and "--workdir" in proc.stdout and "--config" in proc.stdout
+
+
+def test_prepare_then_pretrain_then_resume(corpus_dir, tmp_path):
+  data = tmp_path / "data"
+  proc = jaxpt("prepare", f"--input={corpus_dir}", f"--output={data}", "--vocab_size=128",
+               "--seq_length=32", "--validation_fraction=0.2", "--noprogress")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  vocab = json.loads((data / "manifest.json").read_text())["tokenizer"]["vocab_size"]
+  workdir = tmp_path / "run"
+  common = ["--config=configs/bert_tiny.py", f"--workdir={workdir}", "--noprogress",
+            f"--config.data.dir={data}", f"--config.model.vocab_size={vocab}",
+            "--config.model.max_position_embeddings=32", "--config.train.batch_size=16",
+            "--config.train.log_every_steps=5", "--config.train.eval_every_steps=10",
+            "--config.train.eval_batches=2", "--config.checkpoint.every_steps=10",
+            "--config.optim.warmup_steps=5", "--config.optim.learning_rate=1e-3"]
+  proc = jaxpt("pretrain", *common, "--config.train.num_steps=20")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "starting at step 0" in proc.stdout
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [5, 10, 15, 20]
+  for key in ("train/loss", "train/mlm_loss", "train/nsp_loss", "train/mlm_accuracy", "lr",
+              "perf/tokens_per_sec"):
+    assert key in rows[0]
+  assert "eval/mlm_loss" in rows[1] and "eval/mlm_accuracy" in rows[3]
+  assert rows[-1]["train/mlm_loss"] < rows[0]["train/mlm_loss"]
+  assert os.listdir(workdir / "tensorboard")
+
+  # Same command, a longer run: resumes from the saved step 20 instead of step 0.
+  proc = jaxpt("pretrain", *common, "--config.train.num_steps=30")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resuming at step 20" in proc.stdout
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [5, 10, 15, 20, 25, 30]
+
+  # A finished run re-run does nothing but report; a different model is refused.
+  proc = jaxpt("pretrain", *common, "--config.train.num_steps=30",
+               "--config.model.hidden_size=64")
+  one_line_error(proc, "model.hidden_size", "differ")
+
+
+def test_config_typo_is_one_line(prepared_dir, tmp_path):
+  proc = jaxpt("pretrain", "--config=configs/bert_tiny.py", f"--workdir={tmp_path}",
+               "--config.optim.learnig_rate=1e-3")
+  one_line_error(proc, "learnig_rate")
+  proc = jaxpt("pretrain", "--config=configs/bert_tiny.py", f"--workdir={tmp_path}",
+               "--config.train.batch_size=abc")
+  one_line_error(proc, "batch_size")
+  proc = jaxpt("pretrain", "--config=configs/no_such_preset.py", f"--workdir={tmp_path}")
+  one_line_error(proc, "no_such_preset")
+  proc = jaxpt("pretrain", "--config=configs/bert_tiny.py", f"--workdir={tmp_path}",
+               "--config.model.num_heads=3")
+  one_line_error(proc, "config.model.num_heads=3")
+
+
+def test_pretrain_refuses_missing_or_unfinished_data(tmp_path):
+  proc = jaxpt("pretrain", "--config=configs/bert_tiny.py", f"--workdir={tmp_path / 'w'}",
+               f"--config.data.dir={tmp_path / 'nowhere'}")
+  one_line_error(proc, "nowhere", "does not exist")
+  (tmp_path / "half").mkdir()
+  proc = jaxpt("pretrain", "--config=configs/bert_tiny.py", f"--workdir={tmp_path / 'w'}",
+               f"--config.data.dir={tmp_path / 'half'}")
+  one_line_error(proc, "no manifest.json")
+
+
+def test_pretrain_refuses_a_vocabulary_larger_than_the_model(prepared_dir, tmp_path):
+  proc = jaxpt("pretrain", "--config=configs/bert_tiny.py", f"--workdir={tmp_path / 'w'}",
+               f"--config.data.dir={prepared_dir}", "--config.model.vocab_size=50")
+  one_line_error(proc, "config.model.vocab_size=50")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--output=OUT", "--input=/no/such/file.txt"], "/no/such/file.txt"),
+    (["--input=EMPTY"], "--output is required"),
+    (["--output=OUT", "--input=EMPTY"], "holds no text files"),
+    (["--output=OUT", "--input=BLANK"], "no usable documents"),
+    (["--output=OUT", "--input=BLANK", "--seq_length=2"], "--seq_length=2"),
+])
+def test_prepare_bad_input_is_one_line(tmp_path, args, needle):
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "blank.txt").write_text("\n \n")
+  subst = {"OUT": str(tmp_path / "out"), "EMPTY": str(tmp_path / "empty"),
+           "BLANK": str(tmp_path / "blank.txt")}
+  args = [a.split("=")[0] + "=" + subst.get(a.split("=", 1)[1], a.split("=", 1)[1])
+          for a in args]
+  proc = jaxpt("prepare", *args, "--noprogress")
+  one_line_error(proc, needle)
+  assert not (tmp_path / "out").exists()
