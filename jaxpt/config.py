@@ -6,6 +6,7 @@ after `validate` nothing changes them.
 """
 
 import dataclasses
+import os
 
 
 class ConfigError(ValueError):
@@ -170,3 +171,14 @@ def from_dict(d: dict) -> Config:
       value = cls(**value)
     kwargs[key] = value
   return Config(**kwargs)
+
+
+def load(path: str) -> Config:
+  """`get_config()` of a preset file, as `--config=FILE` loads it (for scripts and tests)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("jaxpt_preset", path)
+  if spec is None or not os.path.exists(path):
+    raise ConfigError(f"--config={path}: no such file")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()

@@ -77,6 +77,44 @@ def state_shardings(model: Model, tx: optax.GradientTransformation, mesh):
                     opt_state=opt)
 
 
+@dataclasses.dataclass
+class Program:
+  """What one config compiles to on one mesh: shardings and the jitted init, train, eval."""
+
+  mesh: jax.sharding.Mesh
+  model: Model
+  tx: optax.GradientTransformation
+  state_shardings: TrainState
+  batch_sharding: jax.sharding.NamedSharding
+  abstract_state: TrainState  # ShapeDtypeStructs carrying the target shardings
+  init_state: callable  # () -> TrainState, created sharded
+  train_step: callable  # (state, batch) -> (state, metrics); donates state
+  eval_step: callable  # (params, batch) -> sums
+
+
+def build_program(cfg: Config, mesh) -> Program:
+  model, init_params = build_model(cfg.model, mesh, cfg.seed)
+  schedule = optim.learning_rate_schedule(cfg.optim, cfg.train.num_steps)
+  tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
+  state_sh = state_shardings(model, tx, mesh)
+  batch_sh = sharding.batch_sharding(mesh)
+  rep = sharding.replicated(mesh)
+
+  def init_state():
+    params = init_params()
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  return Program(
+      mesh=mesh, model=model, tx=tx, state_shardings=state_sh, batch_sharding=batch_sh,
+      abstract_state=ckpt_lib.abstract_like(jax.eval_shape(init_state), state_sh),
+      init_state=jax.jit(init_state, out_shardings=state_sh),
+      train_step=jax.jit(make_train_step(model.graphdef, tx, schedule, cfg.seed),
+                         in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep),
+                         donate_argnums=0),
+      eval_step=jax.jit(make_eval_step(model.graphdef),
+                        in_shardings=(state_sh.params, batch_sh), out_shardings=rep))
+
+
 def _check_data(cfg: Config, data: loader.PreparedData, mesh) -> None:
   m = cfg.model
   if data.vocab_size > m.vocab_size:
@@ -157,32 +195,16 @@ def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
       raise TrainError(f"{checkpointer.directory}/{latest}: saved with a different model "
                        f"config (model.{', model.'.join(changed)} differ)")
 
-  model, init_params = build_model(cfg.model, mesh, cfg.seed)
-  schedule = optim.learning_rate_schedule(cfg.optim, cfg.train.num_steps)
-  tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
-  state_sh = state_shardings(model, tx, mesh)
-  batch_sh = sharding.batch_sharding(mesh)
-  rep = sharding.replicated(mesh)
-
-  def init_state():
-    params = init_params()
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
+  program = build_program(cfg, mesh)
   with jax.set_mesh(mesh):
     if latest is None:
-      state = jax.jit(init_state, out_shardings=state_sh)()
+      state = program.init_state()
     else:
-      abstract = ckpt_lib.abstract_like(jax.eval_shape(init_state), state_sh)
-      state, _, _ = checkpointer.restore(latest, abstract)
+      state, _, _ = checkpointer.restore(latest, program.abstract_state)
   start_step = int(state.step)
   if latest is not None:
     _truncate_metrics(workdir, start_step)
-
-  train_step = jax.jit(make_train_step(model.graphdef, tx, schedule, cfg.seed),
-                       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep),
-                       donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(model.graphdef), in_shardings=(state_sh.params, batch_sh),
-                      out_shardings=rep)
+  train_step, eval_step, batch_sh = program.train_step, program.eval_step, program.batch_sharding
 
   spec = data.masking_spec(cfg.data)
   local = dict(process_index=jax.process_index(), process_count=jax.process_count())
@@ -192,7 +214,7 @@ def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
       prefetch=cfg.data.prefetch_batches, **local)
   eval_set = _eval_batches(cfg, data, spec, batch_sh, local)
 
-  n_params = bert.count_params(model.abstract_params)
+  n_params = bert.count_params(program.model.abstract_params)
   tokens_per_step = cfg.train.batch_size * data.seq_length
   if is_main:
     print(f"jaxpt pretrain: {n_params / 1e6:.2f}M parameters, {jax.device_count()} "

@@ -9,7 +9,6 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from ml_collections import config_flags  # noqa: F401  (loads preset files below)
 
 from jaxpt import config as config_lib
 from jaxpt.models import bert
@@ -21,9 +20,7 @@ PRESETS = {"bert_tiny": (2, 128), "bert_mini": (4, 256), "bert_small": (4, 512),
 
 
 def load_preset(name: str) -> config_lib.Config:
-  namespace: dict = {}
-  exec(compile((REPO / "configs" / f"{name}.py").read_text(), name, "exec"), namespace)
-  return namespace["get_config"]()
+  return config_lib.load(str(REPO / "configs" / f"{name}.py"))
 
 
 def abstract_model(cfg: config_lib.ModelConfig):
