@@ -112,7 +112,32 @@ def _pretrain_flags() -> flags.FlagValues:
   flags.DEFINE_string("workdir", None, "Run directory: checkpoints/, metrics.jsonl, "
                       "tensorboard/. Re-running with the same one resumes.", flag_values=fv)
   flags.DEFINE_boolean("progress", True, "Show a progress bar.", flag_values=fv)
+  flags.DEFINE_boolean("dry_run", False, "Compile the sharded train step for the configured "
+                       "mesh and report parameters, FLOPs and per-device memory; train nothing. "
+                       "Try meshes on fake CPU devices with "
+                       "XLA_FLAGS=--xla_force_host_platform_device_count=N.", flag_values=fv)
+  _distributed_flags(fv)
   return fv
+
+
+def _distributed_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_boolean("distributed", False, "Join a multi-process run whose layout JAX "
+                       "detects (TPU pod, SLURM, Open MPI).", flag_values=fv)
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a multi-process "
+                      "run started by hand (with --num_processes and --process_id).",
+                      flag_values=fv)
+  flags.DEFINE_integer("num_processes", None, "Processes in the run.", flag_values=fv)
+  flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).",
+                       flag_values=fv)
+  flags.DEFINE_integer("distributed_timeout", 300, "Seconds to wait for peers at start-up, and "
+                       "for a silent peer mid-run, before ending with an error.",
+                       flag_values=fv)
+
+
+def _initialize_distributed(fv: flags.FlagValues) -> None:
+  from jaxpt import sharding
+  sharding.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id,
+                                  auto=fv.distributed, timeout_s=fv.distributed_timeout)
 
 
 def _load_config(fv: flags.FlagValues):
@@ -133,11 +158,15 @@ def _load_config(fv: flags.FlagValues):
 
 
 def _run_pretrain(fv: flags.FlagValues) -> int:
-  if not fv.workdir:
+  if not fv.workdir and not fv.dry_run:
     raise UsageError("--workdir is required")
   cfg = _load_config(fv)
+  _initialize_distributed(fv)
   from jaxpt import trainer
   try:
+    if fv.dry_run:
+      print(trainer.format_dry_run(trainer.dry_run(cfg)))
+      return 0
     trainer.pretrain(cfg, fv.workdir, progress=fv.progress)
   except trainer.TrainError as e:
     raise UsageError(str(e)) from None

@@ -84,6 +84,7 @@ class CheckpointConfig:
 @dataclasses.dataclass
 class TrainConfig:
   batch_size: int = 256  # global batch, in sequences (BERT paper)
+  microbatches: int = 1  # gradient accumulation: the batch runs in this many slices
   num_steps: int = 1_000_000  # BERT paper
   log_every_steps: int = 100
   eval_every_steps: int = 1000  # 0 evaluates only at the end
@@ -144,6 +145,8 @@ def validate(cfg: Config) -> Config:
   _check(c.max_to_keep > 0, "checkpoint.max_to_keep", c.max_to_keep, "must be positive")
   t = cfg.train
   _check(t.batch_size > 0, "train.batch_size", t.batch_size, "must be positive")
+  _check(t.microbatches > 0 and t.batch_size % t.microbatches == 0, "train.microbatches",
+         t.microbatches, f"must be positive and divide train.batch_size={t.batch_size}")
   _check(t.num_steps > 0, "train.num_steps", t.num_steps, "must be positive")
   _check(t.log_every_steps > 0, "train.log_every_steps", t.log_every_steps, "must be positive")
   _check(t.eval_every_steps >= 0, "train.eval_every_steps", t.eval_every_steps, "must be >= 0")

@@ -63,20 +63,55 @@ def means(sums: Metrics, prefix: str) -> Metrics:
   }
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, seed: int) -> Callable:
-  """Returns `train_step(state, batch) -> (state, metrics)`; dropout keys fold in the step."""
+def split_microbatches(batch: Batch, microbatches: int) -> Batch:
+  """[batch, ...] -> [microbatches, batch / microbatches, ...], strided.
 
-  def loss_fn(params, batch, rng):
+  Micro-batch i takes rows i, i + m, i + 2m, ...: each device keeps its own rows (a
+  contiguous split would move rows between the devices of a sharded batch axis).
+  """
+  def split(x):
+    x = x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, seed: int, microbatches: int = 1) -> Callable:
+  """Returns `train_step(state, batch) -> (state, metrics)`.
+
+  With `microbatches > 1` the batch is processed in that many slices under `lax.scan` and the
+  gradients summed: the loss is normalised by the whole batch's target counts, so the update
+  equals the single-pass one up to float summation order. Dropout keys fold in the step and
+  the micro-batch index.
+  """
+
+  def loss_fn(params, batch, rng, mlm_count, nsp_count):
     model = nnx.merge(graphdef, params)
     sums = pretraining_sums(model, batch, deterministic=False, rngs=nnx.Rngs(dropout=rng))
-    loss = (sums["mlm_loss"] / jnp.maximum(sums["mlm_count"], 1.0)
-            + sums["nsp_loss"] / sums["nsp_count"])
+    loss = sums["mlm_loss"] / mlm_count + sums["nsp_loss"] / nsp_count
     return loss, sums
+
+  grad_fn = jax.grad(loss_fn, has_aux=True)
 
   def train_step(state: TrainState, batch: Batch):
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
-    grads, sums = jax.grad(loss_fn, has_aux=True)(state.params, batch, rng)
+    mlm_count = jnp.maximum(jnp.sum(batch["masked_weights"]), 1.0)
+    nsp_count = jnp.asarray(batch["nsp_labels"].shape[0], jnp.float32)
+    if microbatches == 1:
+      grads, sums = grad_fn(state.params, batch, rng, mlm_count, nsp_count)
+    else:
+      def accumulate(carry, xs):
+        index, micro = xs
+        g, s = grad_fn(state.params, micro, jax.random.fold_in(rng, index), mlm_count,
+                       nsp_count)
+        return jax.tree.map(jnp.add, carry, (g, s)), None
+
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      sums0 = jax.eval_shape(lambda: grad_fn(state.params, batch, rng, mlm_count,
+                                             nsp_count)[1])
+      init = (zeros, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), sums0))
+      (grads, sums), _ = jax.lax.scan(
+          accumulate, init, (jnp.arange(microbatches), split_microbatches(batch, microbatches)))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = means(sums, "train")

@@ -108,14 +108,15 @@ def build_program(cfg: Config, mesh) -> Program:
       mesh=mesh, model=model, tx=tx, state_shardings=state_sh, batch_sharding=batch_sh,
       abstract_state=ckpt_lib.abstract_like(jax.eval_shape(init_state), state_sh),
       init_state=jax.jit(init_state, out_shardings=state_sh),
-      train_step=jax.jit(make_train_step(model.graphdef, tx, schedule, cfg.seed),
+      train_step=jax.jit(make_train_step(model.graphdef, tx, schedule, cfg.seed,
+                                         cfg.train.microbatches),
                          in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep),
                          donate_argnums=0),
       eval_step=jax.jit(make_eval_step(model.graphdef),
                         in_shardings=(state_sh.params, batch_sh), out_shardings=rep))
 
 
-def _check_data(cfg: Config, data: loader.PreparedData, mesh) -> None:
+def _check_data(cfg: Config, data: loader.PreparedData) -> None:
   m = cfg.model
   if data.vocab_size > m.vocab_size:
     raise ConfigError(
@@ -128,13 +129,11 @@ def _check_data(cfg: Config, data: loader.PreparedData, mesh) -> None:
         f"the examples in {data.directory} (seq_length {data.seq_length})")
   if data.num_examples("train") < 1:
     raise TrainError(f"{data.directory}: the train split is empty")
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if cfg.train.batch_size % shards:
-    raise ConfigError(f"config.train.batch_size={cfg.train.batch_size} must be divisible by "
-                      f"the data x fsdp mesh size {shards}")
-  if cfg.train.batch_size % jax.process_count():
-    raise ConfigError(f"config.train.batch_size={cfg.train.batch_size} must be divisible by "
-                      f"the number of processes {jax.process_count()}")
+
+
+def fetch(tree):
+  """Host copies of replicated arrays; works when they span other processes' devices too."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 
 def _to_device(batch: dict, batch_sharding) -> dict:
@@ -175,7 +174,8 @@ def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
     raise ConfigError("config.data.dir is empty: point it at a `jaxpt prepare` output")
   data = loader.PreparedData.open(cfg.data.dir)
   mesh = sharding.make_mesh(cfg.mesh)
-  _check_data(cfg, data, mesh)
+  _check_data(cfg, data)
+  sharding.check_fits(cfg, mesh)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -201,18 +201,18 @@ def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
       state = program.init_state()
     else:
       state, _, _ = checkpointer.restore(latest, program.abstract_state)
-  start_step = int(state.step)
-  if latest is not None:
+  start_step = int(fetch(state.step))
+  if latest is not None and is_main:
     _truncate_metrics(workdir, start_step)
   train_step, eval_step, batch_sh = program.train_step, program.eval_step, program.batch_sharding
 
   spec = data.masking_spec(cfg.data)
-  local = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  rows = sharding.local_batch_rows(batch_sh, cfg.train.batch_size)
   train_batches = loader.batches(
       data.reader("train"), spec, batch_size=cfg.train.batch_size, seed=cfg.seed,
       start_step=start_step, read_threads=cfg.data.read_threads,
-      prefetch=cfg.data.prefetch_batches, **local)
-  eval_set = _eval_batches(cfg, data, spec, batch_sh, local)
+      prefetch=cfg.data.prefetch_batches, rows=rows)
+  eval_set = _eval_batches(cfg, data, spec, batch_sh)
 
   n_params = bert.count_params(program.model.abstract_params)
   tokens_per_step = cfg.train.batch_size * data.seq_length
@@ -241,7 +241,7 @@ def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
       is_last = step == cfg.train.num_steps
       row = {}
       if step % cfg.train.log_every_steps == 0 or is_last:
-        fetched = jax.device_get(pending)  # the only host sync of a logging interval
+        fetched = fetch(pending)  # the only host sync of a logging interval
         pending = []
         row = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
         row["perf/tokens_per_sec"] = meter.rate()
@@ -253,11 +253,16 @@ def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
       if eval_set and ((cfg.train.eval_every_steps
                         and step % cfg.train.eval_every_steps == 0) or is_last):
         row.update(evaluate(eval_step, state.params, eval_set))
+        meter.rate()  # evaluation time is not training throughput
       if row:
         writer.write(step, row)
         last.update(row)
         last["step"] = step
       if step % cfg.checkpoint.every_steps == 0 or is_last:
+        unlogged = fetch([m["train/loss"] for m in pending])
+        if not np.isfinite(unlogged).all():
+          raise TrainError(f"step {step}: train/loss is not finite; stopping without saving "
+                           "a non-finite state")
         checkpointer.save(step, state, config=config_lib.to_dict(cfg),
                           data={"next_step": step, "seed": cfg.seed,
                                 "tokenizer_hash": tokenizer_hash},
@@ -266,8 +271,8 @@ def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
   checkpointer.close()
   writer.close()
   if not last:  # nothing to do: the run had already reached num_steps
-    rows = metrics_lib.read_metrics(workdir)
-    last = {k: v for row in rows for k, v in row.items()}
+    logged = metrics_lib.read_metrics(workdir)
+    last = {k: v for r in logged for k, v in r.items()}
     if is_main:
       print(f"jaxpt pretrain: {workdir} already finished {start_step} of "
             f"{cfg.train.num_steps} steps; raise --config.train.num_steps to train further")
@@ -282,15 +287,20 @@ def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
   return last
 
 
-def _eval_batches(cfg: Config, data: loader.PreparedData, spec, batch_sh, local) -> list:
-  """The held-out batches, fixed for the whole run (same order and masks at every eval)."""
+def _eval_batches(cfg: Config, data: loader.PreparedData, spec, batch_sh) -> list:
+  """The held-out batches, fixed for the whole run (same order and masks at every eval).
+
+  An eval batch is a training micro-batch: the size known to fit in memory.
+  """
   n = data.num_examples("validation")
   if n == 0:
     log.warning("%s has no validation split; evaluation is skipped", data.directory)
     return []
-  count = min(cfg.train.eval_batches, max(1, n // cfg.train.batch_size))
-  it = loader.batches(data.reader("validation"), spec, batch_size=cfg.train.batch_size,
-                      seed=cfg.seed + 1, shuffle=False, read_threads=1, prefetch=1, **local)
+  size = cfg.train.batch_size // cfg.train.microbatches
+  count = min(cfg.train.eval_batches, max(1, n // size))
+  it = loader.batches(data.reader("validation"), spec, batch_size=size, seed=cfg.seed + 1,
+                      shuffle=False, read_threads=1, prefetch=1,
+                      rows=sharding.local_batch_rows(batch_sh, size))
   return [_to_device(next(it), batch_sh) for _ in range(count)]
 
 
@@ -299,6 +309,71 @@ def evaluate(eval_step, params, eval_set: list) -> dict:
   for batch in eval_set:
     sums = eval_step(params, batch)
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-  out = {k: float(v) for k, v in jax.device_get(means(total, "eval")).items()}
+  out = {k: float(v) for k, v in means(fetch(total), "eval").items()}
   out["eval/perplexity"] = float(math.exp(min(out["eval/mlm_loss"], 50.0)))
   return out
+
+
+def dry_run(cfg: Config) -> dict:
+  """Compiles the sharded train step for the configured mesh, without data or parameters.
+
+  Sequence length: the prepared data's when `data.dir` is set, else
+  `model.max_position_embeddings` (the most memory the model can need). Reports parameters,
+  FLOPs per token and per-device memory of the compiled executable, so a user learns whether
+  a model fits a chip before renting it. Works on fake CPU devices
+  (XLA_FLAGS=--xla_force_host_platform_device_count=N).
+  """
+  config_lib.validate(cfg)
+  if cfg.data.dir:
+    data = loader.PreparedData.open(cfg.data.dir)
+    _check_data(cfg, data)
+    length = data.seq_length
+  else:
+    length = cfg.model.max_position_embeddings
+  mesh = sharding.make_mesh(cfg.mesh)
+  sharding.check_fits(cfg, mesh)
+  program = build_program(cfg, mesh)
+  preds = min(cfg.data.max_predictions_per_seq, length)
+  b = cfg.train.batch_size
+  shapes = {"input_ids": (b, length), "token_type_ids": (b, length),
+            "attention_mask": (b, length), "masked_positions": (b, preds),
+            "masked_ids": (b, preds), "masked_weights": (b, preds), "nsp_labels": (b,)}
+  batch = {k: jax.ShapeDtypeStruct(v, jnp.float32 if k == "masked_weights" else jnp.int32,
+                                   sharding=program.batch_sharding) for k, v in shapes.items()}
+  start = time.perf_counter()
+  with jax.set_mesh(mesh):
+    compiled = program.train_step.lower(program.abstract_state, batch).compile()
+  seconds = time.perf_counter() - start
+  mem = compiled.memory_analysis()
+  report = {
+      "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+      "mesh": dict(mesh.shape),
+      "parameters": bert.count_params(program.model.abstract_params),
+      "seq_length": length,
+      "batch_size": b,
+      "microbatches": cfg.train.microbatches,
+      "flops_per_token": metrics_lib.flops_per_token(cfg.model, length, preds),
+      "compile_seconds": round(seconds, 1),
+  }
+  if mem is not None:
+    report["per_device_bytes"] = {
+        "arguments": int(mem.argument_size_in_bytes),
+        "outputs": int(mem.output_size_in_bytes),
+        "temporaries": int(mem.temp_size_in_bytes),
+        "aliased (donated)": int(mem.alias_size_in_bytes),
+        "peak estimate": int(mem.argument_size_in_bytes + mem.output_size_in_bytes
+                             + mem.temp_size_in_bytes - mem.alias_size_in_bytes),
+    }
+  return report
+
+
+def format_dry_run(report: dict) -> str:
+  lines = [f"jaxpt pretrain --dry_run: compiled the train step in {report['compile_seconds']} s",
+           f"  devices:          {report['devices']}, mesh {report['mesh']}",
+           f"  parameters:       {report['parameters']:,} ({report['parameters'] / 1e6:.1f}M)",
+           f"  batch:            {report['batch_size']} x {report['seq_length']} tokens in "
+           f"{report['microbatches']} micro-batch(es)",
+           f"  FLOPs per token:  {report['flops_per_token'] / 1e6:.1f} MFLOP (training, matmuls)"]
+  for key, value in report.get("per_device_bytes", {}).items():
+    lines.append(f"  per device, {key + ':':<19} {value / 2**20:10.1f} MiB")
+  return "\n".join(lines)

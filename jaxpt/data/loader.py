@@ -53,18 +53,18 @@ class PreparedData:
 
 
 def batches(reader: store.SplitReader, spec: masking.MaskingSpec, *, batch_size: int,
-            seed: int, start_step: int = 0, shuffle: bool = True, process_index: int = 0,
-            process_count: int = 1, read_threads: int = 2,
+            seed: int, start_step: int = 0, shuffle: bool = True,
+            rows: tuple[int, int] | None = None, read_threads: int = 2,
             prefetch: int = 4) -> Iterator[dict[str, np.ndarray]]:
   """Endless iterator of this process's part of each global batch, from `start_step` on.
 
-  The global batch of `batch_size` rows is split in contiguous blocks: process i gets rows
-  [i * batch_size / process_count, (i + 1) * batch_size / process_count).
+  `rows` = [start, stop) is the block of the global batch this process feeds to its devices
+  (`sharding.local_batch_rows`); only those examples are read. Default: the whole batch.
   """
-  if batch_size % process_count:
-    raise ValueError(f"batch size {batch_size} is not divisible by {process_count} processes")
-  local = batch_size // process_count
-  offset = process_index * local
+  offset, stop = rows if rows is not None else (0, batch_size)
+  if not 0 <= offset < stop <= batch_size:
+    raise ValueError(f"rows {rows} are not a block of a batch of {batch_size}")
+  local = stop - offset
   ds = grain.MapDataset.range(len(reader))
   if shuffle:
     ds = ds.seed(seed).shuffle()

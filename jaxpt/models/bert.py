@@ -11,7 +11,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxpt import sharding
 from jaxpt.config import ModelConfig
+
+ACTIVATION = ("batch", "length", "act_embed")  # hidden states: split by batch only
 
 
 def _dense_init(cfg: ModelConfig, axes: tuple[str | None, ...]):
@@ -141,8 +144,10 @@ class Bert(nnx.Module):
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
+    x = sharding.constrain(x, ACTIVATION)
     for layer in self.layers:
       x = layer(x, attention_mask, deterministic=deterministic, rngs=rngs)
+      x = sharding.constrain(x, ACTIVATION)
     return x
 
   def pool(self, hidden):

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# N processes on this machine, each with its own fake CPU devices, joined by jax.distributed:
+# the multi-host code paths (global mesh, per-process data, Orbax multi-host checkpoints)
+# without any accelerator.
+#
+#   launch/local_multiprocess.sh [--dry_run] N [jaxpt pretrain flags...]
+#   launch/local_multiprocess.sh 2 --config=configs/shakespeare_tiny.py --workdir=runs/mp \
+#       --config.mesh.data=2 --config.mesh.fsdp=4
+#
+# Env: DEVICES_PER_PROCESS (default 4), PORT (default: a free one), JAXPT (default: jaxpt).
+set -euo pipefail
+dry_run=0
+if [[ "${1:-}" == "--dry_run" ]]; then dry_run=1; shift; fi
+if [[ $# -lt 1 || ! "$1" =~ ^[0-9]+$ ]]; then
+  echo "usage: $0 [--dry_run] N [jaxpt pretrain flags...]" >&2
+  exit 2
+fi
+n=$1; shift
+devices=${DEVICES_PER_PROCESS:-4}
+port=${PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
+jaxpt=${JAXPT:-jaxpt}
+
+cmds=()
+for ((i = 0; i < n; i++)); do
+  cmds+=("XLA_FLAGS=--xla_force_host_platform_device_count=$devices JAX_PLATFORMS=cpu $jaxpt pretrain $* --coordinator_address=127.0.0.1:$port --num_processes=$n --process_id=$i")
+done
+if ((dry_run)); then
+  printf '%s\n' "${cmds[@]}"
+  exit 0
+fi
+pids=()
+for ((i = 0; i < n; i++)); do
+  bash -c "${cmds[$i]}" &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+exit $status

@@ -1,0 +1,112 @@
+"""Real multi-process runs: `jax.distributed` on localhost, 2 processes x 4 CPU devices.
+
+Each process is the real `jaxpt pretrain` command. Losses must equal one process with 8
+devices; a checkpoint written by 2 processes on mesh (2,2,2) restores into 1 process on mesh
+(1,8,1) and training continues exactly as an uninterrupted run.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+TIMEOUT = 240
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def env(devices: int) -> dict:
+  e = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return e
+
+
+def pretrain_args(data, workdir, vocab, steps, mesh):
+  return [sys.executable, "-m", "jaxpt", "pretrain", "--config=configs/bert_tiny.py",
+          f"--workdir={workdir}", "--noprogress", f"--config.data.dir={data}",
+          f"--config.model.vocab_size={vocab}", "--config.model.max_position_embeddings=32",
+          "--config.model.hidden_size=32", "--config.model.intermediate_size=64",
+          "--config.train.batch_size=16", "--config.train.log_every_steps=1",
+          "--config.train.eval_every_steps=0", "--config.train.eval_batches=1",
+          "--config.checkpoint.every_steps=5", f"--config.train.num_steps={steps}",
+          "--config.optim.learning_rate=1e-3", "--config.optim.warmup_steps=0",
+          "--config.optim.end_learning_rate_fraction=1.0",  # constant: runs of any length agree
+          f"--config.mesh.data={mesh[0]}", f"--config.mesh.fsdp={mesh[1]}",
+          f"--config.mesh.tensor={mesh[2]}"]
+
+
+def run_processes(n, args, devices):
+  """n == 1: the command itself; n > 1: through launch/local_multiprocess.sh, as a user would."""
+  if n == 1:
+    cmd, e = args, env(devices)
+  else:
+    cmd = ["bash", "launch/local_multiprocess.sh", str(n), *args[4:], "--distributed_timeout=30"]
+    e = dict(env(devices), DEVICES_PER_PROCESS=str(devices), PORT=str(free_port()),
+             JAXPT=f"{sys.executable} -m jaxpt")
+  proc = subprocess.run(cmd, cwd=REPO, env=e, capture_output=True, text=True, timeout=TIMEOUT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout
+
+
+def losses(workdir):
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+@pytest.fixture(scope="module")
+def vocab(prepared_dir):
+  return json.loads((prepared_dir / "manifest.json").read_text())["tokenizer"]["vocab_size"]
+
+
+def test_two_processes_equal_one_and_checkpoints_reshard(prepared_dir, vocab, tmp_path):
+  ref = tmp_path / "one"
+  run_processes(1, pretrain_args(prepared_dir, ref, vocab, 7, (1, 8, 1)), devices=8)
+  two = tmp_path / "two"
+  out = run_processes(2, pretrain_args(prepared_dir, two, vocab, 5, (2, 2, 2)), devices=4)
+  assert out.count("starting at step 0") == 1, out  # only process 0 reports
+  ref_losses, two_losses = losses(ref), losses(two)
+  assert sorted(two_losses) == [1, 2, 3, 4, 5]
+  np.testing.assert_allclose([two_losses[s] for s in range(1, 6)],
+                             [ref_losses[s] for s in range(1, 6)], rtol=1e-5)
+  # The 2-process checkpoint (mesh 2,2,2) resumes in 1 process on mesh (1,8,1).
+  out = run_processes(1, pretrain_args(prepared_dir, two, vocab, 7, (1, 8, 1)), devices=8)
+  assert "resuming at step 5" in out
+  resumed = losses(two)
+  np.testing.assert_allclose([resumed[6], resumed[7]], [ref_losses[6], ref_losses[7]],
+                             rtol=1e-5)
+
+
+def test_a_dead_peer_ends_the_survivor_with_an_error(prepared_dir, vocab, tmp_path):
+  args = pretrain_args(prepared_dir, tmp_path / "w", vocab, 100000, (2, 2, 2))
+  port = free_port()
+  procs = [subprocess.Popen(args + [f"--coordinator_address=127.0.0.1:{port}",
+                                    "--num_processes=2", f"--process_id={i}",
+                                    "--distributed_timeout=10"],
+                            cwd=REPO, env=env(4), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    deadline = time.time() + TIMEOUT
+    metrics = tmp_path / "w" / "metrics.jsonl"
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+      assert time.time() < deadline and procs[0].poll() is None, procs[0].stderr.read()[-2000:]
+      time.sleep(0.5)
+    procs[1].kill()
+    killed_at = time.time()
+    _, err = procs[0].communicate(timeout=120)
+    assert procs[0].returncode != 0
+    assert time.time() - killed_at < 90
+    assert "heartbeat" in err.lower() or "task" in err.lower(), err[-2000:]
+  finally:
+    for p in procs:
+      p.kill()
