@@ -56,10 +56,20 @@ class Embeddings(nnx.Module):
 
   def __call__(self, input_ids, token_type_ids, *, deterministic: bool, rngs):
     length = input_ids.shape[1]
-    x = self.word(input_ids)  # [batch, length, embed]
-    x = x + self.position(jnp.arange(length))[None]  # positions 0..length-1
-    x = x + self.token_type(token_type_ids)
+    x = _lookup(self.word, input_ids)  # [batch, length, embed]
+    x = x + _lookup(self.position, jnp.arange(length))[None]  # positions 0..length-1
+    x = x + _lookup(self.token_type, token_type_ids)
     return self.dropout(self.norm(x), deterministic=deterministic, rngs=rngs)
+
+
+def _lookup(embed: nnx.Embed, ids):
+  """Rows of a (possibly sharded) table: gathered whole first, as FSDP gathers any weight.
+
+  A gather from a table split along `embed` would produce activations split along `embed`,
+  which XLA can only turn into batch-split ones by replicating them.
+  """
+  table = sharding.constrain(embed.embedding[...], (None, None))
+  return jnp.take(table, ids, axis=0).astype(embed.dtype or table.dtype)
 
 
 class SelfAttention(nnx.Module):
