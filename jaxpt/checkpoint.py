@@ -19,8 +19,12 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
+    # Handlers named up front, so that a fresh process can read metadata before restoring.
     self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("state", "data", "config"))
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": ocp.JsonCheckpointHandler(),
+                       "config": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -54,12 +58,46 @@ class Checkpointer:
                                       config=ocp.args.JsonRestore()))
     return restored.data, restored.config
 
+  def mismatches(self, step: int, abstract_state, limit: int = 3) -> list[str]:
+    """Parameters whose saved shape differs from `abstract_state`'s (or that one side lacks)."""
+    saved = _shapes(self._manager.item_metadata(step)["state"])
+    wanted = _shapes(abstract_state)
+    problems = []
+    for name in sorted(set(saved) | set(wanted)):
+      if not name.startswith("params."):
+        continue
+      have, want = saved.get(name), wanted.get(name)
+      if have != want:
+        problems.append(f"{name}: checkpoint {have or 'absent'}, model {want or 'absent'}")
+    if len(problems) > limit:
+      problems = problems[:limit] + [f"and {len(problems) - limit} more"]
+    if not problems:
+      opt_saved = {k: v for k, v in saved.items() if k.startswith("opt_state.")}
+      opt_wanted = {k: v for k, v in wanted.items() if k.startswith("opt_state.")}
+      if opt_saved != opt_wanted:
+        problems.append("opt_state: the saved optimizer state has another structure than "
+                        "this config's optimizer")
+    return problems
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _key_name(key) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+  """Dotted path -> shape, for arrays, abstract arrays and Orbax array metadata alike."""
+  return {".".join(_key_name(k) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def abstract_like(tree, shardings):

@@ -17,6 +17,7 @@ from absl import flags
 COMMANDS = {
     "prepare": "clean text files, train a WordPiece tokenizer, write BERT examples (tensorstore)",
     "pretrain": "pretrain BERT (MLM + NSP) on prepared data; re-run to resume",
+    "plot": "draw a run's loss, learning rate, throughput and eval curves to a PNG",
 }
 
 USAGE = """usage: jaxpt COMMAND [--flag=value ...]
@@ -173,7 +174,28 @@ def _run_pretrain(fv: flags.FlagValues) -> int:
   return 0
 
 
-_FLAGS = {"prepare": (_prepare_flags, _run_prepare), "pretrain": (_pretrain_flags, _run_pretrain)}
+def _plot_flags() -> flags.FlagValues:
+  fv = flags.FlagValues()
+  flags.DEFINE_string("workdir", None, "A run directory (holding metrics.jsonl).",
+                      flag_values=fv)
+  flags.DEFINE_string("out", None, "PNG to write (default WORKDIR/metrics.png).",
+                      flag_values=fv)
+  return fv
+
+
+def _run_plot(fv: flags.FlagValues) -> int:
+  if not fv.workdir:
+    raise UsageError("--workdir is required")
+  from jaxpt import metrics
+  try:
+    print(metrics.plot(fv.workdir, fv.out))
+  except FileNotFoundError as e:
+    raise UsageError(str(e)) from None
+  return 0
+
+
+_FLAGS = {"prepare": (_prepare_flags, _run_prepare), "pretrain": (_pretrain_flags, _run_pretrain),
+          "plot": (_plot_flags, _run_plot)}
 
 
 def _usage() -> str:

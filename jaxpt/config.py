@@ -29,6 +29,7 @@ class ModelConfig:
   layer_norm_eps: float = 1e-12  # BERT's TF value; HuggingFace keeps it
   initializer_range: float = 0.02  # stddev of the truncated normal initialiser
   dtype: str = "float32"  # compute dtype: float32 | bfloat16; parameters stay float32
+  remat: str = "none"  # recompute in the backward pass: none | full | save_dots (keep matmuls)
 
   @property
   def head_dim(self) -> int:
@@ -50,15 +51,19 @@ class DataConfig:
 
 @dataclasses.dataclass
 class OptimConfig:
-  """AdamW with linear warm-up then linear decay (the BERT recipe)."""
+  """Optimiser and schedule. Defaults: AdamW, linear warm-up then linear decay (BERT)."""
 
-  name: str = "adamw"  # the only choice until the optimisers issue adds more
-  learning_rate: float = 1e-4  # BERT paper, batch 256
+  name: str = "adamw"  # adamw | lamb | adafactor | sgd | rmsprop
+  learning_rate: float = 1e-4  # peak; BERT paper, batch 256
   warmup_steps: int = 10_000  # BERT paper
-  end_learning_rate_fraction: float = 0.0  # linear decay to this fraction of the peak
+  schedule: str = "linear"  # after warm-up: linear | cosine | polynomial | constant
+  power: float = 1.0  # exponent of the polynomial schedule
+  end_learning_rate_fraction: float = 0.0  # decay to this fraction of the peak
   b1: float = 0.9
-  b2: float = 0.999
+  b2: float = 0.999  # also RMSProp's decay
   eps: float = 1e-6  # BERT's TF AdamWeightDecay
+  momentum: float = 0.9  # SGD and RMSProp; 0 disables
+  nesterov: bool = False  # SGD
   weight_decay: float = 0.01  # not applied to biases and LayerNorm parameters
   grad_clip_norm: float = 1.0  # global-norm clipping; 0 disables
 
@@ -89,6 +94,11 @@ class TrainConfig:
   log_every_steps: int = 100
   eval_every_steps: int = 1000  # 0 evaluates only at the end
   eval_batches: int = 10  # held-out batches per evaluation (capped by the validation split)
+  early_stopping_patience: int = 0  # stop after this many evaluations without improvement; 0: off
+  early_stopping_min_delta: float = 0.0  # eval/loss must fall by more than this to improve
+  nonfinite: str = "abort"  # a NaN/Inf loss: abort (never checkpointed) | skip the update
+  max_nonfinite_in_a_row: int = 10  # with nonfinite=skip: abort after this many in a row
+  peak_flops_per_device: float = 0.0  # for MFU; 0: from the device-kind table, if known
 
 
 @dataclasses.dataclass
@@ -124,6 +134,8 @@ def validate(cfg: Config) -> Config:
     _check(0.0 <= getattr(m, name) < 1.0, f"model.{name}", getattr(m, name), "must be in [0, 1)")
   _check(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype,
          "must be 'float32' or 'bfloat16'")
+  _check(m.remat in ("none", "full", "save_dots"), "model.remat", m.remat,
+         "must be 'none', 'full' or 'save_dots'")
   d = cfg.data
   _check(0.0 < d.mask_prob < 1.0, "data.mask_prob", d.mask_prob, "must be in (0, 1)")
   _check(0.0 <= d.mask_token_prob and 0.0 <= d.random_token_prob
@@ -133,7 +145,12 @@ def validate(cfg: Config) -> Config:
   _check(d.max_predictions_per_seq > 0, "data.max_predictions_per_seq",
          d.max_predictions_per_seq, "must be positive")
   o = cfg.optim
-  _check(o.name == "adamw", "optim.name", o.name, "only 'adamw' is available")
+  _check(o.name in ("adamw", "lamb", "adafactor", "sgd", "rmsprop"), "optim.name", o.name,
+         "must be one of adamw, lamb, adafactor, sgd, rmsprop")
+  _check(o.schedule in ("linear", "cosine", "polynomial", "constant"), "optim.schedule",
+         o.schedule, "must be one of linear, cosine, polynomial, constant")
+  _check(0.0 <= o.end_learning_rate_fraction <= 1.0, "optim.end_learning_rate_fraction",
+         o.end_learning_rate_fraction, "must be in [0, 1]")
   _check(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "must be positive")
   _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be >= 0")
   _check(o.grad_clip_norm >= 0, "optim.grad_clip_norm", o.grad_clip_norm, "must be >= 0")
@@ -151,6 +168,12 @@ def validate(cfg: Config) -> Config:
   _check(t.log_every_steps > 0, "train.log_every_steps", t.log_every_steps, "must be positive")
   _check(t.eval_every_steps >= 0, "train.eval_every_steps", t.eval_every_steps, "must be >= 0")
   _check(t.eval_batches > 0, "train.eval_batches", t.eval_batches, "must be positive")
+  _check(t.early_stopping_patience >= 0, "train.early_stopping_patience",
+         t.early_stopping_patience, "must be >= 0")
+  _check(t.nonfinite in ("abort", "skip"), "train.nonfinite", t.nonfinite,
+         "must be 'abort' or 'skip'")
+  _check(t.max_nonfinite_in_a_row > 0, "train.max_nonfinite_in_a_row",
+         t.max_nonfinite_in_a_row, "must be positive")
   return cfg
 
 

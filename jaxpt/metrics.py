@@ -68,6 +68,26 @@ def flops_per_token(cfg: ModelConfig, seq_length: int, predictions_per_seq: int)
   return 3.0 * (layers * per_layer + head)
 
 
+# Dense bf16 peak FLOP/s per chip, from the vendors' data sheets, matched against
+# `jax.Device.device_kind` by substring (first match wins).
+PEAK_FLOPS = (
+    ("TPU v6", 918e12), ("TPU v5p", 459e12), ("TPU v5 lite", 197e12), ("TPU v5e", 197e12),
+    ("TPU v5", 459e12), ("TPU v4", 275e12), ("TPU v3", 123e12), ("TPU v2", 46e12),
+    ("B200", 2250e12), ("H200", 989e12), ("H100", 989e12), ("A100", 312e12),
+    ("L40S", 362e12), ("L4", 121e12), ("A10", 125e12), ("V100", 125e12),
+)
+
+
+def peak_flops(device_kind: str, configured: float = 0.0) -> float | None:
+  """Peak FLOP/s of one device: `configured` if set, else the table's entry, else None."""
+  if configured:
+    return configured
+  for name, flops in PEAK_FLOPS:
+    if name.lower() in device_kind.lower():
+      return flops
+  return None
+
+
 class Throughput:
   """Tokens per second between calls of `rate`, on the host clock."""
 
@@ -83,3 +103,45 @@ class Throughput:
     r = self._tokens / max(now - self._t, 1e-9)
     self._t, self._tokens = now, 0
     return r
+
+
+def plot(workdir: str, out: str | None = None) -> str:
+  """Draws loss, learning rate, throughput and eval curves of a run to a PNG; returns its path."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  rows = read_metrics(workdir)
+  if not rows:
+    raise FileNotFoundError(f"{os.path.join(workdir, 'metrics.jsonl')}: no metrics to plot")
+
+  def series(key):
+    pts = [(r["step"], r[key]) for r in rows if key in r and isinstance(r[key], (int, float))
+           and math.isfinite(r[key])]
+    return ([p[0] for p in pts], [p[1] for p in pts]) if pts else None
+
+  panels = [
+      ("masked-LM loss", [("train/mlm_loss", "train"), ("eval/mlm_loss", "eval")]),
+      ("accuracy", [("train/mlm_accuracy", "train MLM"), ("eval/mlm_accuracy", "eval MLM"),
+                    ("eval/nsp_accuracy", "eval NSP")]),
+      ("learning rate", [("lr", "lr")]),
+      ("throughput (tokens/s)", [("perf/tokens_per_sec", "tokens/s")]),
+  ]
+  fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
+  for ax, (title, keys) in zip(axes.flat, panels):
+    for key, label in keys:
+      s = series(key)
+      if s:
+        ax.plot(*s, label=label, marker="o" if key.startswith("eval/") else None, ms=3)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+      ax.legend()
+  fig.suptitle(os.path.abspath(workdir))
+  out = out or os.path.join(workdir, "metrics.png")
+  tmp = out + ".tmp.png"
+  fig.savefig(tmp, dpi=100)
+  plt.close(fig)
+  os.replace(tmp, out)
+  return out

@@ -7,34 +7,73 @@ import optax
 
 from jaxpt.config import OptimConfig
 
+OPTIMIZERS = ("adamw", "lamb", "adafactor", "sgd", "rmsprop")
+SCHEDULES = ("linear", "cosine", "polynomial", "constant")
+
 
 def learning_rate_schedule(cfg: OptimConfig, num_steps: int) -> optax.Schedule:
-  """Linear warm-up from 0 to the peak, then linear decay to `end_learning_rate_fraction`."""
-  end = cfg.learning_rate * cfg.end_learning_rate_fraction
+  """Linear warm-up from 0 to the peak, then `cfg.schedule` down to the end value."""
+  peak = cfg.learning_rate
+  end = peak * cfg.end_learning_rate_fraction
   warmup = min(cfg.warmup_steps, num_steps)
-  decay = optax.linear_schedule(cfg.learning_rate, end, max(num_steps - warmup, 1))
+  rest = max(num_steps - warmup, 1)
+  if cfg.schedule == "linear":
+    after = optax.linear_schedule(peak, end, rest)
+  elif cfg.schedule == "cosine":
+    after = optax.cosine_decay_schedule(peak, rest, alpha=cfg.end_learning_rate_fraction)
+  elif cfg.schedule == "polynomial":
+    after = optax.polynomial_schedule(peak, end, cfg.power, rest)
+  elif cfg.schedule == "constant":
+    after = optax.constant_schedule(peak)
+  else:
+    raise ValueError(f"unknown schedule {cfg.schedule!r}")
   if warmup == 0:
-    return decay
-  return optax.join_schedules(
-      [optax.linear_schedule(0.0, cfg.learning_rate, warmup), decay], boundaries=[warmup])
+    return after
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after],
+                              boundaries=[warmup])
 
 
 def decay_mask(params):
   """True for weight matrices; False for biases and LayerNorm scales/offsets (BERT recipe)."""
-  def is_matrix(path, leaf):
-    del path
-    return leaf.ndim >= 2
-  return jax.tree_util.tree_map_with_path(is_matrix, params)
+  return jax.tree.map(lambda leaf: leaf.ndim >= 2, params)
 
 
-def make_optimizer(cfg: OptimConfig, num_steps: int) -> optax.GradientTransformation:
-  schedule = learning_rate_schedule(cfg, num_steps)
-  parts = []
-  if cfg.grad_clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+def make_optimizer(cfg: OptimConfig, num_steps: int,
+                   skip_nonfinite: bool = False) -> optax.GradientTransformation:
+  """The configured optimiser, after global-norm clipping.
+
+  `skip_nonfinite` wraps it in `optax.apply_if_finite`: an update with a NaN or Inf gradient
+  is skipped (parameters and moments unchanged) and counted; the trainer decides when too
+  many in a row end the run, so optax never applies one.
+  """
+  lr = learning_rate_schedule(cfg, num_steps)
+  wd = cfg.weight_decay
   if cfg.name == "adamw":
-    parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                             weight_decay=cfg.weight_decay, mask=decay_mask))
+    tx = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=wd, mask=decay_mask)
+  elif cfg.name == "lamb":  # You et al. 2020: BERT with batches of 32k-64k
+    tx = optax.lamb(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=wd, mask=decay_mask)
+  elif cfg.name == "adafactor":  # factored second moments: memory ~ rows + columns
+    tx = optax.adafactor(lr, weight_decay_rate=wd or None, weight_decay_mask=decay_mask,
+                         multiply_by_parameter_scale=False)
+  elif cfg.name == "sgd":
+    tx = optax.chain(optax.add_decayed_weights(wd, decay_mask),
+                     optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
+  elif cfg.name == "rmsprop":
+    tx = optax.chain(optax.add_decayed_weights(wd, decay_mask),
+                     optax.rmsprop(lr, decay=cfg.b2, eps=cfg.eps,
+                                   momentum=cfg.momentum or None))
   else:
     raise ValueError(f"unknown optimiser {cfg.name!r}")
-  return optax.chain(*parts)
+  if cfg.grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
+  if skip_nonfinite:
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=2**31 - 1)
+  return tx
+
+
+def nonfinite_counts(opt_state) -> dict:
+  """(skipped in a row, skipped in total) when the optimiser skips non-finite updates."""
+  if isinstance(opt_state, optax.ApplyIfFiniteState):
+    return {"train/nonfinite_in_a_row": opt_state.notfinite_count,
+            "train/nonfinite_total": opt_state.total_notfinite}
+  return {}

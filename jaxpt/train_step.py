@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from jaxpt import optim
+
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
@@ -117,6 +119,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     metrics = means(sums, "train")
     metrics["train/grad_norm"] = optax.global_norm(grads)
     metrics["lr"] = schedule(state.step)
+    metrics.update(optim.nonfinite_counts(opt_state))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 
 import jax
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from jaxpt import checkpoint as ckpt_lib
@@ -95,7 +97,8 @@ class Program:
 def build_program(cfg: Config, mesh) -> Program:
   model, init_params = build_model(cfg.model, mesh, cfg.seed)
   schedule = optim.learning_rate_schedule(cfg.optim, cfg.train.num_steps)
-  tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
+  tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps,
+                            skip_nonfinite=cfg.train.nonfinite == "skip")
   state_sh = state_shardings(model, tx, mesh)
   batch_sh = sharding.batch_sharding(mesh)
   rep = sharding.replicated(mesh)
@@ -164,10 +167,55 @@ def _truncate_metrics(workdir: str, last_step: int) -> None:
     os.replace(tmp, path)
 
 
+class Preemption:
+  """SIGTERM (a preemption notice): finish the current step, checkpoint it, exit 0.
+
+  Several processes must stop at the same step: JAX's preemption sync point agrees on one
+  (it exists only under `jax.distributed`, and installs its own SIGTERM handler). A single
+  process listens for SIGTERM itself.
+  """
+
+  def __init__(self):
+    self._requested = False
+    self._multi = jax.process_count() > 1
+    self._previous = None
+    if not self._multi:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self._requested = True
+
+  def reached(self, step: int) -> bool:
+    if self._multi:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._requested
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _mean_row(fetched: list[dict]) -> dict:
+  """Means over a logging window; non-finite values (skipped updates) are left out."""
+  row = {}
+  for key in fetched[0]:
+    values = np.asarray([m[key] for m in fetched], np.float64)
+    finite = values[np.isfinite(values)]
+    row[key] = float(finite.mean()) if finite.size else float("nan")
+  return row
+
+
+def _first_nonfinite(losses, first_step: int) -> int | None:
+  bad = np.flatnonzero(~np.isfinite(np.asarray(losses, np.float64)))
+  return int(first_step + bad[0]) if bad.size else None
+
+
 def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
   """Trains to `cfg.train.num_steps`, resuming from the latest checkpoint in `workdir`.
 
-  Returns the last logged metrics (train and eval).
+  Returns the last logged metrics (train and eval), plus `stopped` when the run ended early
+  ("preempted" or "early_stopping").
   """
   config_lib.validate(cfg)
   if not cfg.data.dir:
@@ -178,24 +226,30 @@ def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
   sharding.check_fits(cfg, mesh)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
+  ckpt, t = cfg.checkpoint, cfg.train
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                       max_to_keep=cfg.checkpoint.max_to_keep,
-                                       async_save=cfg.checkpoint.async_save)
+                                       max_to_keep=ckpt.max_to_keep,
+                                       async_save=ckpt.async_save)
+  best_checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "best"), max_to_keep=1,
+                                            async_save=ckpt.async_save)
   tokenizer_hash = data.manifest["tokenizer"]["hash"]
+  program = build_program(cfg, mesh)
   latest = checkpointer.latest_step()
+  saved_data: dict = {}
   if latest is not None:
     saved_data, saved_config = checkpointer.restore_metadata(latest)
+    where = f"{checkpointer.directory}/{latest}"
     if saved_data.get("tokenizer_hash") != tokenizer_hash:
-      raise TrainError(
-          f"{checkpointer.directory}/{latest}: trained with tokenizer "
-          f"{saved_data.get('tokenizer_hash')}, but {data.directory} uses {tokenizer_hash}")
-    if saved_config.get("model") != dataclasses.asdict(cfg.model):
-      changed = sorted(k for k, v in dataclasses.asdict(cfg.model).items()
-                       if saved_config.get("model", {}).get(k) != v)
-      raise TrainError(f"{checkpointer.directory}/{latest}: saved with a different model "
-                       f"config (model.{', model.'.join(changed)} differ)")
+      raise TrainError(f"{where}: trained with tokenizer {saved_data.get('tokenizer_hash')}, "
+                       f"but {data.directory} uses {tokenizer_hash}")
+    problems = checkpointer.mismatches(latest, program.abstract_state)
+    if problems:
+      changed = [f"{section}.{k}" for section in ("model", "optim")
+                 for k, v in dataclasses.asdict(getattr(cfg, section)).items()
+                 if saved_config.get(section, {}).get(k) != v]
+      raise TrainError(f"{where} does not fit this run ({', '.join(changed)} changed): "
+                       f"{'; '.join(problems)}")
 
-  program = build_program(cfg, mesh)
   with jax.set_mesh(mesh):
     if latest is None:
       state = program.init_state()
@@ -207,15 +261,19 @@ def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
   train_step, eval_step, batch_sh = program.train_step, program.eval_step, program.batch_sharding
 
   spec = data.masking_spec(cfg.data)
-  rows = sharding.local_batch_rows(batch_sh, cfg.train.batch_size)
   train_batches = loader.batches(
-      data.reader("train"), spec, batch_size=cfg.train.batch_size, seed=cfg.seed,
+      data.reader("train"), spec, batch_size=t.batch_size, seed=cfg.seed,
       start_step=start_step, read_threads=cfg.data.read_threads,
-      prefetch=cfg.data.prefetch_batches, rows=rows)
+      prefetch=cfg.data.prefetch_batches,
+      rows=sharding.local_batch_rows(batch_sh, t.batch_size))
   eval_set = _eval_batches(cfg, data, spec, batch_sh)
 
   n_params = bert.count_params(program.model.abstract_params)
-  tokens_per_step = cfg.train.batch_size * data.seq_length
+  tokens_per_step = t.batch_size * data.seq_length
+  flops_per_step = tokens_per_step * metrics_lib.flops_per_token(
+      cfg.model, data.seq_length, spec.max_predictions)
+  peak = metrics_lib.peak_flops(jax.devices()[0].device_kind, t.peak_flops_per_device)
+  peak = peak * jax.device_count() if peak else None
   if is_main:
     print(f"jaxpt pretrain: {n_params / 1e6:.2f}M parameters, {jax.device_count()} "
           f"{jax.devices()[0].platform} device(s), mesh {dict(mesh.shape)}, "
@@ -223,67 +281,109 @@ def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
           + (f"resuming at step {start_step}" if start_step else "starting at step 0"),
           flush=True)
 
+  # Early stopping: the best eval/loss so far, and evaluations since it (kept in checkpoints).
+  best_loss = saved_data.get("best_eval_loss", math.inf)
+  since_best = saved_data.get("evals_since_best", 0)
+
+  def data_item(step):
+    return {"next_step": step, "seed": cfg.seed, "tokenizer_hash": tokenizer_hash,
+            "best_eval_loss": best_loss, "evals_since_best": since_best}
+
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
-  bar = tqdm(total=cfg.train.num_steps, initial=start_step, disable=not (progress and is_main),
+  bar = tqdm(total=t.num_steps, initial=start_step, disable=not (progress and is_main),
              unit="step", dynamic_ncols=True)
   meter = metrics_lib.Throughput()
+  preemption = Preemption()
   pending: list[dict] = []
   last: dict = {}
+  stopped = None
   step = start_step
-  with jax.set_mesh(mesh):
-    batches = device_prefetch(train_batches, batch_sh)
-    while step < cfg.train.num_steps:
-      state, step_metrics = train_step(state, next(batches))
-      step += 1
-      pending.append(step_metrics)
-      meter.add(tokens_per_step)
-      bar.update(1)
-      is_last = step == cfg.train.num_steps
-      row = {}
-      if step % cfg.train.log_every_steps == 0 or is_last:
-        fetched = fetch(pending)  # the only host sync of a logging interval
-        pending = []
-        row = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-        row["perf/tokens_per_sec"] = meter.rate()
-        if not math.isfinite(row["train/loss"]):
-          raise TrainError(f"step {step}: train/loss is {row['train/loss']}; stopping "
-                           "without saving a non-finite state")
-        bar.set_postfix(loss=f"{row['train/loss']:.3f}",
-                        tok_s=f"{row['perf/tokens_per_sec']:.0f}", refresh=False)
-      if eval_set and ((cfg.train.eval_every_steps
-                        and step % cfg.train.eval_every_steps == 0) or is_last):
-        row.update(evaluate(eval_step, state.params, eval_set))
-        meter.rate()  # evaluation time is not training throughput
-      if row:
-        writer.write(step, row)
-        last.update(row)
-        last["step"] = step
-      if step % cfg.checkpoint.every_steps == 0 or is_last:
-        unlogged = fetch([m["train/loss"] for m in pending])
-        if not np.isfinite(unlogged).all():
-          raise TrainError(f"step {step}: train/loss is not finite; stopping without saving "
-                           "a non-finite state")
-        checkpointer.save(step, state, config=config_lib.to_dict(cfg),
-                          data={"next_step": step, "seed": cfg.seed,
-                                "tokenizer_hash": tokenizer_hash},
-                          force=is_last)
-  bar.close()
-  checkpointer.close()
-  writer.close()
+  try:
+    with jax.set_mesh(mesh):
+      batches = device_prefetch(train_batches, batch_sh)
+      while step < t.num_steps and stopped is None:
+        state, step_metrics = train_step(state, next(batches))
+        step += 1
+        pending.append(step_metrics)
+        meter.add(tokens_per_step)
+        bar.update(1)
+        is_last = step == t.num_steps
+        if preemption.reached(step):
+          stopped = "preempted"
+        checkpoint_now = step % ckpt.every_steps == 0 or is_last or stopped
+        row = {}
+        if step % t.log_every_steps == 0 or is_last or checkpoint_now:
+          # The only host sync of a logging interval; checkpoints also wait for it, so a
+          # non-finite state is never saved.
+          fetched = fetch(pending)
+          first = step - len(pending) + 1
+          pending = []
+          if t.nonfinite == "abort":
+            bad = _first_nonfinite([m["train/loss"] for m in fetched], first)
+            if bad is None:
+              bad = _first_nonfinite([m["train/grad_norm"] for m in fetched], first)
+            if bad is not None:
+              raise TrainError(f"step {bad}: the loss or gradient is not finite; stopped "
+                               f"without saving it (last checkpoint: step "
+                               f"{checkpointer.latest_step()}). --config.train.nonfinite=skip "
+                               "skips such updates instead")
+          elif fetched[-1]["train/nonfinite_in_a_row"] >= t.max_nonfinite_in_a_row:
+            raise TrainError(f"step {step}: {int(fetched[-1]['train/nonfinite_in_a_row'])} "
+                             "non-finite updates in a row were skipped; stopping")
+          if step % t.log_every_steps == 0 or is_last or stopped:
+            row = _mean_row(fetched)
+            rate = meter.rate()
+            row["perf/tokens_per_sec"] = rate
+            if peak:
+              row["perf/mfu"] = rate / tokens_per_step * flops_per_step / peak
+            bar.set_postfix(loss=f"{row['train/loss']:.3f}", tok_s=f"{rate:.0f}",
+                            refresh=False)
+        if eval_set and not stopped and (
+            (t.eval_every_steps and step % t.eval_every_steps == 0) or is_last):
+          row.update(evaluate(eval_step, state.params, eval_set))
+          meter.rate()  # evaluation time is not training throughput
+          if row["eval/loss"] < best_loss - t.early_stopping_min_delta:
+            best_loss, since_best = row["eval/loss"], 0
+            best_checkpointer.save(step, state, data=data_item(step),
+                                   config=config_lib.to_dict(cfg), force=True)
+          else:
+            since_best += 1
+            if t.early_stopping_patience and since_best >= t.early_stopping_patience:
+              stopped = "early_stopping"
+              checkpoint_now = True
+        if row:
+          writer.write(step, row)
+          last.update(row)
+          last["step"] = step
+        if checkpoint_now:
+          checkpointer.save(step, state, config=config_lib.to_dict(cfg), data=data_item(step),
+                            force=True)
+  finally:
+    preemption.close()
+    bar.close()
+    checkpointer.close()  # waits for the last save to commit
+    best_checkpointer.close()
+    writer.close()
+  if stopped:
+    last["stopped"] = stopped
   if not last:  # nothing to do: the run had already reached num_steps
     logged = metrics_lib.read_metrics(workdir)
     last = {k: v for r in logged for k, v in r.items()}
     if is_main:
       print(f"jaxpt pretrain: {workdir} already finished {start_step} of "
-            f"{cfg.train.num_steps} steps; raise --config.train.num_steps to train further")
+            f"{t.num_steps} steps; raise --config.train.num_steps to train further")
   if is_main and last:
     summary = ", ".join(f"{k}={last[k]:.4f}" for k in
                         ("train/mlm_loss", "eval/mlm_loss", "eval/mlm_accuracy") if k in last)
-    print(f"jaxpt pretrain: step {step}: {summary}\n"
+    why = {"preempted": " (SIGTERM: checkpointed, re-run to resume)",
+           "early_stopping": f" (early stopping: no better eval/loss in "
+                             f"{t.early_stopping_patience} evaluations)"}.get(stopped, "")
+    print(f"jaxpt pretrain: step {step}{why}: {summary}\n"
           f"  metrics:     {os.path.join(workdir, 'metrics.jsonl')}\n"
           f"  tensorboard: {os.path.join(workdir, 'tensorboard')}\n"
-          f"  checkpoints: {checkpointer.directory} (steps {checkpointer.all_steps()})",
-          flush=True)
+          f"  checkpoints: {checkpointer.directory} (steps {checkpointer.all_steps()}); "
+          f"best eval/loss: {best_checkpointer.directory} (step "
+          f"{best_checkpointer.latest_step()})", flush=True)
   return last
 
 

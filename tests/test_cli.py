@@ -68,7 +68,7 @@ def test_prepare_then_pretrain_then_resume(corpus_dir, tmp_path):
   # A finished run re-run does nothing but report; a different model is refused.
   proc = jaxpt("pretrain", *common, "--config.train.num_steps=30",
                "--config.model.hidden_size=64")
-  one_line_error(proc, "model.hidden_size", "differ")
+  one_line_error(proc, "model.hidden_size changed", "params.bert.embeddings.norm.bias: checkpoint (128,), model (64,)")
 
 
 def test_config_typo_is_one_line(prepared_dir, tmp_path):

@@ -137,3 +137,11 @@ def test_mesh_and_divisibility_errors_name_the_field():
 def test_local_batch_rows_cover_the_batch():
   mesh = sharding.make_mesh(config_lib.MeshConfig(2, 2, 2))
   assert sharding.local_batch_rows(sharding.batch_sharding(mesh), 16) == (0, 16)
+
+
+@pytest.mark.parametrize("remat", ["full", "save_dots"])
+def test_rematerialisation_changes_memory_not_results(reference, remat):
+  cfg = config_lib.with_model(tiny_config(), remat=remat)
+  one = sharding.make_mesh(config_lib.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
+  losses, _, _ = run(cfg, one, batches(cfg))
+  np.testing.assert_allclose(losses, reference[0], rtol=1e-6)

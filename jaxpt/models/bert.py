@@ -155,9 +155,16 @@ class Bert(nnx.Module):
       attention_mask = jnp.ones_like(input_ids)
     x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
     x = sharding.constrain(x, ACTIVATION)
+
+    def apply(layer, x, attention_mask, rngs):
+      return layer(x, attention_mask, deterministic=deterministic, rngs=rngs)
+
+    if self.config.remat != "none":  # keep only the layer inputs (and matmuls) for backward
+      policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+                if self.config.remat == "save_dots" else None)
+      apply = nnx.remat(apply, policy=policy)
     for layer in self.layers:
-      x = layer(x, attention_mask, deterministic=deterministic, rngs=rngs)
-      x = sharding.constrain(x, ACTIVATION)
+      x = sharding.constrain(apply(layer, x, attention_mask, rngs), ACTIVATION)
     return x
 
   def pool(self, hidden):

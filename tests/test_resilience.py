@@ -1,0 +1,255 @@
+"""Training that survives: SIGKILL and resume exactly, SIGTERM, interrupted saves, NaN guard,
+mismatched checkpoints, early stopping, every optimiser and schedule."""
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import REPO
+from jaxpt import config as config_lib
+from jaxpt import optim, sharding, trainer
+from test_sharding import batches, tiny_config
+
+
+@pytest.fixture(scope="module")
+def vocab(prepared_dir):
+  return json.loads((prepared_dir / "manifest.json").read_text())["tokenizer"]["vocab_size"]
+
+
+def command(data, workdir, vocab, *extra):
+  return [sys.executable, "-m", "jaxpt", "pretrain", "--config=configs/bert_tiny.py",
+          f"--workdir={workdir}", "--noprogress", f"--config.data.dir={data}",
+          f"--config.model.vocab_size={vocab}", "--config.model.max_position_embeddings=32",
+          "--config.model.hidden_size=32", "--config.model.intermediate_size=64",
+          "--config.train.batch_size=8", "--config.train.log_every_steps=1",
+          "--config.train.eval_every_steps=0", "--config.optim.warmup_steps=5",
+          "--config.optim.learning_rate=1e-3", *extra]
+
+
+def run(cmd, timeout=240):
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def start(cmd):
+  return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+
+
+def wait_for_rows(workdir, n, proc, timeout=180):
+  path = workdir / "metrics.jsonl"
+  deadline = time.time() + timeout
+  while not (path.exists() and path.read_text().count("\n") >= n):
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    assert time.time() < deadline, "the run never logged enough steps"
+    time.sleep(0.02)
+
+
+def losses(workdir):
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def test_sigkill_at_a_random_step_then_resume_equals_uninterrupted(prepared_dir, vocab,
+                                                                    tmp_path):
+  steps = ["--config.train.num_steps=120", "--config.checkpoint.every_steps=10"]
+  whole = tmp_path / "whole"
+  proc = run(command(prepared_dir, whole, vocab, *steps))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  killed = tmp_path / "killed"
+  proc = start(command(prepared_dir, killed, vocab, *steps))
+  kill_after = random.Random().randint(15, 100)
+  wait_for_rows(killed, kill_after, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  proc = run(command(prepared_dir, killed, vocab, *steps))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resuming at step" in proc.stdout, (kill_after, proc.stdout)
+  expected, got = losses(whole), losses(killed)
+  assert sorted(got) == list(range(1, 121))
+  # Bit-identical on CPU: same data, same dropout keys, same state.
+  assert got == expected, (kill_after, [s for s in expected if got[s] != expected[s]][:5])
+
+
+def test_sigterm_checkpoints_the_current_step_and_exits_zero(prepared_dir, vocab, tmp_path):
+  workdir = tmp_path / "w"
+  args = ["--config.train.num_steps=100000", "--config.checkpoint.every_steps=100000"]
+  proc = start(command(prepared_dir, workdir, vocab, *args))
+  wait_for_rows(workdir, 5, proc)
+  proc.send_signal(signal.SIGTERM)
+  sent = time.time()
+  out, err = proc.communicate(timeout=60)
+  assert proc.returncode == 0, err[-3000:]
+  assert time.time() - sent < 30
+  assert "SIGTERM" in out
+  saved = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+  logged = max(losses(workdir))
+  assert saved == [logged] and logged >= 5  # the step it was on, not a periodic one
+  proc = run(command(prepared_dir, workdir, vocab, f"--config.train.num_steps={logged + 2}",
+                     "--config.checkpoint.every_steps=100000"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"resuming at step {logged}" in proc.stdout
+
+
+def test_an_interrupted_save_is_never_restored(prepared_dir, vocab, tmp_path):
+  workdir = tmp_path / "w"
+  args = ["--config.train.num_steps=8", "--config.checkpoint.every_steps=4"]
+  proc = run(command(prepared_dir, workdir, vocab, *args))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  # What a process killed while writing step 12 leaves: Orbax's temporary directory, half full.
+  ckpts = workdir / "checkpoints"
+  partial = ckpts / "12.orbax-checkpoint-tmp-1764400000000"
+  shutil.copytree(ckpts / "8", partial)
+  for f in sorted(partial.rglob("*"))[::2]:
+    if f.is_file():
+      f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+  proc = run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=10",
+                     "--config.checkpoint.every_steps=4"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resuming at step 8" in proc.stdout
+
+
+def test_nonfinite_loss_aborts_with_its_step_and_saves_nothing_bad(prepared_dir, vocab,
+                                                                   tmp_path):
+  workdir = tmp_path / "w"
+  proc = run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=4",
+                     "--config.checkpoint.every_steps=2"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  # Continue with an absurd learning rate: the loss blows up.
+  proc = run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=200",
+                     "--config.checkpoint.every_steps=2", "--config.optim.learning_rate=1e12",
+                     "--config.optim.warmup_steps=0"))
+  assert proc.returncode == 2
+  err = proc.stderr.strip().splitlines()
+  assert len(err) == 1 and "is not finite" in err[0], proc.stderr[-2000:]
+  bad_step = int(err[0].split("step ")[1].split(":")[0])
+  saved = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+  assert saved and max(saved) < bad_step
+  # The last checkpoint on disk is finite.
+  from jaxpt import checkpoint as ckpt_lib
+  cfg = config_lib.with_model(config_lib.load(str(REPO / "configs/bert_tiny.py")),
+                              vocab_size=vocab, max_position_embeddings=32, hidden_size=32,
+                              intermediate_size=64)
+  mesh = sharding.make_mesh(cfg.mesh)
+  program = trainer.build_program(cfg, mesh)
+  ck = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), max_to_keep=3)
+  state, _, _ = ck.restore(max(saved), program.abstract_state)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+
+
+def test_skip_mode_leaves_parameters_unchanged_and_counts():
+  cfg = config_lib.OptimConfig(warmup_steps=0)
+  tx = optim.make_optimizer(cfg, 10, skip_nonfinite=True)
+  params = {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)}
+  opt_state = tx.init(params)
+  bad = {"w": jnp.full((2, 2), jnp.nan), "b": jnp.zeros(2)}
+  for expected in (1, 2):
+    updates, opt_state = tx.update(bad, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    np.testing.assert_array_equal(params["w"], np.ones((2, 2)))
+    counts = optim.nonfinite_counts(opt_state)
+    assert int(counts["train/nonfinite_in_a_row"]) == expected
+  good = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+  updates, opt_state = tx.update(good, opt_state, params)
+  assert int(optim.nonfinite_counts(opt_state)["train/nonfinite_in_a_row"]) == 0
+  assert int(optim.nonfinite_counts(opt_state)["train/nonfinite_total"]) == 2
+  assert not np.array_equal(optax.apply_updates(params, updates)["w"], params["w"])
+
+
+@pytest.mark.parametrize("change,path", [
+    ("--config.model.hidden_size=64",
+     "params.bert.embeddings.position.embedding: checkpoint (32, 32), model (32, 64)"),
+    ("--config.model.num_layers=3", "params.bert.layers.2"),
+    ("--config.model.max_position_embeddings=64", "params.bert.embeddings.position.embedding"),
+])
+def test_restoring_into_a_different_model_names_the_parameter(prepared_dir, vocab, tmp_path,
+                                                              change, path):
+  workdir = tmp_path / "w"
+  proc = run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=2"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=4", change))
+  assert proc.returncode == 2
+  err = proc.stderr.strip()
+  assert len(err.splitlines()) == 1 and path in err, err
+  assert change.split("=")[0].removeprefix("--config.") in err
+
+
+def test_restoring_with_another_optimizer_is_a_clear_error(prepared_dir, vocab, tmp_path):
+  workdir = tmp_path / "w"
+  proc = run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=2"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=4",
+                     "--config.optim.name=sgd"))
+  assert proc.returncode == 2
+  err = proc.stderr.strip()
+  assert len(err.splitlines()) == 1 and "optim.name changed" in err and "opt_state" in err, err
+
+
+def test_early_stopping_stops_where_patience_predicts(prepared_dir, vocab, tmp_path):
+  # A learning rate of ~0 keeps eval/loss flat: the first evaluation stays the best, and
+  # with eval every 2 steps and patience 2 the run stops after step 2 * (1 + 2) = 6.
+  workdir = tmp_path / "w"
+  proc = run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=100",
+                     "--config.optim.learning_rate=1e-12", "--config.train.eval_every_steps=2",
+                     "--config.train.early_stopping_patience=2",
+                     "--config.train.early_stopping_min_delta=1e-3",
+                     "--config.checkpoint.every_steps=100"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "early stopping" in proc.stdout
+  assert max(losses(workdir)) == 6
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["6"]
+  assert sorted(d for d in os.listdir(workdir / "best") if d.isdigit()) == ["2"]
+
+
+def _trains(optim_cfg):
+  cfg = tiny_config()
+  cfg = dataclasses.replace(cfg, optim=optim_cfg,
+                            train=dataclasses.replace(cfg.train, num_steps=8))
+  cfg = config_lib.with_model(cfg, hidden_dropout=0.0, attention_dropout=0.0)
+  mesh = sharding.make_mesh(config_lib.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
+  program = trainer.build_program(cfg, mesh)
+  batch = batches(cfg, steps=1)[0]
+  with jax.set_mesh(mesh):
+    state = program.init_state()
+    out = []
+    for _ in range(8):
+      state, m = program.train_step(state, batch)
+      out.append(float(m["train/loss"]))
+  return out
+
+
+@pytest.mark.parametrize("name,lr", [("adamw", 3e-3), ("lamb", 3e-2), ("adafactor", 3e-2),
+                                     ("sgd", 0.3), ("rmsprop", 1e-3)])
+def test_every_optimizer_lowers_the_loss(name, lr):
+  out = _trains(config_lib.OptimConfig(name=name, learning_rate=lr, warmup_steps=1))
+  assert out[-1] < out[0] - 0.1, out
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "polynomial", "constant"])
+def test_every_schedule_lowers_the_loss(schedule):
+  out = _trains(config_lib.OptimConfig(schedule=schedule, learning_rate=3e-3, warmup_steps=2,
+                                       power=2.0))
+  assert out[-1] < out[0] - 0.1, out
+
+
+def test_schedule_shapes():
+  cfg = config_lib.OptimConfig(learning_rate=1.0, warmup_steps=10,
+                               end_learning_rate_fraction=0.1)
+  for name in ("linear", "cosine", "polynomial"):
+    f = optim.learning_rate_schedule(dataclasses.replace(cfg, schedule=name, power=2.0), 110)
+    assert float(f(0)) == 0.0 and abs(float(f(5)) - 0.5) < 1e-6 and float(f(10)) == 1.0
+    assert abs(float(f(110)) - 0.1) < 1e-6
+    assert float(f(60)) < 1.0
+  f = optim.learning_rate_schedule(dataclasses.replace(cfg, schedule="constant"), 110)
+  assert float(f(60)) == 1.0 == float(f(110))
