@@ -73,8 +73,12 @@ def build_model(cfg: config_lib.ModelConfig, mesh, seed: int = 0) -> tuple[Model
 def state_shardings(model: Model, tx: optax.GradientTransformation, mesh):
   """TrainState of NamedShardings: optimizer moments sharded like their parameters."""
   abstract_opt = jax.eval_shape(tx.init, model.abstract_params)
-  opt = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, model.param_shardings,
-                              transform_non_params=lambda _: sharding.replicated(mesh))
+  rep = sharding.replicated(mesh)
+  # Leaves shaped like their parameter (Adam's moments) share its sharding; others (counts,
+  # Adafactor's factored row/column statistics) are small and replicated.
+  opt = optax.tree_map_params(
+      tx, lambda leaf, s, p: s if leaf.shape == p.shape else rep, abstract_opt,
+      model.param_shardings, model.abstract_params, transform_non_params=lambda _: rep)
   return TrainState(step=sharding.replicated(mesh), params=model.param_shardings,
                     opt_state=opt)
 

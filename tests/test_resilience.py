@@ -38,13 +38,18 @@ def command(data, workdir, vocab, *extra):
           "--config.optim.learning_rate=1e-3", *extra]
 
 
+# One CPU device: these runs test the loop, not sharding, and 8 fake devices slow tiny steps.
+ONE_DEVICE = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")
+
+
 def run(cmd, timeout=240):
-  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                        env=ONE_DEVICE)
 
 
 def start(cmd):
   return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+                          text=True, env=ONE_DEVICE)
 
 
 def wait_for_rows(workdir, n, proc, timeout=180):
@@ -61,15 +66,25 @@ def losses(workdir):
   return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
 
 
+@pytest.fixture(scope="module")
+def trained(prepared_dir, vocab, tmp_path_factory):
+  """A run of 4 steps with checkpoints at 2 and 4; copy it before changing it."""
+  workdir = tmp_path_factory.mktemp("trained") / "w"
+  proc = run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=4",
+                     "--config.checkpoint.every_steps=2"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
+
+
 def test_sigkill_at_a_random_step_then_resume_equals_uninterrupted(prepared_dir, vocab,
                                                                     tmp_path):
-  steps = ["--config.train.num_steps=120", "--config.checkpoint.every_steps=10"]
+  steps = ["--config.train.num_steps=60", "--config.checkpoint.every_steps=10"]
   whole = tmp_path / "whole"
   proc = run(command(prepared_dir, whole, vocab, *steps))
   assert proc.returncode == 0, proc.stderr[-3000:]
   killed = tmp_path / "killed"
   proc = start(command(prepared_dir, killed, vocab, *steps))
-  kill_after = random.Random().randint(15, 100)
+  kill_after = random.Random().randint(12, 50)
   wait_for_rows(killed, kill_after, proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
@@ -77,7 +92,7 @@ def test_sigkill_at_a_random_step_then_resume_equals_uninterrupted(prepared_dir,
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "resuming at step" in proc.stdout, (kill_after, proc.stdout)
   expected, got = losses(whole), losses(killed)
-  assert sorted(got) == list(range(1, 121))
+  assert sorted(got) == list(range(1, 61))
   # Bit-identical on CPU: same data, same dropout keys, same state.
   assert got == expected, (kill_after, [s for s in expected if got[s] != expected[s]][:5])
 
@@ -102,30 +117,26 @@ def test_sigterm_checkpoints_the_current_step_and_exits_zero(prepared_dir, vocab
   assert f"resuming at step {logged}" in proc.stdout
 
 
-def test_an_interrupted_save_is_never_restored(prepared_dir, vocab, tmp_path):
+def test_an_interrupted_save_is_never_restored(trained, prepared_dir, vocab, tmp_path):
   workdir = tmp_path / "w"
-  args = ["--config.train.num_steps=8", "--config.checkpoint.every_steps=4"]
-  proc = run(command(prepared_dir, workdir, vocab, *args))
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  # What a process killed while writing step 12 leaves: Orbax's temporary directory, half full.
+  shutil.copytree(trained, workdir)
+  # What a process killed while writing step 6 leaves: Orbax's temporary directory, half full.
   ckpts = workdir / "checkpoints"
-  partial = ckpts / "12.orbax-checkpoint-tmp-1764400000000"
-  shutil.copytree(ckpts / "8", partial)
+  partial = ckpts / "6.orbax-checkpoint-tmp-1764400000000"
+  shutil.copytree(ckpts / "4", partial)
   for f in sorted(partial.rglob("*"))[::2]:
     if f.is_file():
       f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
-  proc = run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=10",
-                     "--config.checkpoint.every_steps=4"))
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "resuming at step 8" in proc.stdout
-
-
-def test_nonfinite_loss_aborts_with_its_step_and_saves_nothing_bad(prepared_dir, vocab,
-                                                                   tmp_path):
-  workdir = tmp_path / "w"
-  proc = run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=4",
+  proc = run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=5",
                      "--config.checkpoint.every_steps=2"))
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resuming at step 4" in proc.stdout
+
+
+def test_nonfinite_loss_aborts_with_its_step_and_saves_nothing_bad(trained, prepared_dir, vocab,
+                                                                   tmp_path):
+  workdir = tmp_path / "w"
+  shutil.copytree(trained, workdir)
   # Continue with an absurd learning rate: the loss blows up.
   proc = run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=200",
                      "--config.checkpoint.every_steps=2", "--config.optim.learning_rate=1e12",
@@ -173,23 +184,17 @@ def test_skip_mode_leaves_parameters_unchanged_and_counts():
     ("--config.model.num_layers=3", "params.bert.layers.2"),
     ("--config.model.max_position_embeddings=64", "params.bert.embeddings.position.embedding"),
 ])
-def test_restoring_into_a_different_model_names_the_parameter(prepared_dir, vocab, tmp_path,
+def test_restoring_into_a_different_model_names_the_parameter(trained, prepared_dir, vocab,
                                                               change, path):
-  workdir = tmp_path / "w"
-  proc = run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=2"))
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  proc = run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=4", change))
+  proc = run(command(prepared_dir, trained, vocab, "--config.train.num_steps=6", change))
   assert proc.returncode == 2
   err = proc.stderr.strip()
   assert len(err.splitlines()) == 1 and path in err, err
   assert change.split("=")[0].removeprefix("--config.") in err
 
 
-def test_restoring_with_another_optimizer_is_a_clear_error(prepared_dir, vocab, tmp_path):
-  workdir = tmp_path / "w"
-  proc = run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=2"))
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  proc = run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=4",
+def test_restoring_with_another_optimizer_is_a_clear_error(trained, prepared_dir, vocab):
+  proc = run(command(prepared_dir, trained, vocab, "--config.train.num_steps=6",
                      "--config.optim.name=sgd"))
   assert proc.returncode == 2
   err = proc.stderr.strip()
