@@ -30,6 +30,7 @@ class ModelConfig:
   initializer_range: float = 0.02  # stddev of the truncated normal initialiser
   dtype: str = "float32"  # compute dtype: float32 | bfloat16; parameters stay float32
   remat: str = "none"  # recompute in the backward pass: none | full | save_dots (keep matmuls)
+  scan_layers: bool = False  # one layer compiled and applied by nnx.scan: faster compiles
 
   @property
   def head_dim(self) -> int:

@@ -25,6 +25,7 @@ LOGICAL_AXIS_RULES = (
     ("heads", "tensor"),
     ("mlp", "tensor"),
     ("head_dim", None),
+    ("layers", None),  # the stacked-layer axis of scan_layers (pipeline stages would go here)
     ("norm", None),
     ("length", None),  # sequence parallelism would go here
     ("act_embed", None),  # activations keep the embedding whole (FSDP gathers weights)

@@ -145,3 +145,15 @@ def test_rematerialisation_changes_memory_not_results(reference, remat):
   one = sharding.make_mesh(config_lib.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
   losses, _, _ = run(cfg, one, batches(cfg))
   np.testing.assert_allclose(losses, reference[0], rtol=1e-6)
+
+
+def test_scanned_layers_shard_and_train_like_one_device():
+  cfg = config_lib.with_model(tiny_config(), scan_layers=True, remat="full")
+  one = sharding.make_mesh(config_lib.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
+  ref, _, _ = run(cfg, one, batches(cfg))
+  mesh = sharding.make_mesh(config_lib.MeshConfig(2, 2, 2))
+  losses, state, _ = run(cfg, mesh, batches(cfg))
+  np.testing.assert_allclose(losses, ref, rtol=1e-5)
+  kernel = state.params["bert"]["layers"]["attention"]["query"]["kernel"]  # [layers, embed, ...]
+  assert kernel.sharding.is_equivalent_to(
+      NamedSharding(mesh, P(None, "fsdp", "tensor", None)), kernel.ndim)

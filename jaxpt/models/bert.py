@@ -141,7 +141,15 @@ class Bert(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.config = cfg
     self.embeddings = Embeddings(cfg, rngs=rngs)
-    self.layers = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    if cfg.scan_layers:
+      # One EncoderLayer whose parameters have a leading `layers` axis.
+      @nnx.split_rngs(splits=cfg.num_layers)
+      @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+      def stacked(rngs):
+        return EncoderLayer(cfg, rngs=rngs)
+      self.layers = stacked(rngs)
+    else:
+      self.layers = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
     self.pooler = nnx.Linear(cfg.hidden_size, cfg.hidden_size, dtype=_dtype(cfg),
                              kernel_init=_dense_init(cfg, ("embed", None)),
                              bias_init=_zeros((None,)), rngs=rngs)
@@ -163,9 +171,21 @@ class Bert(nnx.Module):
       policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable
                 if self.config.remat == "save_dots" else None)
       apply = nnx.remat(apply, policy=policy)
-    for layer in self.layers:
-      x = sharding.constrain(apply(layer, x, attention_mask, rngs), ACTIVATION)
-    return x
+    if not self.config.scan_layers:
+      for layer in self.layers:
+        x = sharding.constrain(apply(layer, x, attention_mask, rngs), ACTIVATION)
+      return x
+    if rngs is None:  # deterministic: nothing to split per layer
+      @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+      def body(x, layer):
+        return sharding.constrain(apply(layer, x, attention_mask, None), ACTIVATION)
+      return body(x, self.layers)
+
+    @nnx.split_rngs(splits=self.config.num_layers)
+    @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)
+    def body_with_rngs(x, layer, rngs):
+      return sharding.constrain(apply(layer, x, attention_mask, rngs), ACTIVATION)
+    return body_with_rngs(x, self.layers, rngs)
 
   def pool(self, hidden):
     """tanh(dense(hidden of [CLS])) `[batch, embed]`, the input of NSP and classifiers."""
