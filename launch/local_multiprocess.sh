@@ -22,7 +22,7 @@ jaxpt=${JAXPT:-jaxpt}
 
 cmds=()
 for ((i = 0; i < n; i++)); do
-  cmds+=("XLA_FLAGS=--xla_force_host_platform_device_count=$devices JAX_PLATFORMS=cpu $jaxpt pretrain $* --coordinator_address=127.0.0.1:$port --num_processes=$n --process_id=$i")
+  cmds+=("env XLA_FLAGS=--xla_force_host_platform_device_count=$devices JAX_PLATFORMS=cpu $jaxpt pretrain $* --coordinator_address=127.0.0.1:$port --num_processes=$n --process_id=$i")
 done
 if ((dry_run)); then
   printf '%s\n' "${cmds[@]}"
@@ -30,9 +30,19 @@ if ((dry_run)); then
 fi
 pids=()
 for ((i = 0; i < n; i++)); do
-  bash -c "${cmds[$i]}" &
+  bash -c "exec ${cmds[$i]}" &
   pids+=($!)
 done
+# SIGTERM or Ctrl-C reaches every process: like a preempted pod, they agree on a step,
+# checkpoint it and exit 0.
+trap 'kill -TERM "${pids[@]}" 2>/dev/null' TERM INT
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+for pid in "${pids[@]}"; do
+  while :; do
+    rc=0
+    wait "$pid" || rc=$?
+    kill -0 "$pid" 2>/dev/null || break  # still running: the wait was cut short by a signal
+  done
+  ((rc == 0)) || status=$rc
+done
 exit $status

@@ -118,3 +118,16 @@ def test_prepare_bad_input_is_one_line(tmp_path, args, needle):
   proc = jaxpt("prepare", *args, "--noprogress")
   one_line_error(proc, needle)
   assert not (tmp_path / "out").exists()
+
+
+def test_plot_draws_a_png_and_refuses_an_empty_workdir(tmp_path):
+  rows = [{"step": s, "train/mlm_loss": 9 - s / 10, "lr": 1e-3, "perf/tokens_per_sec": 100.0}
+          for s in range(1, 30)]
+  rows[9].update({"eval/mlm_loss": 8.0, "eval/mlm_accuracy": 0.1, "eval/nsp_accuracy": 0.5})
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  proc = jaxpt("plot", f"--workdir={tmp_path}")
+  assert proc.returncode == 0, proc.stderr
+  png = tmp_path / "metrics.png"
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+  proc = jaxpt("plot", f"--workdir={tmp_path / 'nothing'}")
+  one_line_error(proc, "no metrics to plot")

@@ -1,12 +1,14 @@
 """Real multi-process runs: `jax.distributed` on localhost, 2 processes x 4 CPU devices.
 
 Each process is the real `jaxpt pretrain` command. Losses must equal one process with 8
-devices; a checkpoint written by 2 processes on mesh (2,2,2) restores into 1 process on mesh
-(1,8,1) and training continues exactly as an uninterrupted run.
+devices; SIGTERM stops both at one step with a checkpoint; that checkpoint, written by 2
+processes on mesh (2,2,2), restores into 1 process on mesh (1,8,1) and training continues
+exactly as an uninterrupted run.
 """
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -69,22 +71,55 @@ def vocab(prepared_dir):
   return json.loads((prepared_dir / "manifest.json").read_text())["tokenizer"]["vocab_size"]
 
 
-def test_two_processes_equal_one_and_checkpoints_reshard(prepared_dir, vocab, tmp_path):
+def test_two_processes_equal_one_stop_together_and_checkpoints_reshard(prepared_dir, vocab,
+                                                                       tmp_path):
   ref = tmp_path / "one"
-  run_processes(1, pretrain_args(prepared_dir, ref, vocab, 7, (1, 8, 1)), devices=8)
+  run_processes(1, pretrain_args(prepared_dir, ref, vocab, 40, (1, 8, 1)), devices=8)
+  ref_losses = losses(ref)
+
+  # Two processes through the launch script, preempted: SIGTERM reaches both, they agree on
+  # a step through JAX's preemption sync point, checkpoint it and exit 0.
   two = tmp_path / "two"
-  out = run_processes(2, pretrain_args(prepared_dir, two, vocab, 5, (2, 2, 2)), devices=4)
+  args = pretrain_args(prepared_dir, two, vocab, 100000, (2, 2, 2))
+  args = [a for a in args if "checkpoint.every_steps" not in a]
+  args.append("--config.checkpoint.every_steps=100000")
+  # Files, not pipes: an undrained pipe would block the processes' logging.
+  out_path, err_path = tmp_path / "two.out", tmp_path / "two.err"
+  with open(out_path, "w") as out_f, open(err_path, "w") as err_f:
+    proc = subprocess.Popen(
+        ["bash", "launch/local_multiprocess.sh", "2", *args[4:], "--distributed_timeout=30"],
+        cwd=REPO, stdout=out_f, stderr=err_f, text=True,
+        env=dict(env(4), DEVICES_PER_PROCESS="4", PORT=str(free_port()),
+                 JAXPT=f"{sys.executable} -m jaxpt"))
+    try:
+      metrics = two / "metrics.jsonl"
+      deadline = time.time() + TIMEOUT
+      while not (metrics.exists() and metrics.read_text().count("\n") >= 5):
+        assert proc.poll() is None and time.time() < deadline, err_path.read_text()[-3000:]
+        time.sleep(0.1)
+      proc.send_signal(signal.SIGTERM)
+      sent = time.time()
+      proc.wait(timeout=60)
+    finally:
+      proc.kill()
+  out, err = out_path.read_text(), err_path.read_text()
+  assert proc.returncode == 0, err[-3000:]
+  assert time.time() - sent < 30
   assert out.count("starting at step 0") == 1, out  # only process 0 reports
-  ref_losses, two_losses = losses(ref), losses(two)
-  assert sorted(two_losses) == [1, 2, 3, 4, 5]
-  np.testing.assert_allclose([two_losses[s] for s in range(1, 6)],
-                             [ref_losses[s] for s in range(1, 6)], rtol=1e-5)
+  assert err.count("Reached preemption sync point") >= 2, err[-3000:]
+  stop = max(losses(two))
+  assert os.listdir(two / "checkpoints") == [str(stop)] and 5 <= stop <= 30
+  two_losses = losses(two)
+  np.testing.assert_allclose([two_losses[s] for s in range(1, stop + 1)],
+                             [ref_losses[s] for s in range(1, stop + 1)], rtol=1e-5)
+
   # The 2-process checkpoint (mesh 2,2,2) resumes in 1 process on mesh (1,8,1).
-  out = run_processes(1, pretrain_args(prepared_dir, two, vocab, 7, (1, 8, 1)), devices=8)
-  assert "resuming at step 5" in out
+  out = run_processes(1, pretrain_args(prepared_dir, two, vocab, stop + 2, (1, 8, 1)),
+                      devices=8)
+  assert f"resuming at step {stop}" in out
   resumed = losses(two)
-  np.testing.assert_allclose([resumed[6], resumed[7]], [ref_losses[6], ref_losses[7]],
-                             rtol=1e-5)
+  np.testing.assert_allclose([resumed[stop + 1], resumed[stop + 2]],
+                             [ref_losses[stop + 1], ref_losses[stop + 2]], rtol=1e-5)
 
 
 def test_a_dead_peer_ends_the_survivor_with_an_error(prepared_dir, vocab, tmp_path):
