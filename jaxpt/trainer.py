@@ -265,11 +265,14 @@ def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
   train_step, eval_step, batch_sh = program.train_step, program.eval_step, program.batch_sharding
 
   spec = data.masking_spec(cfg.data)
+  rows = sharding.local_batch_rows(batch_sh, t.batch_size)
+  if jax.process_count() > 1:
+    print(f"jaxpt pretrain: process {jax.process_index()} of {jax.process_count()} reads rows "
+          f"[{rows[0]}, {rows[1]}) of each global batch of {t.batch_size}", flush=True)
   train_batches = loader.batches(
       data.reader("train"), spec, batch_size=t.batch_size, seed=cfg.seed,
       start_step=start_step, read_threads=cfg.data.read_threads,
-      prefetch=cfg.data.prefetch_batches,
-      rows=sharding.local_batch_rows(batch_sh, t.batch_size))
+      prefetch=cfg.data.prefetch_batches, rows=rows)
   eval_set = _eval_batches(cfg, data, spec, batch_sh)
 
   n_params = bert.count_params(program.model.abstract_params)

@@ -106,6 +106,9 @@ def test_two_processes_equal_one_stop_together_and_checkpoints_reshard(prepared_
   assert proc.returncode == 0, err[-3000:]
   assert time.time() - sent < 30
   assert out.count("starting at step 0") == 1, out  # only process 0 reports
+  # Each process loads only its own half of every global batch of 16.
+  assert "process 0 of 2 reads rows [0, 8) of each global batch of 16" in out, out
+  assert "process 1 of 2 reads rows [8, 16) of each global batch of 16" in out, out
   assert err.count("Reached preemption sync point") >= 2, err[-3000:]
   stop = max(losses(two))
   assert os.listdir(two / "checkpoints") == [str(stop)] and 5 <= stop <= 30
