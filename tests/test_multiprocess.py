@@ -74,7 +74,7 @@ def vocab(prepared_dir):
 def test_two_processes_equal_one_stop_together_and_checkpoints_reshard(prepared_dir, vocab,
                                                                        tmp_path):
   ref = tmp_path / "one"
-  run_processes(1, pretrain_args(prepared_dir, ref, vocab, 40, (1, 8, 1)), devices=8)
+  run_processes(1, pretrain_args(prepared_dir, ref, vocab, 60, (1, 8, 1)), devices=8)
   ref_losses = losses(ref)
 
   # Two processes through the launch script, preempted: SIGTERM reaches both, they agree on
@@ -111,7 +111,7 @@ def test_two_processes_equal_one_stop_together_and_checkpoints_reshard(prepared_
   assert "process 1 of 2 reads rows [8, 16) of each global batch of 16" in out, out
   assert err.count("Reached preemption sync point") >= 2, err[-3000:]
   stop = max(losses(two))
-  assert os.listdir(two / "checkpoints") == [str(stop)] and 5 <= stop <= 30
+  assert os.listdir(two / "checkpoints") == [str(stop)] and 5 <= stop <= 58
   two_losses = losses(two)
   np.testing.assert_allclose([two_losses[s] for s in range(1, stop + 1)],
                              [ref_losses[s] for s in range(1, stop + 1)], rtol=1e-5)
