@@ -182,24 +182,6 @@ def to_dict(cfg: Config) -> dict:
   return dataclasses.asdict(cfg)
 
 
-def from_dict(d: dict) -> Config:
-  """Inverse of `to_dict`; unknown keys are an error naming them."""
-  sections = {f.name: f for f in dataclasses.fields(Config)}
-  kwargs = {}
-  for key, value in d.items():
-    if key not in sections:
-      raise ConfigError(f"config.{key}: unknown field")
-    if isinstance(value, dict):
-      cls = type(getattr(Config(), key))
-      known = {f.name for f in dataclasses.fields(cls)}
-      unknown = sorted(set(value) - known)
-      if unknown:
-        raise ConfigError(f"config.{key}.{unknown[0]}: unknown field")
-      value = cls(**value)
-    kwargs[key] = value
-  return Config(**kwargs)
-
-
 def load(path: str) -> Config:
   """`get_config()` of a preset file, as `--config=FILE` loads it (for scripts and tests)."""
   import importlib.util
