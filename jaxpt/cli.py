@@ -2,6 +2,8 @@
 
   jaxpt prepare  --input=PATH --output=DIR      text -> tokenizer + stored examples
   jaxpt pretrain --config=FILE --workdir=DIR    masked-LM + NSP pretraining, resumable
+  jaxpt import-hf / export-hf                   HuggingFace BERT/RoBERTa in and out
+  jaxpt fill-mask --workdir=DIR "text [MASK]"   top-k predictions at each mask
 
 A mistake the user can fix (a missing path, a config typo, a mismatched checkpoint) ends with
 one line on stderr naming it and exit status 2, before anything is compiled.
@@ -18,6 +20,11 @@ COMMANDS = {
     "prepare": "clean text files, train a WordPiece tokenizer, write BERT examples (tensorstore)",
     "pretrain": "pretrain BERT (MLM + NSP) on prepared data; re-run to resume",
     "plot": "draw a run's loss, learning rate, throughput and eval curves to a PNG",
+    "import-hf": "HuggingFace BERT/RoBERTa directory -> jaxpt weights that pretrain and "
+                 "finetune start from",
+    "export-hf": "a jaxpt workdir -> config.json + model.safetensors + tokenizer for "
+                 "transformers",
+    "fill-mask": "print a model's top-k tokens at each [MASK] of the given texts",
 }
 
 USAGE = """usage: jaxpt COMMAND [--flag=value ...]
@@ -42,7 +49,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
   from jaxpt.data.clean import InputError
   from jaxpt.data.store import StoreError
   from jaxpt.data.tokenizer import TokenizerError
-  return (UsageError, ConfigError, InputError, StoreError, TokenizerError, flags.Error)
+  from jaxpt.fill_mask import FillMaskError
+  from jaxpt.hf import HFError
+  from jaxpt.pretrained import SourceError
+  return (UsageError, ConfigError, InputError, StoreError, TokenizerError, HFError,
+          SourceError, FillMaskError, flags.Error)
 
 
 def _prepare_flags() -> flags.FlagValues:
@@ -80,7 +91,7 @@ def _prepare_flags() -> flags.FlagValues:
   return fv
 
 
-def _run_prepare(fv: flags.FlagValues) -> int:
+def _run_prepare(fv: flags.FlagValues, args: list[str]) -> int:
   from jaxpt.data import corpora
   from jaxpt.data.prepare import PrepareOptions, prepare
   if not fv.output:
@@ -158,7 +169,7 @@ def _load_config(fv: flags.FlagValues):
   return cfg
 
 
-def _run_pretrain(fv: flags.FlagValues) -> int:
+def _run_pretrain(fv: flags.FlagValues, args: list[str]) -> int:
   if not fv.workdir and not fv.dry_run:
     raise UsageError("--workdir is required")
   cfg = _load_config(fv)
@@ -183,7 +194,7 @@ def _plot_flags() -> flags.FlagValues:
   return fv
 
 
-def _run_plot(fv: flags.FlagValues) -> int:
+def _run_plot(fv: flags.FlagValues, args: list[str]) -> int:
   if not fv.workdir:
     raise UsageError("--workdir is required")
   from jaxpt import metrics
@@ -194,8 +205,117 @@ def _run_plot(fv: flags.FlagValues) -> int:
   return 0
 
 
+def _import_flags() -> flags.FlagValues:
+  fv = flags.FlagValues()
+  flags.DEFINE_string("from", None, "A HuggingFace BERT or RoBERTa directory: config.json, "
+                      "model.safetensors, and vocab.txt / tokenizer.json when present.",
+                      flag_values=fv)
+  flags.DEFINE_string("workdir", None, "New directory to write: params/ (Orbax), model.json, "
+                      "tokenizer/, and config.py (a preset with this architecture). "
+                      "`jaxpt pretrain --workdir=DIR` continues pretraining from it; "
+                      "`--config.train.init_from=DIR` starts another run from it.",
+                      flag_values=fv)
+  return fv
+
+
+def _run_import(fv: flags.FlagValues, args: list[str]) -> int:
+  source = getattr(fv, "from")
+  if not source or not fv.workdir:
+    raise UsageError("--from and --workdir are required")
+  from jaxpt import hf, pretrained
+  imported = hf.import_params(source)
+  out = pretrained.write_imported(fv.workdir, imported)
+  n = sum(int(np.size) for np in _leaves(imported.params))
+  print(f"jaxpt import-hf: {source} -> {out}: {imported.config.variant}, "
+        f"{imported.config.num_layers} layers, hidden {imported.config.hidden_size}, "
+        f"{n / 1e6:.2f}M parameters; tokenizer: "
+        f"{'yes' if imported.tokenizer is not None else 'none found'}")
+  if imported.missing:
+    print(f"  freshly initialised (not in the checkpoint): {', '.join(imported.missing)}")
+  if imported.unexpected:
+    print(f"  ignored (not used by jaxpt): {', '.join(imported.unexpected)}")
+  return 0
+
+
+def _leaves(tree):
+  import jax
+  return jax.tree.leaves(tree)
+
+
+def _export_flags() -> flags.FlagValues:
+  fv = flags.FlagValues()
+  flags.DEFINE_string("workdir", None, "A pretraining workdir (its latest checkpoint) or an "
+                      "import-hf directory.", flag_values=fv)
+  flags.DEFINE_string("to", None, "HuggingFace directory to write (must not exist or be "
+                      "empty, unless --overwrite).", flag_values=fv)
+  flags.DEFINE_boolean("best", False, "Export the best-eval checkpoint (WORKDIR/best).",
+                       flag_values=fv)
+  flags.DEFINE_integer("step", None, "Export this checkpoint step instead of the latest.",
+                       flag_values=fv)
+  flags.DEFINE_enum("architecture", None, ["BertForPreTraining", "BertForMaskedLM", "BertModel",
+                                           "RobertaForMaskedLM", "RobertaModel"],
+                    "The transformers class the files are for (default: BertForPreTraining, "
+                    "or RobertaForMaskedLM for a RoBERTa model).", flag_values=fv)
+  flags.DEFINE_boolean("overwrite", False, "Replace an existing --to directory.",
+                       flag_values=fv)
+  return fv
+
+
+def _run_export(fv: flags.FlagValues, args: list[str]) -> int:
+  if not fv.workdir or not fv.to:
+    raise UsageError("--workdir and --to are required")
+  from jaxpt import hf, pretrained
+  loaded = pretrained.load(fv.workdir, best=fv.best, step=fv.step)
+  out = hf.save_bert(fv.to, loaded.params, loaded.config, loaded.tokenizer,
+                     architecture=fv.architecture, overwrite=fv.overwrite)
+  print(f"jaxpt export-hf: {loaded.source} -> {out} "
+        f"({', '.join(sorted(p.name for p in out.iterdir()))})")
+  if loaded.tokenizer is None:
+    print("  no tokenizer found (WORKDIR/tokenizer or the data directory); add one before "
+          "loading with AutoTokenizer")
+  return 0
+
+
+def _fill_mask_flags() -> flags.FlagValues:
+  fv = flags.FlagValues()
+  flags.DEFINE_string("workdir", None, "A pretraining workdir or an import-hf directory.",
+                      flag_values=fv)
+  flags.DEFINE_string("hf", None, "A HuggingFace directory (instead of --workdir).",
+                      flag_values=fv)
+  flags.DEFINE_integer("top_k", 5, "Predictions shown per mask.", flag_values=fv)
+  flags.DEFINE_boolean("best", False, "Use the best-eval checkpoint of --workdir.",
+                       flag_values=fv)
+  return fv
+
+
+def _run_fill_mask(fv: flags.FlagValues, args: list[str]) -> int:
+  if bool(fv.workdir) == bool(fv.hf):
+    raise UsageError("give exactly one of --workdir and --hf")
+  if not args:
+    raise UsageError('give one or more texts, e.g. "The cat sat on the [MASK]."')
+  if fv.top_k <= 0:
+    raise UsageError(f"--top_k={fv.top_k}: must be positive")
+  from jaxpt import fill_mask, hf, pretrained
+  loaded = pretrained.load(f"hf:{fv.hf}" if fv.hf else fv.workdir, best=fv.best)
+  if loaded.tokenizer is None:
+    raise UsageError(f"{loaded.source}: no tokenizer found beside the weights")
+  if any(name.startswith(("cls.predictions", "lm_head")) for name in loaded.missing):
+    raise UsageError(f"{loaded.source}: has no masked-LM head (e.g. a BertModel); its "
+                     "predictions would be random")
+  model = hf.build(loaded.config, loaded.params)
+  for text, masks in zip(args, fill_mask.predict(model, loaded.tokenizer, args, fv.top_k)):
+    print(text)
+    for i, best in enumerate(masks):
+      shown = "  ".join(f"{token} {p:.3f}" for token, p in best)
+      print(f"  mask {i + 1}: {shown}")
+  return 0
+
+
 _FLAGS = {"prepare": (_prepare_flags, _run_prepare), "pretrain": (_pretrain_flags, _run_pretrain),
-          "plot": (_plot_flags, _run_plot)}
+          "plot": (_plot_flags, _run_plot), "import-hf": (_import_flags, _run_import),
+          "export-hf": (_export_flags, _run_export),
+          "fill-mask": (_fill_mask_flags, _run_fill_mask)}
+_POSITIONAL = {"fill-mask"}  # commands that take arguments besides flags
 
 
 def _usage() -> str:
@@ -203,7 +323,7 @@ def _usage() -> str:
   return USAGE.format(commands="\n".join(f"  {c:<{width}}  {h}" for c, h in COMMANDS.items()))
 
 
-def _parse(fv: flags.FlagValues, argv: list[str]) -> None:
+def _parse(fv: flags.FlagValues, argv: list[str], positional: bool = False) -> list[str]:
   try:
     rest = fv(argv)
   except flags.Error as e:
@@ -212,8 +332,9 @@ def _parse(fv: flags.FlagValues, argv: list[str]) -> None:
     # ml_collections reports an unknown --config.key as KeyError, a bad type as TypeError.
     message = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
     raise UsageError(message.splitlines()[0]) from None
-  if len(rest) > 1:
+  if len(rest) > 1 and not positional:
     raise UsageError(f"unexpected argument {rest[1]!r}")
+  return rest[1:]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     print(textwrap.indent(fv.get_help(include_special_flags=False), ""))
     return 0
   try:
-    _parse(fv, [f"jaxpt {command}"] + argv[2:])
-    return run(fv)
+    args = _parse(fv, [f"jaxpt {command}"] + argv[2:], command in _POSITIONAL)
+    return run(fv, args)
   except _user_errors() as e:
     print(f"jaxpt {command}: error: {e}", file=sys.stderr)
     return 2

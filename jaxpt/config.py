@@ -17,7 +17,9 @@ class ConfigError(ValueError):
 class ModelConfig:
   """BERT architecture. Defaults are BERT-base (Devlin et al. 2019)."""
 
+  variant: str = "bert"  # bert | roberta (no NSP head, positions offset after the padding id)
   vocab_size: int = 30522  # bert-base-uncased WordPiece vocabulary
+  pad_token_id: int = 0  # [PAD] in BERT's vocabulary; RoBERTa's <pad> is 1
   hidden_size: int = 768
   num_layers: int = 12
   num_heads: int = 12
@@ -100,6 +102,10 @@ class TrainConfig:
   nonfinite: str = "abort"  # a NaN/Inf loss: abort (never checkpointed) | skip the update
   max_nonfinite_in_a_row: int = 10  # with nonfinite=skip: abort after this many in a row
   peak_flops_per_device: float = 0.0  # for MFU; 0: from the device-kind table, if known
+  # Weights to start from when the workdir has no checkpoint: a workdir (its latest
+  # checkpoint), a `jaxpt import-hf` directory, or a HuggingFace directory (hf:DIR). Only the
+  # parameters are taken; the optimizer starts fresh.
+  init_from: str = ""
 
 
 @dataclasses.dataclass
@@ -123,20 +129,30 @@ def _check(ok: bool, field: str, value, why: str) -> None:
     raise ConfigError(f"config.{field}={value!r}: {why}")
 
 
-def validate(cfg: Config) -> Config:
-  """Checks values that would otherwise fail deep inside JAX; returns `cfg` for chaining."""
-  m = cfg.model
+def validate_model(m: ModelConfig) -> ModelConfig:
+  """Checks a model config alone (HF imports use it too); returns `m`."""
   for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                "max_position_embeddings", "type_vocab_size"):
     _check(getattr(m, name) > 0, f"model.{name}", getattr(m, name), "must be positive")
   _check(m.hidden_size % m.num_heads == 0, "model.num_heads", m.num_heads,
          f"must divide model.hidden_size={m.hidden_size}")
   for name in ("hidden_dropout", "attention_dropout"):
-    _check(0.0 <= getattr(m, name) < 1.0, f"model.{name}", getattr(m, name), "must be in [0, 1)")
+    _check(0.0 <= getattr(m, name) < 1.0, f"model.{name}", getattr(m, name),
+           "must be in [0, 1)")
+  _check(m.variant in ("bert", "roberta"), "model.variant", m.variant,
+         "must be 'bert' or 'roberta'")
+  _check(0 <= m.pad_token_id < m.vocab_size, "model.pad_token_id", m.pad_token_id,
+         f"must be a token id below model.vocab_size={m.vocab_size}")
   _check(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype,
          "must be 'float32' or 'bfloat16'")
   _check(m.remat in ("none", "full", "save_dots"), "model.remat", m.remat,
          "must be 'none', 'full' or 'save_dots'")
+  return m
+
+
+def validate(cfg: Config) -> Config:
+  """Checks values that would otherwise fail deep inside JAX; returns `cfg` for chaining."""
+  validate_model(cfg.model)
   d = cfg.data
   _check(0.0 < d.mask_prob < 1.0, "data.mask_prob", d.mask_prob, "must be in (0, 1)")
   _check(0.0 <= d.mask_token_prob and 0.0 <= d.random_token_prob

@@ -42,27 +42,26 @@ def pretraining_sums(model, batch: Batch, *, deterministic: bool, rngs=None) -> 
       batch["masked_positions"], deterministic=deterministic, rngs=rngs)
   weights = batch["masked_weights"]
   mlm_loss, mlm_correct = masked_cross_entropy(mlm_logits, batch["masked_ids"], weights)
-  nsp_loss, nsp_correct = masked_cross_entropy(
-      nsp_logits, batch["nsp_labels"], jnp.ones(nsp_logits.shape[0], jnp.float32))
-  return {
-      "mlm_loss": mlm_loss, "mlm_correct": mlm_correct, "mlm_count": jnp.sum(weights),
-      "nsp_loss": nsp_loss, "nsp_correct": nsp_correct,
-      "nsp_count": jnp.asarray(nsp_logits.shape[0], jnp.float32),
-  }
+  sums = {"mlm_loss": mlm_loss, "mlm_correct": mlm_correct, "mlm_count": jnp.sum(weights)}
+  if nsp_logits is not None:  # RoBERTa has no next-sentence task
+    nsp_loss, nsp_correct = masked_cross_entropy(
+        nsp_logits, batch["nsp_labels"], jnp.ones(nsp_logits.shape[0], jnp.float32))
+    sums.update(nsp_loss=nsp_loss, nsp_correct=nsp_correct,
+                nsp_count=jnp.asarray(nsp_logits.shape[0], jnp.float32))
+  return sums
 
 
 def means(sums: Metrics, prefix: str) -> Metrics:
   """Turns `pretraining_sums` (possibly added over batches) into named means."""
   mlm_count = jnp.maximum(sums["mlm_count"], 1.0)
   mlm_loss = sums["mlm_loss"] / mlm_count
-  nsp_loss = sums["nsp_loss"] / sums["nsp_count"]
-  return {
-      f"{prefix}/loss": mlm_loss + nsp_loss,
-      f"{prefix}/mlm_loss": mlm_loss,
-      f"{prefix}/mlm_accuracy": sums["mlm_correct"] / mlm_count,
-      f"{prefix}/nsp_loss": nsp_loss,
-      f"{prefix}/nsp_accuracy": sums["nsp_correct"] / sums["nsp_count"],
-  }
+  out = {f"{prefix}/loss": mlm_loss, f"{prefix}/mlm_loss": mlm_loss,
+         f"{prefix}/mlm_accuracy": sums["mlm_correct"] / mlm_count}
+  if "nsp_loss" in sums:
+    nsp_loss = sums["nsp_loss"] / sums["nsp_count"]
+    out.update({f"{prefix}/loss": mlm_loss + nsp_loss, f"{prefix}/nsp_loss": nsp_loss,
+                f"{prefix}/nsp_accuracy": sums["nsp_correct"] / sums["nsp_count"]})
+  return out
 
 
 def split_microbatches(batch: Batch, microbatches: int) -> Batch:

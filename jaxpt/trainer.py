@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import time
 
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from jaxpt import checkpoint as ckpt_lib
 from jaxpt import config as config_lib
 from jaxpt import metrics as metrics_lib
-from jaxpt import optim, sharding
+from jaxpt import hf, optim, pretrained, sharding
 from jaxpt.config import Config, ConfigError
 from jaxpt.data import loader, store
 from jaxpt.models import bert
@@ -94,6 +95,7 @@ class Program:
   batch_sharding: jax.sharding.NamedSharding
   abstract_state: TrainState  # ShapeDtypeStructs carrying the target shardings
   init_state: callable  # () -> TrainState, created sharded
+  state_from_params: callable  # params -> TrainState at step 0 with a fresh optimizer state
   train_step: callable  # (state, batch) -> (state, metrics); donates state
   eval_step: callable  # (params, batch) -> sums
 
@@ -115,6 +117,10 @@ def build_program(cfg: Config, mesh) -> Program:
       mesh=mesh, model=model, tx=tx, state_shardings=state_sh, batch_sharding=batch_sh,
       abstract_state=ckpt_lib.abstract_like(jax.eval_shape(init_state), state_sh),
       init_state=jax.jit(init_state, out_shardings=state_sh),
+      state_from_params=jax.jit(
+          lambda params: TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                    opt_state=tx.init(params)),
+          in_shardings=(state_sh.params,), out_shardings=state_sh),
       train_step=jax.jit(make_train_step(model.graphdef, tx, schedule, cfg.seed,
                                          cfg.train.microbatches),
                          in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep),
@@ -237,8 +243,13 @@ def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
   best_checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "best"), max_to_keep=1,
                                             async_save=ckpt.async_save)
   tokenizer_hash = data.manifest["tokenizer"]["hash"]
-  program = build_program(cfg, mesh)
+  if is_main:
+    _copy_tokenizer(data, workdir)
   latest = checkpointer.latest_step()
+  init_params = None
+  if latest is None:
+    init_params = _initial_params(cfg, workdir, data)
+  program = build_program(cfg, mesh)
   saved_data: dict = {}
   if latest is not None:
     saved_data, saved_config = checkpointer.restore_metadata(latest)
@@ -255,7 +266,10 @@ def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
                        f"{'; '.join(problems)}")
 
   with jax.set_mesh(mesh):
-    if latest is None:
+    if latest is None and init_params is not None:
+      state = program.state_from_params(pretrained.place(init_params,
+                                                         program.model.param_shardings))
+    elif latest is None:
       state = program.init_state()
     else:
       state, _, _ = checkpointer.restore(latest, program.abstract_state)
@@ -392,6 +406,45 @@ def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
           f"best eval/loss: {best_checkpointer.directory} (step "
           f"{best_checkpointer.latest_step()})", flush=True)
   return last
+
+
+def _copy_tokenizer(data: loader.PreparedData, workdir: str) -> None:
+  """WORKDIR/tokenizer/: a workdir is self-contained for fill-mask, export and fine-tuning."""
+  out = os.path.join(workdir, "tokenizer")
+  if os.path.exists(os.path.join(out, "tokenizer.json")):
+    return
+  tmp = out + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  for name in ("tokenizer.json", "vocab.txt"):
+    if os.path.exists(os.path.join(data.directory, name)):
+      shutil.copy(os.path.join(data.directory, name), tmp)
+  shutil.rmtree(out, ignore_errors=True)
+  os.replace(tmp, out)
+
+
+def _initial_params(cfg: Config, workdir: str, data: loader.PreparedData) -> dict | None:
+  """Host parameters to start from (`train.init_from`, or an import-hf workdir), checked
+  against the config and the data's tokenizer before anything compiles; None: random init."""
+  source = cfg.train.init_from
+  if not source and os.path.exists(os.path.join(workdir, pretrained.MODEL_JSON)):
+    source = workdir  # `jaxpt import-hf --workdir` then `jaxpt pretrain --workdir`
+  if not source:
+    return None
+  try:
+    loaded = pretrained.load(source)
+    params = pretrained.adapt(loaded, cfg.model)
+  except (pretrained.SourceError, hf.HFError) as e:
+    raise TrainError(f"config.train.init_from: {e}") from None
+  data_tok = data.tokenizer()
+  if loaded.tokenizer is not None and loaded.tokenizer.get_vocab() != data_tok.get_vocab():
+    raise TrainError(f"{loaded.source}: its tokenizer's vocabulary differs from the one of "
+                     f"{data.directory}; prepare the data with --tokenizer from it")
+  if jax.process_index() == 0:
+    print(f"jaxpt pretrain: parameters from {loaded.source}"
+          + (f" (freshly initialised: {', '.join(loaded.missing)})" if loaded.missing else ""),
+          flush=True)
+  return params
 
 
 def _eval_batches(cfg: Config, data: loader.PreparedData, spec, batch_sh) -> list:

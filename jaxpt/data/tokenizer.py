@@ -1,8 +1,10 @@
-"""WordPiece tokenizers: trained with `tokenizers` on the train split, or loaded from a file."""
+"""Tokenizers: WordPiece (BERT) or byte-level BPE (RoBERTa), trained with `tokenizers` on the
+train split, or loaded from a file."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from typing import Iterable
 
@@ -11,6 +13,9 @@ from tokenizers import trainers
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
+# RoBERTa's (fairseq's) names for the same roles, in the same order: pad, unk, cls, sep, mask.
+ROBERTA_SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "<mask>")
+_ROLES = ("pad", "unk", "cls", "sep", "mask")
 
 
 class TokenizerError(ValueError):
@@ -45,6 +50,37 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, *, lowercase: bool = 
   return _add_post_processor(tok)
 
 
+def train_bpe(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2) -> Tokenizer:
+  """Byte-level BPE as RoBERTa's: <s> A </s></s> B </s>, ids 0-3 and <mask> special."""
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  # <s>, <pad>, </s>, <unk> take ids 0-3 as in RoBERTa; <mask> is added last, as there.
+  trainer = trainers.BpeTrainer(
+      vocab_size=vocab_size - 1, min_frequency=min_frequency, show_progress=False,
+      special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tok.train_from_iterator(texts, trainer=trainer)
+  tok.add_special_tokens(["<mask>"])
+  return _add_roberta_post_processor(tok)
+
+
+def _add_roberta_post_processor(tok: Tokenizer) -> Tokenizer:
+  tok.post_processor = processors.RobertaProcessing(
+      ("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")),
+      add_prefix_space=False, trim_offsets=True)
+  return tok
+
+
+def load_bpe(vocab_json: str, merges_txt: str) -> Tokenizer:
+  """RoBERTa's `vocab.json` + `merges.txt` pair, with its byte-level pipeline."""
+  tok = Tokenizer(models.BPE.from_file(vocab_json, merges_txt))
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  check_special_tokens(tok, vocab_json)
+  return _add_roberta_post_processor(tok)
+
+
 def load(path: str, *, lowercase: bool = True) -> Tokenizer:
   """Loads a `tokenizer.json` or a BERT `vocab.txt` (one token per line)."""
   if not os.path.exists(path):
@@ -54,23 +90,68 @@ def load(path: str, *, lowercase: bool = True) -> Tokenizer:
       tok = Tokenizer.from_file(path)
     except Exception as e:  # tokenizers raises bare Exceptions for malformed JSON
       raise TokenizerError(f"{path}: not a tokenizers JSON file ({e})") from None
+    tok.no_padding()  # a HuggingFace file may pad/truncate to 128; jaxpt packs examples itself
+    tok.no_truncation()
   else:
     vocab = models.WordPiece.read_file(path)
     tok = _bert_pipeline(Tokenizer(models.WordPiece(vocab, unk_token=UNK)), lowercase)
+    # As in BertTokenizerFast: "[MASK]" etc. in the text are single special tokens.
+    tok.add_special_tokens([t for t in SPECIAL_TOKENS if t in vocab])
   check_special_tokens(tok, path)
   if tok.post_processor is None:
-    tok = _add_post_processor(tok)
+    tok = (_add_roberta_post_processor(tok) if family(tok) == "roberta"
+           else _add_post_processor(tok))
   return tok
 
 
+def family(tok: Tokenizer) -> str:
+  """'roberta' when the tokenizer has RoBERTa's special tokens, else 'bert'."""
+  if all(tok.token_to_id(t) is not None for t in ROBERTA_SPECIAL_TOKENS):
+    return "roberta"
+  return "bert"
+
+
+def special_tokens(tok: Tokenizer) -> tuple[str, ...]:
+  return ROBERTA_SPECIAL_TOKENS if family(tok) == "roberta" else SPECIAL_TOKENS
+
+
 def check_special_tokens(tok: Tokenizer, source: str) -> None:
-  missing = [t for t in SPECIAL_TOKENS if tok.token_to_id(t) is None]
+  missing = [t for t in special_tokens(tok) if tok.token_to_id(t) is None]
   if missing:
     raise TokenizerError(f"{source}: tokenizer lacks special tokens {', '.join(missing)}")
 
 
 def special_ids(tok: Tokenizer) -> dict[str, int]:
-  return {t.strip("[]").lower(): tok.token_to_id(t) for t in SPECIAL_TOKENS}
+  """{'pad', 'unk', 'cls', 'sep', 'mask'} -> id (RoBERTa's <s> and </s> are cls and sep)."""
+  return {role: tok.token_to_id(t) for role, t in zip(_ROLES, special_tokens(tok))}
+
+
+def is_lowercase(tok: Tokenizer) -> bool:
+  normalizer = json.loads(tok.to_str()).get("normalizer") or {}
+  if normalizer.get("type") == "BertNormalizer":
+    return bool(normalizer.get("lowercase"))
+  return "Lowercase" in json.dumps(normalizer)
+
+
+def save_for_transformers(tok: Tokenizer, directory: str, variant: str, *,
+                          model_max_length: int) -> None:
+  """tokenizer.json, the model's own files (vocab.txt or vocab.json + merges.txt) and the
+  tokenizer_config.json / special_tokens_map.json that `AutoTokenizer` reads."""
+  tok.save(os.path.join(directory, "tokenizer.json"))
+  tok.model.save(directory)
+  roles = dict(zip(_ROLES, special_tokens(tok)))
+  special = {f"{role}_token": token for role, token in roles.items()}
+  if variant == "roberta":
+    special.update(bos_token=roles["cls"], eos_token=roles["sep"])
+    config = {"tokenizer_class": "RobertaTokenizer", "add_prefix_space": False}
+  else:
+    config = {"tokenizer_class": "BertTokenizer", "do_lower_case": is_lowercase(tok),
+              "tokenize_chinese_chars": True, "strip_accents": None}
+  config.update(special, model_max_length=model_max_length)
+  with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+    json.dump(config, f, indent=2)
+  with open(os.path.join(directory, "special_tokens_map.json"), "w") as f:
+    json.dump(special, f, indent=2)
 
 
 def save(tok: Tokenizer, directory: str) -> str:

@@ -54,12 +54,22 @@ class Embeddings(nnx.Module):
     self.norm = _layer_norm(cfg, rngs)
     self.dropout = nnx.Dropout(cfg.hidden_dropout)
 
+    self.variant, self.pad_token_id = cfg.variant, cfg.pad_token_id
+
   def __call__(self, input_ids, token_type_ids, *, deterministic: bool, rngs):
-    length = input_ids.shape[1]
     x = _lookup(self.word, input_ids)  # [batch, length, embed]
-    x = x + _lookup(self.position, jnp.arange(length))[None]  # positions 0..length-1
+    x = x + _lookup(self.position, self.position_ids(input_ids))
     x = x + _lookup(self.token_type, token_type_ids)
     return self.dropout(self.norm(x), deterministic=deterministic, rngs=rngs)
+
+
+  def position_ids(self, input_ids):
+    """BERT: 0..length-1. RoBERTa: pad_id + 1, pad_id + 2, ... over non-padding tokens and
+    pad_id at padding (fairseq's convention, kept by HuggingFace)."""
+    if self.variant == "roberta":
+      real = (input_ids != self.pad_token_id).astype(jnp.int32)
+      return jnp.cumsum(real, axis=1) * real + self.pad_token_id
+    return jnp.arange(input_ids.shape[1])[None]  # broadcast over the batch
 
 
 def _lookup(embed: nnx.Embed, ids):
@@ -209,7 +219,7 @@ class MlmHead(nnx.Module):
 
 
 class BertForPreTraining(nnx.Module):
-  """BERT with masked-LM and next-sentence heads.
+  """BERT with masked-LM and next-sentence heads (RoBERTa: masked LM only, `nsp` is None).
 
   The MLM logits are computed only at the `masked_positions` ([batch, predictions]); a full
   [batch, length, vocab] projection is work the loss does not need.
@@ -218,19 +228,28 @@ class BertForPreTraining(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.bert = Bert(cfg, rngs=rngs)
     self.mlm = MlmHead(cfg, rngs=rngs)
-    self.nsp = nnx.Linear(cfg.hidden_size, 2, dtype=_dtype(cfg),
-                          kernel_init=_dense_init(cfg, ("embed", None)),
-                          bias_init=_zeros((None,)), rngs=rngs)
+    self.nsp = nnx.data(None)
+    if cfg.variant == "bert":
+      self.nsp = nnx.Linear(cfg.hidden_size, 2, dtype=_dtype(cfg),
+                            kernel_init=_dense_init(cfg, ("embed", None)),
+                            bias_init=_zeros((None,)), rngs=rngs)
 
   def __call__(self, input_ids, token_type_ids, attention_mask, masked_positions, *,
                deterministic: bool = True, rngs: nnx.Rngs | None = None):
-    """Returns (mlm_logits [batch, predictions, vocab], nsp_logits [batch, 2]), float32."""
+    """(mlm_logits [batch, predictions, vocab], nsp_logits [batch, 2] or None), float32."""
     hidden = self.bert.encode(input_ids, token_type_ids, attention_mask,
                               deterministic=deterministic, rngs=rngs)
     picked = jnp.take_along_axis(hidden, masked_positions[..., None], axis=1)  # [b, p, embed]
     mlm_logits = self.mlm(picked, self.bert.embeddings.word)
+    if self.nsp is None:
+      return mlm_logits, None
     nsp_logits = self.nsp(self.bert.pool(hidden)).astype(jnp.float32)
     return mlm_logits, nsp_logits
+
+  def mlm_logits(self, input_ids, token_type_ids=None, attention_mask=None):
+    """Masked-LM logits at every position `[batch, length, vocab]` (fill-mask, parity checks)."""
+    hidden = self.bert.encode(input_ids, token_type_ids, attention_mask)
+    return self.mlm(hidden, self.bert.embeddings.word)
 
 
 def count_params(tree) -> int:
