@@ -8,6 +8,7 @@ temporary directory and renames it when complete, so an interrupted save is neve
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -20,9 +21,22 @@ import orbax.checkpoint as ocp
 # slice per shape and device: worth it for large arrays, pure compile time for biases and
 # LayerNorm scales (100+ compiles, ~20 s, for a tiny model on 8 devices). Below 4 MiB per
 # slice, one replica writes the whole shard.
-ocp.type_handlers.register_type_handler(
-    jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=4 << 20),
-    override=True)
+@contextlib.contextmanager
+def _quiet_absl():
+  """Orbax logs benign warnings through absl (a handler override; a composite's metadata)."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+with _quiet_absl():
+  ocp.type_handlers.register_type_handler(
+      jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=4 << 20),
+      override=True)
 
 
 class Checkpointer:
@@ -133,13 +147,8 @@ def restore_params(path: str) -> dict:
   """
   path = os.path.abspath(path)
   checkpointer = ocp.PyTreeCheckpointer()
-  absl_logger = logging.getLogger("absl")
-  level = absl_logger.level
-  absl_logger.setLevel(logging.ERROR)  # "Metadata file does not exist": the composite's, benign
-  try:
+  with _quiet_absl():
     metadata = checkpointer.metadata(path)
-  finally:
-    absl_logger.setLevel(level)
   tree = getattr(metadata, "item_metadata", None)
   tree = getattr(tree, "tree", tree) if tree is not None else metadata
   params = tree["params"]

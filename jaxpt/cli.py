@@ -25,6 +25,8 @@ COMMANDS = {
     "export-hf": "a jaxpt workdir -> config.json + model.safetensors + tokenizer for "
                  "transformers",
     "fill-mask": "print a model's top-k tokens at each [MASK] of the given texts",
+    "finetune": "fine-tune a classifier on a labelled task (recipe or JSONL/CSV directory)",
+    "evaluate": "score a fine-tuned workdir's best checkpoint: accuracy, P/R/F1, MCC",
 }
 
 USAGE = """usage: jaxpt COMMAND [--flag=value ...]
@@ -52,8 +54,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
   from jaxpt.fill_mask import FillMaskError
   from jaxpt.hf import HFError
   from jaxpt.pretrained import SourceError
+  from jaxpt.tasks import TaskError
   return (UsageError, ConfigError, InputError, StoreError, TokenizerError, HFError,
-          SourceError, FillMaskError, flags.Error)
+          SourceError, FillMaskError, TaskError, flags.Error)
 
 
 def _prepare_flags() -> flags.FlagValues:
@@ -311,10 +314,78 @@ def _run_fill_mask(fv: flags.FlagValues, args: list[str]) -> int:
   return 0
 
 
+def _finetune_flags() -> flags.FlagValues:
+  from ml_collections import config_flags
+  from jaxpt.tasks import RECIPES
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file(
+      "config", "configs/finetune.py", "A preset (default configs/finetune.py); override "
+      "fields with --config.optim.learning_rate=3e-5, --config.finetune.epochs=5 and the like.",
+      flag_values=fv, lock_config=True)
+  flags.DEFINE_string("workdir", None, "Run directory; re-running with the same one resumes.",
+                      flag_values=fv)
+  flags.DEFINE_string("task", None, f"A recipe ({', '.join(RECIPES)}) or a directory with "
+                      "train/validation/test .jsonl (or .csv / .tsv): columns text, optional "
+                      "text_pair, label; or tokens and tags for token classification.",
+                      flag_values=fv)
+  flags.DEFINE_string("init", "scratch", "Where the encoder starts: a pretraining workdir, an "
+                      "import-hf directory, hf:HF_DIR, or scratch (random; the baseline).",
+                      flag_values=fv)
+  flags.DEFINE_string("tokenizer", None, "vocab.txt / tokenizer.json for --init=scratch "
+                      "(default: bert-base-uncased's vocabulary); with another --init it must "
+                      "equal the weights' own.", flag_values=fv)
+  flags.DEFINE_boolean("progress", True, "Show a progress bar.", flag_values=fv)
+  _distributed_flags(fv)
+  return fv
+
+
+def _run_finetune(fv: flags.FlagValues, args: list[str]) -> int:
+  if not fv.workdir or not fv.task:
+    raise UsageError("--workdir and --task are required")
+  cfg = _load_config(fv)
+  _initialize_distributed(fv)
+  from jaxpt import finetune, trainer
+  try:
+    setup = finetune.setup(cfg, fv.task, fv.init, fv.tokenizer)
+    finetune.finetune(setup, fv.workdir, progress=fv.progress)
+  except trainer.TrainError as e:
+    raise UsageError(str(e)) from None
+  return 0
+
+
+def _evaluate_flags() -> flags.FlagValues:
+  fv = flags.FlagValues()
+  flags.DEFINE_string("workdir", None, "A `jaxpt finetune` workdir (its best/ checkpoint is "
+                      "scored).", flag_values=fv)
+  flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to score.",
+                    flag_values=fv)
+  flags.DEFINE_string("task", None, "Score on this task instead of the one trained on (same "
+                      "labels).", flag_values=fv)
+  flags.DEFINE_string("out", None, "JSON report path (default WORKDIR/eval.json for test, "
+                      "WORKDIR/eval_SPLIT.json otherwise).", flag_values=fv)
+  return fv
+
+
+def _run_evaluate(fv: flags.FlagValues, args: list[str]) -> int:
+  if not fv.workdir:
+    raise UsageError("--workdir is required")
+  from jaxpt import evaluation, finetune, trainer
+  try:
+    report = finetune.evaluate_workdir(fv.workdir, split=fv.split, task_spec=fv.task,
+                                       out=fv.out)
+  except trainer.TrainError as e:
+    raise UsageError(str(e)) from None
+  print(evaluation.format_table(report, f"jaxpt evaluate: {fv.workdir} (best checkpoint, step "
+                                        f"{report['step']}) on {fv.split}"))
+  return 0
+
+
 _FLAGS = {"prepare": (_prepare_flags, _run_prepare), "pretrain": (_pretrain_flags, _run_pretrain),
           "plot": (_plot_flags, _run_plot), "import-hf": (_import_flags, _run_import),
           "export-hf": (_export_flags, _run_export),
-          "fill-mask": (_fill_mask_flags, _run_fill_mask)}
+          "fill-mask": (_fill_mask_flags, _run_fill_mask),
+          "finetune": (_finetune_flags, _run_finetune),
+          "evaluate": (_evaluate_flags, _run_evaluate)}
 _POSITIONAL = {"fill-mask"}  # commands that take arguments besides flags
 
 

@@ -109,6 +109,20 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
+class FinetuneConfig:
+  """`jaxpt finetune`: classification on a labelled task (train.* and optim.* apply too)."""
+
+  max_length: int = 128  # tokens per example, [CLS] and [SEP] included
+  too_long: str = "truncate"  # a longer example: truncate (counted and reported) | error
+  epochs: float = 3.0  # sets train.num_steps from the train split size when > 0
+  metric: str = "f1_macro"  # validation metric for early stopping and best/
+  class_weights: bool = False  # weight the loss by inverse class frequency (imbalance)
+  augment_delete: float = 0.0  # per word: drop it with this probability (train only)
+  augment_swap: float = 0.0  # per word: swap it with a random neighbour in the text
+  augment_synonym: float = 0.0  # per word: replace it by a WordNet synonym when it has one
+
+
+@dataclasses.dataclass
 class Config:
   seed: int = 0  # drives initialisation, data order, masking and dropout
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -117,6 +131,7 @@ class Config:
   mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
   checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
 
 
 def with_model(cfg: "Config", **changes) -> "Config":
@@ -191,6 +206,17 @@ def validate(cfg: Config) -> Config:
          "must be 'abort' or 'skip'")
   _check(t.max_nonfinite_in_a_row > 0, "train.max_nonfinite_in_a_row",
          t.max_nonfinite_in_a_row, "must be positive")
+  f = cfg.finetune
+  _check(f.max_length > 2, "finetune.max_length", f.max_length, "must be at least 3")
+  _check(f.too_long in ("truncate", "error"), "finetune.too_long", f.too_long,
+         "must be 'truncate' or 'error'")
+  _check(f.epochs >= 0, "finetune.epochs", f.epochs, "must be >= 0 (0: use train.num_steps)")
+  _check(f.metric in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "mcc"),
+         "finetune.metric", f.metric,
+         "must be one of accuracy, f1_macro, precision_macro, recall_macro, mcc")
+  for name in ("augment_delete", "augment_swap", "augment_synonym"):
+    _check(0.0 <= getattr(f, name) < 1.0, f"finetune.{name}", getattr(f, name),
+           "must be in [0, 1)")
   return cfg
 
 

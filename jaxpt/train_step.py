@@ -89,7 +89,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   def loss_fn(params, batch, rng, mlm_count, nsp_count):
     model = nnx.merge(graphdef, params)
     sums = pretraining_sums(model, batch, deterministic=False, rngs=nnx.Rngs(dropout=rng))
-    loss = sums["mlm_loss"] / mlm_count + sums["nsp_loss"] / nsp_count
+    loss = sums["mlm_loss"] / mlm_count
+    if "nsp_loss" in sums:  # BERT; RoBERTa trains on masked LM alone
+      loss = loss + sums["nsp_loss"] / nsp_count
     return loss, sums
 
   grad_fn = jax.grad(loss_fn, has_aux=True)

@@ -64,6 +64,36 @@ def fetch_weights(name: str, cache_dir: str | os.PathLike | None = None) -> path
   return out
 
 
+def fetch_debian(package: str, cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+  """A Debian package's files (`apt-get download` + `dpkg -x`), extracted once into the cache;
+  returns the extraction root (paths inside start with usr/...)."""
+  cache = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
+  out = cache / "debian" / package
+  if (out / ".complete").exists():
+    return out
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{package}-"))
+  try:
+    download = ["apt-get", "download", package]
+    proc = subprocess.run(download, cwd=tmp, capture_output=True, text=True)
+    if proc.returncode != 0:  # the package lists may be missing on a fresh machine
+      subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+      proc = subprocess.run(download, cwd=tmp, capture_output=True, text=True)
+    debs = list(tmp.glob("*.deb"))
+    if proc.returncode != 0 or not debs:
+      raise RuntimeError(f"apt-get download {package} failed: {proc.stderr.strip()[-400:]}")
+    subprocess.run(["dpkg", "-x", str(debs[0]), str(tmp)], check=True)
+    debs[0].unlink()
+    (tmp / ".complete").write_text(package + "\n")
+    if out.exists():
+      shutil.rmtree(out)
+    os.replace(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out
+
+
 def _pip_download(requirement: str, dest: pathlib.Path) -> pathlib.Path:
   """Downloads one wheel (no dependencies) with pip; returns its path."""
   dest.mkdir(parents=True, exist_ok=True)

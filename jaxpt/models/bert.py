@@ -254,3 +254,27 @@ class BertForPreTraining(nnx.Module):
 
 def count_params(tree) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(tree))
+
+
+class BertForClassification(nnx.Module):
+  """BERT with a classifier: on the pooled [CLS] state (`kind="sequence"`, HuggingFace's
+  BertForSequenceClassification) or on every token (`kind="token"`). The encoder's parameters
+  sit under `bert`, as in BertForPreTraining, so pretrained weights drop in."""
+
+  def __init__(self, cfg: ModelConfig, num_labels: int, kind: str = "sequence", *,
+               rngs: nnx.Rngs):
+    self.kind = kind
+    self.bert = Bert(cfg, rngs=rngs)
+    self.dropout = nnx.Dropout(cfg.hidden_dropout)
+    self.classifier = nnx.Linear(cfg.hidden_size, num_labels, dtype=_dtype(cfg),
+                                 kernel_init=_dense_init(cfg, ("embed", None)),
+                                 bias_init=_zeros((None,)), rngs=rngs)
+
+  def __call__(self, input_ids, token_type_ids, attention_mask, *,
+               deterministic: bool = True, rngs: nnx.Rngs | None = None):
+    """Logits, float32: [batch, labels] (sequence) or [batch, length, labels] (token)."""
+    hidden = self.bert.encode(input_ids, token_type_ids, attention_mask,
+                              deterministic=deterministic, rngs=rngs)
+    x = self.bert.pool(hidden) if self.kind == "sequence" else hidden
+    x = self.dropout(x, deterministic=deterministic, rngs=rngs)
+    return self.classifier(x).astype(jnp.float32)
