@@ -11,6 +11,7 @@ one line on stderr naming it and exit status 2, before anything is compiled.
 
 from __future__ import annotations
 
+import pathlib
 import sys
 import textwrap
 
@@ -40,6 +41,9 @@ commands:
   jaxpt prepare --recipe=shakespeare --output=workdirs/shakespeare/data --vocab_size=8192
   jaxpt pretrain --config=configs/shakespeare_tiny.py --workdir=workdirs/shakespeare
 """
+
+
+_REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 class UsageError(Exception):
@@ -319,7 +323,7 @@ def _finetune_flags() -> flags.FlagValues:
   from jaxpt.tasks import RECIPES
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file(
-      "config", "configs/finetune.py", "A preset (default configs/finetune.py); override "
+      "config", None, "A preset (default configs/finetune.py of this checkout); override "
       "fields with --config.optim.learning_rate=3e-5, --config.finetune.epochs=5 and the like.",
       flag_values=fv, lock_config=True)
   flags.DEFINE_string("workdir", None, "Run directory; re-running with the same one resumes.",
@@ -418,13 +422,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"jaxpt: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     return 2
   define, run = _FLAGS[command]
+  rest = argv[2:]
+  if command == "finetune" and not any(a == "--config" or a.startswith("--config=")
+                                       for a in rest):
+    # The default preset; given as a flag so that --config.KEY=VALUE overrides apply to it.
+    rest = [f"--config={_REPO / 'configs' / 'finetune.py'}"] + rest
   fv = define()
   if any(a in ("-h", "--help", "--helpfull") for a in argv[2:]):
     print(f"usage: jaxpt {command} [--flag=value ...]\n\n{COMMANDS[command]}\n")
     print(textwrap.indent(fv.get_help(include_special_flags=False), ""))
     return 0
+  # ml_collections' config_flags reads the --config.KEY overrides from sys.argv while parsing:
+  # make it this command line (main() is also called with an explicit argv, as in tests).
+  saved_argv, sys.argv = sys.argv, [f"jaxpt {command}"] + rest
   try:
-    args = _parse(fv, [f"jaxpt {command}"] + argv[2:], command in _POSITIONAL)
+    args = _parse(fv, [f"jaxpt {command}"] + rest, command in _POSITIONAL)
     return run(fv, args)
   except _user_errors() as e:
     print(f"jaxpt {command}: error: {e}", file=sys.stderr)
@@ -432,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
   except KeyboardInterrupt:
     print(f"jaxpt {command}: interrupted", file=sys.stderr)
     return 130
+  finally:
+    sys.argv = saved_argv
 
 
 if __name__ == "__main__":
