@@ -33,7 +33,7 @@ from jaxpt.data import corpora
 from jaxpt.data import tokenizer as tok_lib
 from jaxpt.models import bert
 from jaxpt.train_step import TrainState
-from jaxpt.trainer import TrainError, device_prefetch, fetch
+from jaxpt.trainer import Preemption, TrainError, device_prefetch, fetch
 
 TASK_JSON = "task.json"
 IGNORE = -1  # label of a position that is not scored (padding, non-first sub-words)
@@ -160,9 +160,10 @@ def _scratch_tokenizer(path: str | None):
   return tok_lib.load(str(corpora.fetch_weights("all-minilm-l6-v2") / "vocab.txt"))
 
 
-def setup(cfg: Config, task_spec: str, init: str, tokenizer_path: str | None = None) -> Setup:
+def setup(cfg: Config, task_spec: str | tasks.Task, init: str,
+          tokenizer_path: str | None = None) -> Setup:
   """Resolves --task, --init and the tokenizer; every check happens here, before compiling."""
-  task = tasks.load(task_spec)
+  task = task_spec if isinstance(task_spec, tasks.Task) else tasks.load(task_spec)
   if init == "scratch":
     tokenizer = _scratch_tokenizer(tokenizer_path)
     cfg = config_lib.with_model(cfg, vocab_size=tokenizer.get_vocab_size())
@@ -415,6 +416,12 @@ def finetune(s: Setup, workdir: str, *, progress: bool = True) -> dict:
   pending = []
   step = start
   stopped = None
+  preemption = Preemption()
+
+  def data_item():
+    return {"next_step": step, "best": best_value, "evals_since_best": since_best,
+            "metric": metric}
+
   try:
     with jax.set_mesh(runner.mesh):
       batches = device_prefetch(runner.train_batches(start), runner.batch_sh)
@@ -424,6 +431,11 @@ def finetune(s: Setup, workdir: str, *, progress: bool = True) -> dict:
         pending.append(m)
         bar.update(1)
         last = step == runner.num_steps
+        if preemption.reached(step):  # SIGTERM: checkpoint this step, exit 0, resume later
+          checkpointer.save(step, state, data=data_item(), config=config_lib.to_dict(cfg),
+                            force=True)
+          stopped = "preempted"
+          break
         if step % runner.eval_every and not last:
           continue
         fetched = fetch(pending)
@@ -443,17 +455,21 @@ def finetune(s: Setup, workdir: str, *, progress: bool = True) -> dict:
           since_best += 1
         if patience and since_best >= patience:
           stopped = "early_stopping"
-        data = {"next_step": step, "best": best_value, "evals_since_best": since_best,
-                "metric": metric}
         if improved:
-          best.save(step, state, data=data, config=config_lib.to_dict(cfg), force=True)
-        checkpointer.save(step, state, data=data, config=config_lib.to_dict(cfg), force=True)
+          best.save(step, state, data=data_item(), config=config_lib.to_dict(cfg), force=True)
+        checkpointer.save(step, state, data=data_item(), config=config_lib.to_dict(cfg),
+                          force=True)
   finally:
+    preemption.close()
     bar.close()
     writer.close()
     checkpointer.close()
     best.close()
 
+  if stopped == "preempted":
+    if runner.is_main:
+      print(f"jaxpt finetune: SIGTERM: checkpointed step {step}; re-run to resume", flush=True)
+    return {"stopped": "preempted", "step": step}
   report = evaluate_workdir(workdir, runner=runner)
   if runner.is_main:
     print(evaluation.format_table(report, f"jaxpt finetune: best checkpoint (step "
