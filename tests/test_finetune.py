@@ -21,8 +21,9 @@ CUES = ("apple", "banana", "cherry")
 
 
 def write_task(directory: pathlib.Path, *, shuffle_labels: bool = False, seed: int = 0,
-               sizes=(("train", 192), ("validation", 64), ("test", 64))) -> pathlib.Path:
-  """Label = which fruit word is planted in the text: learnable from the text alone."""
+               sizes=(("train", 384), ("validation", 64), ("test", 64)),
+               cues: int = 3) -> pathlib.Path:
+  """Label = which fruit word is planted (`cues` times, anywhere) among 8 random words."""
   rng = np.random.default_rng(seed)
   directory.mkdir(parents=True, exist_ok=True)
   for split, n in sizes:
@@ -30,7 +31,8 @@ def write_task(directory: pathlib.Path, *, shuffle_labels: bool = False, seed: i
     for _ in range(n):
       label = int(rng.integers(0, 3))
       words = rng.choice(WORDS, 8).tolist()
-      words.insert(int(rng.integers(0, 9)), CUES[label])
+      for _ in range(cues):
+        words.insert(int(rng.integers(0, len(words) + 1)), CUES[label])
       rows.append({"text": " ".join(words), "label": f"class_{label}"})
     if shuffle_labels and split == "train":
       labels = [r["label"] for r in rows]
@@ -42,36 +44,38 @@ def write_task(directory: pathlib.Path, *, shuffle_labels: bool = False, seed: i
 
 @pytest.fixture(scope="module")
 def vocab_file(tmp_path_factory) -> str:
-  """A small WordPiece vocabulary covering the planted task (the default is 30k tokens)."""
-  tok = tok_lib.train_wordpiece([" ".join(WORDS + list(CUES))] * 50, vocab_size=200,
-                                min_frequency=1)
-  directory = tmp_path_factory.mktemp("tok")
-  tok_lib.save(tok, str(directory))
-  return str(directory / "vocab.txt")
+  """A small vocabulary covering the planted task (the default is 30k tokens): written, not
+  trained, so that token ids (and so the runs) are the same every time."""
+  path = tmp_path_factory.mktemp("tok") / "vocab.txt"
+  letters = sorted(set("".join(WORDS + list(CUES))))
+  path.write_text("\n".join([*tok_lib.SPECIAL_TOKENS, *sorted(set(WORDS + list(CUES))),
+                             *letters, *(f"##{c}" for c in letters)]) + "\n")
+  return str(path)
 
 
 def tiny(**finetune_changes) -> config_lib.Config:
   cfg = config_lib.load("configs/finetune.py")
-  cfg = config_lib.with_model(cfg, num_layers=1, hidden_size=32, num_heads=2,
-                              intermediate_size=64, max_position_embeddings=16,
+  cfg = config_lib.with_model(cfg, num_layers=2, hidden_size=64, num_heads=4,
+                              intermediate_size=128, max_position_embeddings=16,
                               hidden_dropout=0.0, attention_dropout=0.0)
   return dataclasses.replace(
       cfg, mesh=dataclasses.replace(cfg.mesh, data=8),
-      optim=dataclasses.replace(cfg.optim, learning_rate=3e-3, warmup_steps=5),
+      optim=dataclasses.replace(cfg.optim, learning_rate=2e-3, warmup_steps=5),
       train=dataclasses.replace(cfg.train, early_stopping_patience=0),
-      finetune=dataclasses.replace(cfg.finetune, max_length=16, epochs=8.0,
+      finetune=dataclasses.replace(cfg.finetune, max_length=16, epochs=6.0,
                                    **finetune_changes))
 
 
 def test_planted_task_is_learned_and_shuffled_labels_are_not(tmp_path, vocab_file, capsys):
   # Through the command line, sharded over 8 devices; then resumed and re-evaluated.
   task = write_task(tmp_path / "task")
-  overrides = ["--config.model.num_layers=1", "--config.model.hidden_size=32",
-               "--config.model.num_heads=2", "--config.model.intermediate_size=64",
+  overrides = ["--config.model.num_layers=2", "--config.model.hidden_size=64",
+               "--config.model.num_heads=4", "--config.model.intermediate_size=128",
                "--config.model.max_position_embeddings=16", "--config.mesh.data=8",
-               "--config.finetune.max_length=16", "--config.finetune.epochs=8",
-               "--config.optim.learning_rate=3e-3", "--config.optim.warmup_steps=5",
-               "--config.train.early_stopping_patience=0"]
+               "--config.finetune.max_length=16", "--config.finetune.epochs=6",
+               "--config.optim.learning_rate=2e-3", "--config.optim.warmup_steps=5",
+               "--config.train.early_stopping_patience=0", "--config.model.hidden_dropout=0",
+               "--config.model.attention_dropout=0"]
   workdir = tmp_path / "run"
   assert cli.main(["jaxpt", "finetune", f"--workdir={workdir}", f"--task={task}",
                    f"--tokenizer={vocab_file}", "--noprogress", *overrides]) == 0
@@ -81,13 +85,13 @@ def test_planted_task_is_learned_and_shuffled_labels_are_not(tmp_path, vocab_fil
     assert key in report
   assert sum(map(sum, report["confusion_matrix"])) == 64
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in rows] == [6 * i for i in range(1, 9)]  # 192 / 32 steps an epoch
+  assert [r["step"] for r in rows] == [12 * i for i in range(1, 7)]  # 384 / 32 steps an epoch
 
   # Re-running a finished run resumes at its end and only re-evaluates.
   capsys.readouterr()
   assert cli.main(["jaxpt", "finetune", f"--workdir={workdir}", f"--task={task}",
                    f"--tokenizer={vocab_file}", "--noprogress", *overrides]) == 0
-  assert "resuming at step 48" in capsys.readouterr().out
+  assert "resuming at step 72" in capsys.readouterr().out
   assert cli.main(["jaxpt", "evaluate", f"--workdir={workdir}", "--split=validation"]) == 0
   assert "f1_macro" in capsys.readouterr().out
   assert (workdir / "eval_validation.json").exists()
@@ -161,7 +165,7 @@ def test_early_stopping_restores_the_best_checkpoint_not_the_last(tmp_path, voca
   scores = {r["step"]: r["eval/f1_macro"] for r in rows}
   best_step = max(scores, key=lambda s: (scores[s], -s))
   last_step = max(scores)
-  assert last_step < 48  # stopped before the configured 8 epochs
+  assert last_step < 72  # stopped before the configured 6 epochs
   assert best_step == last_step - 2 * 3  # patience 2, an evaluation every 3 steps
   assert report["step"] == best_step != last_step
   validation = finetune.evaluate_workdir(str(workdir), split="validation")
