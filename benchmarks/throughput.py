@@ -6,6 +6,11 @@ pipeline (grain, host masking, device prefetch), side by side in one run. One JS
 configuration, then a Markdown table.
 
   python benchmarks/throughput.py --preset=bert_tiny,bert_mini --batch_size=32 --seq_len=128
+
+`--compare=hf` also times `transformers.BertForPreTraining` (PyTorch, AdamW, the model users
+would otherwise train) on the same architecture, batch and masked positions. Each side runs
+in its own subprocess (so each gets a clean peak-RSS figure), alternating jaxpt, hf, jaxpt,
+hf for `--rounds` rounds; the table gives medians and the jaxpt / hf ratio.
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ _MESH = flags.DEFINE_string("mesh", "-1,1,1", "data,fsdp,tensor sizes.")
 _REMAT = flags.DEFINE_enum("remat", "none", ["none", "full", "save_dots"], "Remat policy.")
 _DATA = flags.DEFINE_string("data_dir", "", "A prepared directory: also time the same step fed "
                             "by the real loader, side by side.")
+_COMPARE = flags.DEFINE_enum("compare", "", ["", "hf"], "Also time HuggingFace's PyTorch "
+                             "BertForPreTraining on the same batches, side by side.")
+_ROUNDS = flags.DEFINE_integer("rounds", 2, "With --compare: alternating rounds per side.")
+_SIDE = flags.DEFINE_enum("side", "", ["", "jaxpt", "hf"], "Internal: measure one side only "
+                          "and print its JSON line.")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s of one device, for MFU; 0: from "
                            "jaxpt's table of TPU/GPU kinds (CPUs are not in it).")
 
@@ -114,6 +124,8 @@ def measure(preset: str) -> dict:
   step = float(np.median(times))
   flops = metrics_lib.flops_per_token(cfg.model, _LENGTH.value, preds) * tokens
   peak = metrics_lib.peak_flops(jax.devices()[0].device_kind, _PEAK.value * 1e12)
+  if peak is None and jax.devices()[0].platform == "cpu":
+    peak = cpu_matmul_peak()  # the CPU's measured fp32 matmul rate stands in for a data sheet
   mem = compiled.memory_analysis()
   row = {
       "preset": pathlib.Path(preset).stem, "seq_len": _LENGTH.value,
@@ -123,6 +135,7 @@ def measure(preset: str) -> dict:
       "step_time_p90_s": float(np.percentile(times, 90)), "tokens_per_sec": tokens / step,
       "model_tflops_per_sec": flops / step / 1e12,
       "mfu": flops / step / (peak * jax.device_count()) if peak else None,
+      "peak_tflops_per_device": peak / 1e12 if peak else None,
       "peak_memory_bytes": (int(mem.argument_size_in_bytes + mem.output_size_in_bytes
                                 + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
                             if mem is not None else None),
@@ -133,8 +146,128 @@ def measure(preset: str) -> dict:
   return row
 
 
+def cpu_matmul_peak(n: int = 2048, reps: int = 10) -> float:
+  """FLOP/s of XLA's fp32 matmul on one CPU device (best of 3): the CPU's practical peak."""
+  import jax.numpy as jnp
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = 0.0
+  for _ in range(3):
+    t0 = time.perf_counter()
+    for _ in range(reps):
+      out = f(a)
+    out.block_until_ready()
+    best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t0))
+  return best
+
+
+def measure_hf(preset: str) -> dict:
+  """The same training step in PyTorch: transformers.BertForPreTraining + torch AdamW."""
+  import os
+  import torch
+  import transformers
+  torch.set_num_threads(os.cpu_count())
+  cfg = _config(preset)
+  m = cfg.model
+  model = transformers.BertForPreTraining(transformers.BertConfig(
+      vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
+      num_attention_heads=m.num_heads, intermediate_size=m.intermediate_size,
+      max_position_embeddings=m.max_position_embeddings, type_vocab_size=m.type_vocab_size,
+      hidden_dropout_prob=m.hidden_dropout, attention_probs_dropout_prob=m.attention_dropout,
+      layer_norm_eps=m.layer_norm_eps))
+  dtype = torch.bfloat16 if _PRECISION.value == "bf16" else None
+  model.train()
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+  preds = min(cfg.data.max_predictions_per_seq, _LENGTH.value)
+  host = synthetic_batch(cfg, _BATCH.value, _LENGTH.value, preds)
+  labels = np.full(host["input_ids"].shape, -100, np.int64)  # HF: -100 = not predicted
+  np.put_along_axis(labels, host["masked_positions"], host["masked_ids"], axis=1)
+  inputs = {"input_ids": torch.tensor(host["input_ids"], dtype=torch.long),
+            "token_type_ids": torch.tensor(host["token_type_ids"], dtype=torch.long),
+            "attention_mask": torch.tensor(host["attention_mask"], dtype=torch.long),
+            "labels": torch.tensor(labels),
+            "next_sentence_label": torch.tensor(host["nsp_labels"], dtype=torch.long)}
+
+  def step():
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+      loss = model(**inputs).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+  for _ in range(2):
+    step()
+  times = []
+  for _ in range(_STEPS.value):
+    t0 = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t0)
+  tokens = _BATCH.value * _LENGTH.value
+  step_s = float(np.median(times))
+  # The FLOPs HF's step actually performs: the MLM head over every position, not 20.
+  flops_done = metrics_lib.flops_per_token(m, _LENGTH.value, _LENGTH.value) * tokens
+  return {"preset": pathlib.Path(preset).stem, "side": "hf", "seq_len": _LENGTH.value,
+          "batch_size": _BATCH.value, "precision": _PRECISION.value,
+          "step_time_s": step_s, "step_time_p90_s": float(np.percentile(times, 90)),
+          "tokens_per_sec": tokens / step_s, "executed_tflops_per_sec": flops_done / step_s / 1e12,
+          "peak_memory_bytes": _peak_rss(), "torch": torch.__version__,
+          "transformers": transformers.__version__}
+
+
+def _peak_rss() -> int:
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def compare(preset: str) -> list[dict]:
+  """Alternates subprocesses of each side; returns the per-run rows."""
+  import subprocess
+  import sys
+  rows = []
+  passthrough = [f"--preset={preset}", f"--batch_size={_BATCH.value}",
+                 f"--seq_len={_LENGTH.value}", f"--steps={_STEPS.value}",
+                 f"--precision={_PRECISION.value}", f"--mesh={_MESH.value}",
+                 f"--remat={_REMAT.value}", f"--peak_tflops={_PEAK.value}"]
+  for _ in range(_ROUNDS.value):
+    for side in ("jaxpt", "hf"):
+      proc = subprocess.run([sys.executable, __file__, f"--side={side}", *passthrough],
+                            capture_output=True, text=True, check=False)
+      if proc.returncode:
+        raise SystemExit(f"{side} run failed:\n{proc.stderr[-3000:]}")
+      rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+      print(json.dumps(rows[-1]), flush=True)
+  return rows
+
+
+def _compare_table(preset: str, rows: list[dict]) -> str:
+  def med(side, key):
+    return float(np.median([r[key] for r in rows if r.get("side", "jaxpt") == side]))
+  j, h = med("jaxpt", "tokens_per_sec"), med("hf", "tokens_per_sec")
+  jm, hm = med("jaxpt", "peak_memory_bytes"), med("hf", "peak_memory_bytes")
+  mfu = [r["mfu"] for r in rows if r.get("side", "jaxpt") == "jaxpt" and r.get("mfu")]
+  return (f"| {preset} | {j:,.0f} | {h:,.0f} | {j / h:.2f}x | {jm / 2**20:,.0f} | "
+          f"{hm / 2**20:,.0f} | " + (f"{np.median(mfu):.1%}" if mfu else "n/a") + " |")
+
+
 def main(argv):
   del argv
+  if _SIDE.value:
+    preset = _PRESETS.value[0]
+    row = measure(preset) if _SIDE.value == "jaxpt" else measure_hf(preset)
+    if _SIDE.value == "jaxpt":
+      row.update(side="jaxpt", process_peak_rss_bytes=_peak_rss())
+      row["peak_memory_bytes"] = row["process_peak_rss_bytes"]  # like for like with torch
+    print(json.dumps(row), flush=True)
+    return
+  if _COMPARE.value:
+    lines = ["| preset | jaxpt tokens/s | HF PyTorch tokens/s | ratio | jaxpt peak RSS (MiB) | "
+             "HF peak RSS (MiB) | jaxpt MFU |", "|---|---|---|---|---|---|---|"]
+    for preset in _PRESETS.value:
+      lines.append(_compare_table(pathlib.Path(preset).stem, compare(preset)))
+    print("\n".join(lines))
+    return
   dev = jax.devices()[0]
   print(f"# {datetime.date.today()} | {platform.node()} | {jax.device_count()} x "
         f"{dev.device_kind} ({dev.platform}) | jax {jax.__version__}")

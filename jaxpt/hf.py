@@ -15,14 +15,13 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 
 import jax
 import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+from jaxpt import files
 from jaxpt.config import ModelConfig, validate_model
 from jaxpt.data import tokenizer as tok_lib
 from jaxpt.models import bert
@@ -427,19 +426,11 @@ def save_bert(directory: str | os.PathLike, params: dict, cfg: ModelConfig, toke
   if not heads:  # a bare BertModel/RobertaModel: names without the prefix
     tensors = {k.split(".", 1)[1]: v for k, v in tensors.items()}
 
-  directory.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
-  try:
+  with files.atomic_directory(directory) as tmp:
     (tmp / CONFIG).write_text(json.dumps(config_to_hf(cfg, architecture), indent=2) + "\n")
     save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
     if tokenizer is not None:
       tok_lib.save_for_transformers(tokenizer, str(tmp), cfg.variant,
                                     model_max_length=cfg.max_position_embeddings
                                     - (cfg.pad_token_id + 1 if cfg.variant == "roberta" else 0))
-    if directory.exists():
-      shutil.rmtree(directory)
-    os.replace(tmp, directory)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return directory

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
-import shutil
-import tempfile
 
 import jax
 import numpy as np
 
 from jaxpt import checkpoint as ckpt_lib
+from jaxpt import files
 from jaxpt import hf
 from jaxpt.config import ModelConfig, validate_model
 from jaxpt.data import tokenizer as tok_lib
@@ -122,9 +120,7 @@ def write_imported(directory: str, imported: hf.Imported) -> pathlib.Path:
   out = pathlib.Path(directory)
   if out.exists() and any(out.iterdir()):
     raise SourceError(f"{out}: exists and is not empty; import into a new directory")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-  try:
+  with files.atomic_directory(out) as tmp:
     ckpt_lib.save_params(str(tmp / "params"), imported.params)
     info = {"model": dataclasses.asdict(imported.config), "source": imported.source,
             "missing": imported.missing, "unexpected": imported.unexpected}
@@ -133,12 +129,6 @@ def write_imported(directory: str, imported: hf.Imported) -> pathlib.Path:
       (tmp / "tokenizer").mkdir()
       tok_lib.save(imported.tokenizer, str(tmp / "tokenizer"))
     (tmp / "config.py").write_text(_preset(imported.config, imported.source))
-    if out.exists():
-      out.rmdir()
-    os.replace(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return out
 
 

