@@ -308,3 +308,19 @@ def test_workdir_export_fill_mask_import_and_continue(prepared_dir, tmp_path, ca
   with pytest.raises(trainer.TrainError, match=r"bert\.embeddings\.norm\.bias: pretrained "
                                                r"\(32,\), config \(64,\)"):
     trainer.pretrain(wrong, str(tmp_path / "wrong"), progress=False)
+
+
+def test_roberta_bpe_tokenizer_trains_and_loads_in_transformers(tmp_path):
+  lines = [l for l in SENTENCES * 20] + ["Naïve café, 東京!", "spaces  and\ttabs"]
+  tok = tok_lib.train_bpe(lines, vocab_size=300, min_frequency=1)
+  assert tok_lib.family(tok) == "roberta"
+  assert [tok.token_to_id(t) for t in ("<s>", "<pad>", "</s>", "<unk>")] == [0, 1, 2, 3]
+  ids = tok_lib.special_ids(tok)
+  assert (ids["cls"], ids["sep"], ids["pad"]) == (0, 2, 1)
+  pair = tok.encode("The quick fox", "Short one.")
+  assert pair.ids[0] == 0 and pair.ids.count(2) == 3  # <s> A </s></s> B </s>
+  tok_lib.save_for_transformers(tok, str(tmp_path), "roberta", model_max_length=64)
+  fast = transformers.AutoTokenizer.from_pretrained(tmp_path)
+  for line in lines[-3:] + ["The [MASK] is <mask>."]:
+    assert fast(line)["input_ids"] == tok.encode(line).ids, line
+  assert tok.decode(tok.encode("Naïve café, 東京!").ids) == "Naïve café, 東京!"

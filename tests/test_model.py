@@ -48,6 +48,8 @@ def test_preset_output_shapes(name):
 @pytest.mark.parametrize("name,encoder,total", [
     ("bert_base", 109_482_240, 110_106_428),
     ("bert_large", 335_141_888, 336_226_108),
+    # RobertaModel (with pooler) of roberta-base, then the MLM head (dense, LayerNorm, bias).
+    ("roberta_base", 124_645_632, 124_645_632 + 590_592 + 1_536 + 50_265),
 ])
 def test_published_parameter_counts(name, encoder, total):
   _, state = nnx.split(abstract_model(load_preset(name).model))
