@@ -105,7 +105,7 @@ def _run_prepare(fv: flags.FlagValues, args: list[str]) -> int:
     raise UsageError("--output is required")
   inputs = list(fv.input)
   if fv.recipe:
-    inputs.append(str(corpora.fetch(fv.recipe, fv.cache_dir)))
+    inputs.extend(str(d) for d in corpora.fetch(fv.recipe, fv.cache_dir))
   if not inputs:
     raise UsageError("give --input=PATH (or --recipe=NAME)")
   opts = PrepareOptions(

