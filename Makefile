@@ -7,7 +7,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/shakespeare
 DATA := $(WORKDIR)/data
-PYTEST_ARGS ?=
+# One worker per core; a test file stays on one worker so its module fixtures run once.
+PYTEST_ARGS ?= -n auto --dist loadfile
 
 .PHONY: pretrain test install clean
 

@@ -39,6 +39,10 @@ def parse_args(argv=None):
                  help="scratch (random init, BERT-mini), jaxpt (--jaxpt_workdir), minilm")
   p.add_argument("--jaxpt_workdir", default=str(REPO / "workdirs" / "shakespeare"),
                  help="a jaxpt pretraining workdir (default: the `make pretrain` demo)")
+  p.add_argument("--jaxpt_description",
+                 default="BERT-tiny (L2/H128, vocab 8192) from `make pretrain` (Shakespeare only, "
+                         "2000 steps of 32 x 128 tokens)",
+                 help="what --jaxpt_workdir holds, for the table's caption")
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--train_examples", type=int, default=1024,
                  help="train examples per task (a fixed subset; 0 = all). Validation and test "
@@ -92,6 +96,8 @@ def run_one(args, task_name: str, start: str, seed: int, augment: bool) -> dict:
   cpu, wall = time.process_time(), time.time()
   setup = finetune.setup(cfg, task, init)
   report = finetune.finetune(setup, str(workdir), progress=False)
+  if report.get("stopped") == "preempted":
+    raise SystemExit("SIGTERM: the run was checkpointed; re-run this script to continue")
   result = {"task": task_name, "start": column, "seed": seed, "f1_macro": report["f1_macro"],
             "accuracy": report["accuracy"], "mcc": report["mcc"],
             "cpu_s": time.process_time() - cpu, "wall_s": time.time() - wall,
@@ -183,8 +189,7 @@ def main(argv=None):
       f"checkpoint, mean ± sd over seeds {args.seeds}; {args.train_examples or 'all'} train "
       f"examples per task, {args.epochs:g} epochs, {args.max_length} tokens, AdamW "
       f"{args.learning_rate:g}. Columns: `scratch` = BERT-mini (L4/H256) from random init; "
-      f"`jaxpt` = the model `make pretrain` trains (BERT-tiny L2/H128, Shakespeare only, "
-      f"2000 steps); `minilm` = the real all-MiniLM-L6-v2 weights (L6/H384). CPU-min is the "
+      f"`jaxpt` = {args.jaxpt_description}; `minilm` = the real all-MiniLM-L6-v2 weights (L6/H384). CPU-min is the "
       f"process CPU time of the whole column.", "", md, "",
       f"![scoreboard]({os.path.relpath(args.png, os.path.dirname(args.results))})"])
   write_results(args.results, section)
