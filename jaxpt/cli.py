@@ -232,7 +232,8 @@ def _run_import(fv: flags.FlagValues, args: list[str]) -> int:
   from jaxpt import hf, pretrained
   imported = hf.import_params(source)
   out = pretrained.write_imported(fv.workdir, imported)
-  n = sum(int(np.size) for np in _leaves(imported.params))
+  from jaxpt.models import bert
+  n = bert.count_params(imported.params)
   print(f"jaxpt import-hf: {source} -> {out}: {imported.config.variant}, "
         f"{imported.config.num_layers} layers, hidden {imported.config.hidden_size}, "
         f"{n / 1e6:.2f}M parameters; tokenizer: "
@@ -242,11 +243,6 @@ def _run_import(fv: flags.FlagValues, args: list[str]) -> int:
   if imported.unexpected:
     print(f"  ignored (not used by jaxpt): {', '.join(imported.unexpected)}")
   return 0
-
-
-def _leaves(tree):
-  import jax
-  return jax.tree.leaves(tree)
 
 
 def _export_flags() -> flags.FlagValues:

@@ -13,6 +13,7 @@ metrics.jsonl, tensorboard/, eval.json (the best checkpoint on the test split).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -33,6 +34,7 @@ from jaxpt.data import corpora
 from jaxpt.data import tokenizer as tok_lib
 from jaxpt.models import bert
 from jaxpt.train_step import TrainState
+from jaxpt import trainer
 from jaxpt.trainer import Preemption, TrainError, device_prefetch, fetch
 
 TASK_JSON = "task.json"
@@ -249,13 +251,9 @@ class Runner:
     self.abstract_params = abstract.to_pure_dict()
     schedule = optim.learning_rate_schedule(cfg.optim, self.num_steps)
     tx = optim.make_optimizer(cfg.optim, self.num_steps)
-    self.tx = tx
-    opt_abstract = jax.eval_shape(tx.init, self.abstract_params)
     rep = sharding.replicated(self.mesh)
-    opt_sh = optax.tree_map_params(
-        tx, lambda leaf, sh, p: sh if leaf.shape == p.shape else rep, opt_abstract,
-        self.param_sh, self.abstract_params, transform_non_params=lambda _: rep)
-    self.state_sh = TrainState(step=rep, params=self.param_sh, opt_state=opt_sh)
+    self.state_sh = trainer.state_shardings(
+        trainer.Model(graphdef, self.abstract_params, self.param_sh), tx, self.mesh)
     self.batch_sh = sharding.batch_sharding(self.mesh)
     weights = _class_weights(task, self.encoded["train"].labels, f.class_weights)
     train_step, predict_step = make_steps(graphdef, tx, schedule, cfg.seed, jnp.asarray(weights))
@@ -287,29 +285,22 @@ class Runner:
   def train_batches(self, start_step: int):
     """This process's rows of each global batch from `start_step` on, on the host."""
     cfg, task = self.setup.cfg, self.setup.task
-    enc = self.encoded["train"]
+    augment = self.augment.active and task.kind == "sequence"  # words of text only
     lo, hi = self.rows
-    step = start_step
-    while True:
+    for step in itertools.count(start_step):
       rows = _train_rows(cfg.seed, step, len(task.splits["train"]), cfg.train.batch_size)[lo:hi]
-      if self.augment.active:
+      enc = self.encoded["train"]
+      if augment:  # re-encode this batch's texts, each augmented by (seed, step, example)
         examples = []
         for row in rows:
+          example = task.splits["train"][row]
           rng = np.random.default_rng([cfg.seed, step, int(row)])
-          example = dict(task.splits["train"][row])
-          if task.kind == "sequence":
-            example["text"] = augment_lib.augment_text(example["text"], self.augment, rng,
-                                                       self.synonyms)
-          examples.append(example)
-        if task.kind == "sequence":
-          fresh = encode(examples, self.setup.tokenizer, task, cfg.finetune.max_length)
-          yield {"input_ids": fresh.input_ids, "token_type_ids": fresh.token_type_ids,
-                 "attention_mask": fresh.attention_mask, "labels": fresh.labels}
-          step += 1
-          continue
+          examples.append(dict(example, text=augment_lib.augment_text(
+              example["text"], self.augment, rng, self.synonyms)))
+        enc = encode(examples, self.setup.tokenizer, task, cfg.finetune.max_length)
+        rows = slice(None)
       yield {"input_ids": enc.input_ids[rows], "token_type_ids": enc.token_type_ids[rows],
              "attention_mask": enc.attention_mask[rows], "labels": enc.labels[rows]}
-      step += 1
 
   def predict(self, params, split: str) -> tuple[np.ndarray, float]:
     """(predictions shaped like the split's labels, mean validation loss)."""

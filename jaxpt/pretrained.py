@@ -77,8 +77,10 @@ def load(source: str, *, best: bool = False, step: int | None = None) -> Pretrai
 
 
 def _tokenizer(workdir: pathlib.Path, data_dir: str | None):
-  for candidate in (workdir / "tokenizer" / "tokenizer.json",
-                    pathlib.Path(data_dir or "/nonexistent") / "tokenizer.json"):
+  candidates = [workdir / "tokenizer" / "tokenizer.json"]
+  if data_dir:  # an older workdir without its own copy: the data directory's
+    candidates.append(pathlib.Path(data_dir) / "tokenizer.json")
+  for candidate in candidates:
     if candidate.exists():
       return tok_lib.load(str(candidate))
   return None

@@ -30,7 +30,7 @@ from jaxpt import config as config_lib
 from jaxpt import metrics as metrics_lib
 from jaxpt import hf, optim, pretrained, sharding
 from jaxpt.config import Config, ConfigError
-from jaxpt.data import loader, store
+from jaxpt.data import loader
 from jaxpt.models import bert
 from jaxpt.train_step import TrainState, make_eval_step, make_train_step, means
 
