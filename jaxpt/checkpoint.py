@@ -156,4 +156,12 @@ def restore_params(path: str) -> dict:
   restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), params)
   restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
       item={"params": target}, restore_args={"params": restore_args}, partial_restore=True))
-  return restored["params"]
+  return _int_keys(restored["params"])
+
+
+def _int_keys(tree):
+  """Orbax stores dict keys as strings; NNX's pure dicts key list entries (layers) by int."""
+  if not isinstance(tree, dict):
+    return tree
+  return {int(k) if isinstance(k, str) and k.isdigit() else k: _int_keys(v)
+          for k, v in tree.items()}

@@ -28,6 +28,8 @@ COMMANDS = {
     "fill-mask": "print a model's top-k tokens at each [MASK] of the given texts",
     "finetune": "fine-tune a classifier on a labelled task (recipe or JSONL/CSV directory)",
     "evaluate": "score a fine-tuned workdir's best checkpoint: accuracy, P/R/F1, MCC",
+    "compress": "prune (magnitude or attention heads) and int8-quantize a fine-tuned "
+                "classifier",
 }
 
 USAGE = """usage: jaxpt COMMAND [--flag=value ...]
@@ -356,7 +358,7 @@ def _run_finetune(fv: flags.FlagValues, args: list[str]) -> int:
 def _evaluate_flags() -> flags.FlagValues:
   fv = flags.FlagValues()
   flags.DEFINE_string("workdir", None, "A `jaxpt finetune` workdir (its best/ checkpoint is "
-                      "scored).", flag_values=fv)
+                      "scored) or a `jaxpt compress` one.", flag_values=fv)
   flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to score.",
                     flag_values=fv)
   flags.DEFINE_string("task", None, "Score on this task instead of the one trained on (same "
@@ -380,12 +382,52 @@ def _run_evaluate(fv: flags.FlagValues, args: list[str]) -> int:
   return 0
 
 
+def _compress_flags() -> flags.FlagValues:
+  fv = flags.FlagValues()
+  flags.DEFINE_string("workdir", None, "A `jaxpt finetune` workdir (its best checkpoint is "
+                      "compressed).", flag_values=fv)
+  flags.DEFINE_string("out", None, "The compressed workdir to write (`jaxpt evaluate "
+                      "--workdir=OUT` scores it).", flag_values=fv)
+  flags.DEFINE_float("prune", 0.0, "Sparsity in [0, 1): the fraction of the encoder's dense "
+                     "weights (magnitude) or of its attention heads (heads) removed.",
+                     flag_values=fv)
+  flags.DEFINE_string("scheme", "magnitude", "Pruning scheme: magnitude (global, "
+                      "unstructured) or heads (attention heads by importance).", flag_values=fv)
+  flags.DEFINE_integer("recover_steps", 0, "Fine-tune this many steps after pruning with the "
+                       "mask held (0: no recovery).", flag_values=fv)
+  flags.DEFINE_string("quantize", "none", "none, int8 (int8 weights of the dense layers, "
+                      "per output channel) or w8a8 (also int8 activations, dynamic).",
+                      flag_values=fv)
+  flags.DEFINE_boolean("overwrite", False, "Replace --out if it exists.", flag_values=fv)
+  flags.DEFINE_boolean("progress", True, "Show a progress bar (recovery).", flag_values=fv)
+  return fv
+
+
+def _run_compress(fv: flags.FlagValues, args: list[str]) -> int:
+  if not fv.workdir or not fv.out:
+    raise UsageError("--workdir and --out are required")
+  from jaxpt import compress
+  opts = compress.Options(prune=fv.prune, scheme=fv.scheme, recover_steps=fv.recover_steps,
+                          quantize=fv.quantize, overwrite=fv.overwrite)
+  try:
+    record = compress.compress(fv.workdir, fv.out, opts, progress=fv.progress)
+  except compress.CompressError as e:
+    raise UsageError(str(e)) from None
+  s = record["sparsity"]
+  print(f"jaxpt compress: {fv.out}: sparsity {s['sparsity']:.3f} of {s['prunable_weights']:,} "
+        f"prunable weights; quantize {record['quantize']}; weights "
+        f"{record['dense_bytes'] / 2**20:.2f} MiB -> {record['weight_bytes'] / 2**20:.2f} MiB "
+        f"({record['disk_bytes'] / 2**20:.2f} MiB on disk)")
+  return 0
+
+
 _FLAGS = {"prepare": (_prepare_flags, _run_prepare), "pretrain": (_pretrain_flags, _run_pretrain),
           "plot": (_plot_flags, _run_plot), "import-hf": (_import_flags, _run_import),
           "export-hf": (_export_flags, _run_export),
           "fill-mask": (_fill_mask_flags, _run_fill_mask),
           "finetune": (_finetune_flags, _run_finetune),
-          "evaluate": (_evaluate_flags, _run_evaluate)}
+          "evaluate": (_evaluate_flags, _run_evaluate),
+          "compress": (_compress_flags, _run_compress)}
 _POSITIONAL = {"fill-mask"}  # commands that take arguments besides flags
 
 

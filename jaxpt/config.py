@@ -69,6 +69,9 @@ class OptimConfig:
   nesterov: bool = False  # SGD
   weight_decay: float = 0.01  # not applied to biases and LayerNorm parameters
   grad_clip_norm: float = 1.0  # global-norm clipping; 0 disables
+  # Hold a pruning mask: no update reaches a weight of the encoder's dense kernels that is
+  # exactly zero (`jaxpt compress --recover_steps` sets it).
+  keep_pruned: bool = False
 
 
 @dataclasses.dataclass

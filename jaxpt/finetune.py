@@ -99,7 +99,7 @@ def encode(examples: list[dict], tokenizer, task: tasks.Task, max_length: int, *
 # Model, steps.
 
 
-def _create(cfg: config_lib.ModelConfig, num_labels: int, kind: str, seed: int):
+def create_classifier(cfg: config_lib.ModelConfig, num_labels: int, kind: str, seed: int):
   with nnx.use_eager_sharding(False):
     return bert.BertForClassification(cfg, num_labels, kind, rngs=nnx.Rngs(params=seed))
 
@@ -137,7 +137,11 @@ def make_steps(graphdef, tx, schedule, seed: int, class_weights: jax.Array):
                                            deterministic=True)
     return jnp.argmax(logits, -1).astype(jnp.int32), loss_sum, weight_sum
 
-  return train_step, predict_step
+  def grad_step(params, batch):
+    """Gradient of the summed evaluation loss (no dropout): for importance scores."""
+    return jax.grad(lambda p: sums(nnx.merge(graphdef, p), batch, deterministic=True)[1])(params)
+
+  return train_step, predict_step, grad_step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +155,9 @@ class Setup:
   cfg: Config
   task: tasks.Task
   tokenizer: object
-  init_params: dict | None  # host arrays of the encoder (bert.*), None: random
+  # Host arrays: the encoder's (bert.*; the classifier starts fresh), or a whole classifier's
+  # (bert.* and classifier.*; `jaxpt compress` recovering a pruned model); None: random.
+  init_params: dict | None
   init_source: str
 
 
@@ -245,8 +251,8 @@ class Runner:
 
     k = len(task.labels)
     with nnx.use_eager_sharding(False):
-      graphdef, abstract = nnx.eval_shape(lambda: nnx.split(_create(cfg.model, k, task.kind,
-                                                                    cfg.seed)))
+      graphdef, abstract = nnx.eval_shape(
+          lambda: nnx.split(create_classifier(cfg.model, k, task.kind, cfg.seed)))
     self.param_sh = sharding.param_shardings(abstract, self.mesh).to_pure_dict()
     self.abstract_params = abstract.to_pure_dict()
     schedule = optim.learning_rate_schedule(cfg.optim, self.num_steps)
@@ -256,31 +262,40 @@ class Runner:
         trainer.Model(graphdef, self.abstract_params, self.param_sh), tx, self.mesh)
     self.batch_sh = sharding.batch_sharding(self.mesh)
     weights = _class_weights(task, self.encoded["train"].labels, f.class_weights)
-    train_step, predict_step = make_steps(graphdef, tx, schedule, cfg.seed, jnp.asarray(weights))
+    self.graphdef, self.tx, self.schedule = graphdef, tx, schedule
+    self.class_weights = jnp.asarray(weights)
+    train_step, predict_step, grad_step = make_steps(graphdef, tx, schedule, cfg.seed,
+                                                     self.class_weights)
     self.train_step = jax.jit(train_step, in_shardings=(self.state_sh, self.batch_sh),
                               out_shardings=(self.state_sh, rep), donate_argnums=0)
     self.predict_step = jax.jit(predict_step, in_shardings=(self.param_sh, self.batch_sh),
                                 out_shardings=(rep, rep, rep))
+    self.grad_step = jax.jit(grad_step, in_shardings=(self.param_sh, self.batch_sh),
+                             out_shardings=self.param_sh)
 
-    def init(encoder):
-      params = _create(cfg.model, k, task.kind, cfg.seed)
+    def init(given):
+      params = create_classifier(cfg.model, k, task.kind, cfg.seed)
       params = nnx.state(params, nnx.Param).to_pure_dict()
-      if encoder is not None:
-        params["bert"] = encoder
+      if given is not None:
+        params = given if "classifier" in given else dict(params, bert=given)
       return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
     self.init_random = jax.jit(lambda: init(None), out_shardings=self.state_sh)
     self.init_from = jax.jit(init, in_shardings=(self.param_sh["bert"],),
                              out_shardings=self.state_sh)
+    self.init_whole = jax.jit(init, in_shardings=(self.param_sh,), out_shardings=self.state_sh)
     self.abstract_state = ckpt_lib.abstract_like(jax.eval_shape(self.init_random),
                                                  self.state_sh)
     self.rows = sharding.local_batch_rows(self.batch_sh, t.batch_size)
 
   def initial_state(self) -> TrainState:
     with jax.set_mesh(self.mesh):
-      if self.setup.init_params is None:
+      given = self.setup.init_params
+      if given is None:
         return self.init_random()
-      return self.init_from(pretrained.place(self.setup.init_params, self.param_sh["bert"]))
+      if "classifier" in given:
+        return self.init_whole(pretrained.place(given, self.param_sh))
+      return self.init_from(pretrained.place(given, self.param_sh["bert"]))
 
   def train_batches(self, start_step: int):
     """This process's rows of each global batch from `start_step` on, on the host."""
@@ -302,30 +317,37 @@ class Runner:
       yield {"input_ids": enc.input_ids[rows], "token_type_ids": enc.token_type_ids[rows],
              "attention_mask": enc.attention_mask[rows], "labels": enc.labels[rows]}
 
-  def predict(self, params, split: str) -> tuple[np.ndarray, float]:
-    """(predictions shaped like the split's labels, mean validation loss)."""
+  def eval_batches(self, split: str):
+    """(global batch, real rows in it) over `split` in order; the last batch is padded with
+    rows whose labels are IGNORE (not scored)."""
     enc, b = self.encoded[split], self.setup.cfg.train.batch_size
     n = enc.labels.shape[0]
     lo, hi = self.rows
-    predictions, loss, weight = [], 0.0, 0.0
     for start in range(0, n, b):
       index = np.arange(start, start + b)
       real = index < n
       index = np.where(real, index, 0)[lo:hi]
       labels = enc.labels[index].copy()
-      labels[~real[lo:hi]] = IGNORE  # padding rows of the last batch are not scored
+      labels[~real[lo:hi]] = IGNORE
       batch = {"input_ids": enc.input_ids[index], "token_type_ids": enc.token_type_ids[index],
                "attention_mask": enc.attention_mask[index], "labels": labels}
-      batch = {k: jax.make_array_from_process_local_data(self.batch_sh, v)
-               for k, v in batch.items()}
-      pred, l, w = fetch(self.predict_step(params, batch))
-      predictions.append(pred[:min(b, n - start)])
+      yield ({k: jax.make_array_from_process_local_data(self.batch_sh, v)
+              for k, v in batch.items()}, min(b, n - start))
+
+  def predict(self, params, split: str, predict_step=None) -> tuple[np.ndarray, float]:
+    """(predictions shaped like the split's labels, mean loss); `predict_step` replaces the
+    compiled one (a quantized model's)."""
+    predict_step = predict_step or self.predict_step
+    predictions, loss, weight = [], 0.0, 0.0
+    for batch, real in self.eval_batches(split):
+      pred, l, w = fetch(predict_step(params, batch))
+      predictions.append(pred[:real])
       loss, weight = loss + float(l), weight + float(w)
     return np.concatenate(predictions), loss / max(weight, 1e-9)
 
-  def report(self, params, split: str) -> dict:
+  def report(self, params, split: str, predict_step=None) -> dict:
     with jax.set_mesh(self.mesh):
-      predictions, loss = self.predict(params, split)
+      predictions, loss = self.predict(params, split, predict_step)
     task, labels = self.setup.task, self.encoded[split].labels
     if task.kind == "sequence":
       out = evaluation.classification_report(labels, predictions, task.labels)
@@ -472,41 +494,63 @@ def finetune(s: Setup, workdir: str, *, progress: bool = True) -> dict:
   return report
 
 
-def evaluate_workdir(workdir: str, *, split: str = "test", runner: Runner | None = None,
-                     task_spec: str | None = None, out: str | None = None) -> dict:
-  """The best checkpoint of a fine-tuning workdir on `split`: report, printed and written."""
+def read_task_info(workdir: str) -> dict:
   task_json = os.path.join(workdir, TASK_JSON)
   if not os.path.exists(task_json):
     raise TrainError(f"{workdir}: no {TASK_JSON}; not a `jaxpt finetune` workdir")
-  info = json.load(open(task_json))
+  return json.load(open(task_json))
+
+
+def runner_for(workdir: str, info: dict, cfg: Config, task_spec: str | None = None) -> Runner:
+  """A Runner for the task a workdir was trained on (its directory or recipe), or for
+  `task_spec` when its labels are the same."""
+  tokenizer = tok_lib.load(os.path.join(workdir, "tokenizer", "tokenizer.json"))
+  if task_spec is None:
+    task_spec = info["source"] if os.path.isdir(info["source"]) else info["task"]
+  task = tasks.load(task_spec)
+  if task.labels != info["labels"]:
+    raise TrainError(f"--task: labels {task.labels[:5]}... differ from the ones trained "
+                     f"({info['labels'][:5]}...)")
+  return Runner(Setup(cfg, task, tokenizer, None, info["init"]))
+
+
+def load_best(workdir: str, *, task_spec: str | None = None, runner: Runner | None = None):
+  """(runner, TrainState, task info, step) of a fine-tuning workdir's best checkpoint."""
+  info = read_task_info(workdir)
   best = ckpt_lib.Checkpointer(os.path.join(workdir, "best"), max_to_keep=1, async_save=False)
-  step = best.latest_step()
-  if step is None:
+  try:
+    step = best.latest_step()
+    if step is None:
+      raise TrainError(f"{workdir}/best: no checkpoint (the run never evaluated)")
+    if runner is None:
+      _, saved = best.restore_metadata(step)
+      runner = runner_for(workdir, info, config_from_dict(saved), task_spec)
+    with jax.set_mesh(runner.mesh):
+      state, _, _ = best.restore(step, runner.abstract_state)
+  finally:
     best.close()
-    raise TrainError(f"{workdir}/best: no checkpoint (the run never evaluated)")
-  if runner is None:
-    _, saved = best.restore_metadata(step)
-    cfg = _config_from_dict(saved)
-    tokenizer = tok_lib.load(os.path.join(workdir, "tokenizer", "tokenizer.json"))
-    if task_spec is None:  # the task it was trained on: its directory, or its recipe
-      task_spec = info["source"] if os.path.isdir(info["source"]) else info["task"]
-    task = tasks.load(task_spec)
-    if task.labels != info["labels"]:
-      raise TrainError(f"--task: labels {task.labels[:5]}... differ from the ones trained "
-                       f"({info['labels'][:5]}...)")
-    runner = Runner(Setup(cfg, task, tokenizer, None, info["init"]))
-  with jax.set_mesh(runner.mesh):
-    state, _, _ = best.restore(step, runner.abstract_state)
-  best.close()
-  report = runner.report(state.params, split)
-  report.update(step=step, task=info["task"], init=info["init"])
-  if runner.is_main:
+  return runner, state, info, step
+
+
+def evaluate_workdir(workdir: str, *, split: str = "test", runner: Runner | None = None,
+                     task_spec: str | None = None, out: str | None = None) -> dict:
+  """The best checkpoint of a fine-tuning workdir (or the model of a `jaxpt compress` one) on
+  `split`: report, printed and written."""
+  from jaxpt import compress  # imports this module
+  if os.path.exists(os.path.join(workdir, compress.COMPRESSION_JSON)):
+    report, is_main = compress.evaluate(workdir, split=split, task_spec=task_spec)
+  else:
+    runner, state, info, step = load_best(workdir, task_spec=task_spec, runner=runner)
+    report = runner.report(state.params, split)
+    report.update(step=step, task=info["task"], init=info["init"])
+    is_main = runner.is_main
+  if is_main:
     _write_json(out or os.path.join(workdir, "eval.json" if split == "test"
                                     else f"eval_{split}.json"), report)
   return report
 
 
-def _config_from_dict(d: dict) -> Config:
+def config_from_dict(d: dict) -> Config:
   def build(cls, values):
     kwargs = {}
     for field in dataclasses.fields(cls):

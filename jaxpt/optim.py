@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from jaxpt.config import OptimConfig
+from jaxpt.models import bert
 
 OPTIMIZERS = ("adamw", "lamb", "adafactor", "sgd", "rmsprop")
 SCHEDULES = ("linear", "cosine", "polynomial", "constant")
@@ -38,6 +40,16 @@ def decay_mask(params):
   return jax.tree.map(lambda leaf: leaf.ndim >= 2, params)
 
 
+def keep_zeros() -> optax.GradientTransformation:
+  """Drops the updates of prunable weights (`bert.prunable`) that are exactly zero, so a
+  pruning mask holds through further training. Stateless: the mask is the zeros themselves."""
+  def update(updates, state, params):
+    def hold(path, u, p):
+      return jnp.where(p == 0, jnp.zeros_like(u), u) if bert.prunable(path) else u
+    return jax.tree_util.tree_map_with_path(hold, updates, params), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(cfg: OptimConfig, num_steps: int,
                    skip_nonfinite: bool = False) -> optax.GradientTransformation:
   """The configured optimiser, after global-norm clipping.
@@ -66,6 +78,8 @@ def make_optimizer(cfg: OptimConfig, num_steps: int,
     raise ValueError(f"unknown optimiser {cfg.name!r}")
   if cfg.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
+  if cfg.keep_pruned:  # last: after weight decay, nothing moves a pruned weight
+    tx = optax.chain(tx, keep_zeros())
   if skip_nonfinite:
     tx = optax.apply_if_finite(tx, max_consecutive_errors=2**31 - 1)
   return tx

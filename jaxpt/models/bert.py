@@ -252,6 +252,17 @@ class BertForPreTraining(nnx.Module):
     return self.mlm(hidden, self.bert.embeddings.word)
 
 
+PRUNABLE = ("query", "key", "value", "out", "up", "down")  # the encoder layers' dense layers
+
+
+def prunable(path) -> bool:
+  """Whether a parameter path (of keys or jax tree path entries) names a kernel of an encoder
+  layer's dense layer: what magnitude pruning and int8 quantization act on."""
+  keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+  return ("layers" in keys and len(keys) >= 2 and keys[-1] == "kernel"
+          and keys[-2] in PRUNABLE)
+
+
 def count_params(tree) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(tree))
 
