@@ -149,11 +149,12 @@ def chart(results, tasks_, columns, path):
   os.replace(tmp, path)
 
 
-def write_results(path: str, section: str) -> None:
+def write_results(path: str, section: str, begin: str = BEGIN, end: str = END) -> None:
+  """Replaces the text between the markers `begin` and `end` in `path` (appends the first time)."""
   text = pathlib.Path(path).read_text() if os.path.exists(path) else ""
-  block = f"{BEGIN}\n{section}\n{END}"
-  if BEGIN in text:
-    text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+  block = f"{begin}\n{section}\n{end}"
+  if begin in text:
+    text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
   else:
     text = text.rstrip() + "\n\n" + block + "\n"
   tmp = path + ".tmp"

@@ -70,25 +70,44 @@ def _prepare_flags() -> flags.FlagValues:
   from jaxpt.data.prepare import PrepareOptions
   d = PrepareOptions()
   fv = flags.FlagValues()
-  flags.DEFINE_multi_string("input", [], "Text files, directories or globs; repeatable or "
-                            "comma-separated. Documents are separated by blank lines, one "
-                            "sentence per line.", flag_values=fv)
+  flags.DEFINE_multi_string("input", [], "Files, folders or globs; repeatable or "
+                            "comma-separated. Plain text (documents separated by blank lines, "
+                            "a sentence per line), JSONL, CSV/TSV, Parquet (a document per "
+                            "row, see --text_column) or a saved `datasets` directory; "
+                            ".gz/.zst compressed files too.", flag_values=fv)
   flags.DEFINE_enum("recipe", None, list(RECIPES), "A real corpus to fetch (into the cache) "
                     "and use as input: " + ", ".join(RECIPES), flag_values=fv)
   flags.DEFINE_string("output", None, "Output directory (created; must not hold files unless "
                       "--overwrite).", flag_values=fv)
   flags.DEFINE_string("tokenizer", d.tokenizer, "A vocab.txt or tokenizer.json to use instead "
                       "of training a WordPiece tokenizer.", flag_values=fv)
-  flags.DEFINE_integer("vocab_size", d.vocab_size, "Size of the trained WordPiece vocabulary.",
+  flags.DEFINE_integer("vocab_size", d.vocab_size, "Size of the trained vocabulary.",
                        flag_values=fv)
+  flags.DEFINE_string("tokenizer_type", d.tokenizer_type, "Tokenizer to train: wordpiece "
+                      "(BERT) or bpe (byte-level, RoBERTa).", flag_values=fv)
+  flags.DEFINE_string("examples", d.examples, "pairs (BERT sentence pairs with NSP labels) or "
+                      "full_sentences (RoBERTa packing across documents, MLM only).",
+                      flag_values=fv)
+  flags.DEFINE_string("text_column", d.text_column, "The text field of JSONL / CSV / Parquet "
+                      "/ datasets inputs.", flag_values=fv)
+  flags.DEFINE_string("on_bad_input", d.on_bad_input, "error: stop at the first invalid "
+                      "UTF-8 or JSON line (naming file and offset); skip: drop, count and "
+                      "report such lines.", flag_values=fv)
   flags.DEFINE_integer("seq_length", d.seq_length, "Tokens per example, [CLS] and [SEP] "
                        "included.", flag_values=fv)
   flags.DEFINE_boolean("lowercase", d.lowercase, "Lower-case text (uncased BERT).",
                        flag_values=fv)
   flags.DEFINE_integer("min_chars", d.min_chars, "Drop documents shorter than this after "
                        "cleaning.", flag_values=fv)
+  flags.DEFINE_integer("max_chars", d.max_chars, "Drop documents longer than this after "
+                       "cleaning (0: no limit).", flag_values=fv)
+  flags.DEFINE_float("near_duplicate_threshold", d.near_duplicate_threshold, "Drop documents "
+                     "whose MinHash Jaccard similarity to a kept one reaches this (0: exact "
+                     "duplicates only).", flag_values=fv)
   flags.DEFINE_float("validation_fraction", d.validation_fraction, "Fraction of documents "
                      "(by hash of their text) held out for evaluation.", flag_values=fv)
+  flags.DEFINE_float("test_fraction", d.test_fraction, "Fraction of documents (by hash of "
+                     "their text) held out as a test split.", flag_values=fv)
   flags.DEFINE_float("short_seq_prob", d.short_seq_prob, "Probability of a shorter target "
                      "length for an example (BERT: 0.1).", flag_values=fv)
   flags.DEFINE_integer("seed", d.seed, "Seed of the example construction.", flag_values=fv)
@@ -112,15 +131,20 @@ def _run_prepare(fv: flags.FlagValues, args: list[str]) -> int:
     raise UsageError("give --input=PATH (or --recipe=NAME)")
   opts = PrepareOptions(
       vocab_size=fv.vocab_size, seq_length=fv.seq_length, tokenizer=fv.tokenizer,
-      lowercase=fv.lowercase, min_chars=fv.min_chars,
-      validation_fraction=fv.validation_fraction, short_seq_prob=fv.short_seq_prob,
+      tokenizer_type=fv.tokenizer_type, examples=fv.examples, text_column=fv.text_column,
+      on_bad_input=fv.on_bad_input, lowercase=fv.lowercase, min_chars=fv.min_chars,
+      max_chars=fv.max_chars, near_duplicate_threshold=fv.near_duplicate_threshold,
+      validation_fraction=fv.validation_fraction, test_fraction=fv.test_fraction,
+      short_seq_prob=fv.short_seq_prob,
       seed=fv.seed, overwrite=fv.overwrite, progress=fv.progress)
   manifest = prepare(inputs, fv.output, opts)
   splits = ", ".join(f"{name}: {s['examples']} examples ({s['tokens']} tokens)"
                      for name, s in manifest["splits"].items())
   print(f"jaxpt prepare: {fv.output}: vocabulary {manifest['tokenizer']['vocab_size']}, "
         f"{splits}; kept {manifest['cleaning']['documents_kept']} of "
-        f"{manifest['cleaning']['documents_in']} documents in {manifest['seconds']} s")
+        f"{manifest['cleaning']['documents_in']} documents "
+        f"(removed: {manifest['cleaning']['removed']}) in {manifest['seconds']} s, "
+        f"{manifest['tokens_per_second']:,} tokens/s")
   return 0
 
 

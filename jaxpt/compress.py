@@ -342,23 +342,37 @@ def _recover(runner: finetune.Runner, params, info: dict, steps: int, workdir: s
   return jax.device_get(state.params)
 
 
-def evaluate(workdir: str, *, split: str = "test", task_spec: str | None = None):
-  """(report, is_main) of a compressed workdir's model on `split`."""
+@dataclasses.dataclass
+class Loaded:
+  """A compressed workdir ready to predict: `runner.predict(params, split, predict_step)`."""
+
+  runner: finetune.Runner
+  params: dict  # device arrays
+  predict_step: object  # None: the runner's own (unquantized) step
+  record: dict  # compression.json
+  info: dict  # task.json
+
+
+def load(workdir: str, task_spec: str | None = None) -> Loaded:
   record = json.load(open(os.path.join(workdir, COMPRESSION_JSON)))
   info = finetune.read_task_info(workdir)
   cfg = finetune.config_from_dict(record["config"])
   runner = finetune.runner_for(workdir, info, cfg, task_spec)
   saved = ckpt_lib.restore_params(os.path.join(workdir, MODEL_DIR))
   if record["quantize"] == "none":
-    report = runner.report(_place(saved, runner), split)
-  else:
-    flat = traverse_util.flatten_dict(saved)
-    for table in _TABLES:
-      flat[table] = dequantize_rows({k[-1]: flat.pop(k) for k in list(flat) if k[:4] == table})
-    predict = quantized_predict_step(runner, record["quantize"])
-    params = jax.device_put(traverse_util.unflatten_dict(flat), sharding.replicated(runner.mesh))
-    report = runner.report(params, split, predict)
-  report.update(step=record["source_step"], task=info["task"], init=info["init"],
-                compression={k: record[k] for k in ("prune", "scheme", "recover_steps",
-                                                    "quantize", "weight_bytes")})
-  return report, runner.is_main
+    return Loaded(runner, _place(saved, runner), None, record, info)
+  flat = traverse_util.flatten_dict(saved)
+  for table in _TABLES:
+    flat[table] = dequantize_rows({k[-1]: flat.pop(k) for k in list(flat) if k[:4] == table})
+  params = jax.device_put(traverse_util.unflatten_dict(flat), sharding.replicated(runner.mesh))
+  return Loaded(runner, params, quantized_predict_step(runner, record["quantize"]), record, info)
+
+
+def evaluate(workdir: str, *, split: str = "test", task_spec: str | None = None):
+  """(report, is_main) of a compressed workdir's model on `split`."""
+  c = load(workdir, task_spec)
+  report = c.runner.report(c.params, split, c.predict_step)
+  report.update(step=c.record["source_step"], task=c.info["task"], init=c.info["init"],
+                compression={k: c.record[k] for k in ("prune", "scheme", "recover_steps",
+                                                      "quantize", "weight_bytes")})
+  return report, c.runner.is_main

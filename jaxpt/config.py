@@ -45,6 +45,7 @@ class DataConfig:
 
   dir: str = ""  # a directory written by `jaxpt prepare`
   mask_prob: float = 0.15  # BERT: 15% of tokens are prediction targets
+  whole_word_masking: bool = False  # choose whole words (all their WordPiece pieces) together
   mask_token_prob: float = 0.8  # of the targets: 80% become [MASK]
   random_token_prob: float = 0.1  # 10% a random token; the remaining 10% stay unchanged
   max_predictions_per_seq: int = 20  # BERT, sequence length 128; targets beyond it are dropped

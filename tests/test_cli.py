@@ -100,8 +100,9 @@ def test_pretrain_refuses_a_vocabulary_larger_than_the_model(prepared_dir, tmp_p
 @pytest.mark.parametrize("args,needle", [
     (["--output=OUT", "--input=/no/such/file.txt"], "/no/such/file.txt"),
     (["--input=EMPTY"], "--output is required"),
-    (["--output=OUT", "--input=EMPTY"], "holds no text files"),
-    (["--output=OUT", "--input=BLANK"], "no usable documents"),
+    (["--output=OUT", "--input=EMPTY"], "holds no input files"),
+    (["--output=OUT", "--input=BLANK"], "holds no text (empty or whitespace only)"),
+    (["--output=OUT", "--input=BLANK", "--on_bad_input=maybe"], "--on_bad_input='maybe'"),
     (["--output=OUT", "--input=BLANK", "--seq_length=2"], "--seq_length=2"),
 ])
 def test_prepare_bad_input_is_one_line(tmp_path, args, needle):

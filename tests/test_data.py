@@ -124,14 +124,11 @@ def test_prepare_refuses_bad_input(tmp_path):
   with pytest.raises(clean.InputError, match="no such file"):
     prepare([str(tmp_path / "missing.txt")], str(out), opts)
   (tmp_path / "empty").mkdir()
-  with pytest.raises(clean.InputError, match="holds no text files"):
+  with pytest.raises(clean.InputError, match="holds no input files"):
     prepare([str(tmp_path / "empty")], str(out), opts)
-  (tmp_path / "blank.txt").write_text("\n\n  \n")
+  (tmp_path / "short.txt").write_text("tiny\n\nwords\n")
   with pytest.raises(clean.InputError, match="no usable documents"):
-    prepare([str(tmp_path / "blank.txt")], str(out), opts)
-  (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00abc")
-  with pytest.raises(clean.InputError, match="binary.txt: not UTF-8"):
-    prepare([str(tmp_path / "binary.txt")], str(out), opts)
+    prepare([str(tmp_path / "short.txt")], str(out), opts)
   assert not out.exists()
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".out")]  # no temp left behind
 

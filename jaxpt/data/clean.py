@@ -1,71 +1,16 @@
-"""Reading text inputs, normalising and filtering documents, and a deterministic split.
-
-Text input format: documents are separated by blank lines; within a document each line is a
-sentence (or a verse line). This is the format of Google's BERT `create_pretraining_data`.
-"""
+"""Normalising and filtering documents, exact and near-duplicate removal, and a deterministic
+train / validation / test split by document hash. (Reading inputs: `jaxpt.data.inputs`.)"""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import glob
-import gzip
 import hashlib
-import os
 import re
 import unicodedata
 from typing import Iterator
 
-TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst", ".txt.gz")
-
-
-class InputError(ValueError):
-  """A problem with the user's input files; the message names the path."""
-
-
-def resolve_inputs(specs: list[str]) -> list[str]:
-  """Expands comma-separated paths, globs and directories into a sorted list of text files."""
-  files: list[str] = []
-  for spec in specs:
-    for part in (p.strip() for p in spec.split(",")):
-      if not part:
-        continue
-      matches = sorted(glob.glob(os.path.expanduser(part), recursive=True))
-      if not matches:
-        raise InputError(f"--input {part}: no such file or directory")
-      for path in matches:
-        if os.path.isdir(path):
-          found = sorted(
-              os.path.join(root, name)
-              for root, _, names in os.walk(path) for name in names
-              if name.endswith(TEXT_SUFFIXES) and not name.startswith("."))
-          if not found:
-            raise InputError(f"--input {path}: directory holds no text files "
-                             f"({', '.join(TEXT_SUFFIXES)})")
-          files.extend(found)
-        else:
-          files.append(path)
-  if not files:
-    raise InputError("--input: no input given")
-  return sorted(dict.fromkeys(files))
-
-
-def read_documents(path: str) -> Iterator[str]:
-  """Yields the blank-line-separated documents of one text file (optionally gzip)."""
-  opener = gzip.open if path.endswith(".gz") else open
-  try:
-    with opener(path, "rt", encoding="utf-8") as f:
-      lines: list[str] = []
-      for line in f:
-        if line.strip():
-          lines.append(line.rstrip("\n"))
-        elif lines:
-          yield "\n".join(lines)
-          lines = []
-      if lines:
-        yield "\n".join(lines)
-  except UnicodeDecodeError as e:
-    raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+from jaxpt.data.inputs import InputError, read_documents, resolve_inputs  # noqa: F401
 
 
 _SPACES = re.compile(r"[^\S\n]+")
@@ -90,8 +35,10 @@ class CleanReport:
             "removed": dict(sorted(self.removed.items()))}
 
 
-def clean_documents(docs, *, min_chars: int, report: CleanReport) -> Iterator[str]:
-  """Normalises each document and drops those too short to make an example."""
+def clean_documents(docs, *, min_chars: int, report: CleanReport,
+                    max_chars: int = 0) -> Iterator[str]:
+  """Normalises each document and drops those too short to make an example (and, with
+  `max_chars` > 0, those longer: often tables, logs or concatenated dumps)."""
   for doc in docs:
     report.documents_in += 1
     doc = normalize(doc)
@@ -99,15 +46,75 @@ def clean_documents(docs, *, min_chars: int, report: CleanReport) -> Iterator[st
       report.removed["empty"] += 1
     elif len(doc) < min_chars:
       report.removed["too_short"] += 1
+    elif max_chars and len(doc) > max_chars:
+      report.removed["too_long"] += 1
     else:
       report.documents_kept += 1
       yield doc
 
 
-def split_of(doc: str, validation_fraction: float) -> str:
-  """'train' or 'validation', a pure function of the document's text (order-independent)."""
-  h = int.from_bytes(hashlib.sha256(doc.encode("utf-8")).digest()[:8], "big") / 2.0 ** 64
-  return "validation" if h < validation_fraction else "train"
+def _unit_hash(text: str) -> float:
+  return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2.0 ** 64
+
+
+def split_of(doc: str, validation_fraction: float, test_fraction: float = 0.0) -> str:
+  """'train', 'validation' or 'test': a pure function of the document's text, so the same
+  document lands in the same split whatever the input order or the number of workers."""
+  h = _unit_hash(doc)
+  if h < validation_fraction:
+    return "validation"
+  if h < validation_fraction + test_fraction:
+    return "test"
+  return "train"
+
+
+def _dedup_key(doc: str) -> str:
+  """Exact-duplicate identity: the normalised text, case and whitespace folded."""
+  return hashlib.sha256(" ".join(doc.casefold().split()).encode("utf-8")).hexdigest()
+
+
+def _shingles(doc: str, n: int = 5) -> set[bytes]:
+  words = doc.casefold().split()
+  if len(words) < n:
+    return {" ".join(words).encode("utf-8")}
+  return {" ".join(words[i:i + n]).encode("utf-8") for i in range(len(words) - n + 1)}
+
+
+def deduplicate(docs: list[str], *, near_threshold: float, report: CleanReport,
+                num_perm: int = 128, seed: int = 1) -> list[str]:
+  """Documents without exact duplicates (same text up to case and whitespace) and, when
+  `near_threshold` > 0, without near duplicates: MinHash over word 5-gram shingles with LSH
+  (datasketch), estimated Jaccard similarity >= `near_threshold` to a kept document.
+
+  Documents are visited in the order of their content hash, so which copy survives, and so
+  the result, does not depend on the input order. Returns the kept documents in that order.
+  """
+  keyed = sorted((_dedup_key(d), d) for d in docs)  # ties (exact copies) by their text
+  unique, last = [], None
+  for key, doc in keyed:
+    if key == last:
+      report.removed["exact_duplicate"] += 1
+    else:
+      unique.append((key, doc))
+    last = key
+  if near_threshold <= 0 or len(unique) < 2:
+    report.documents_kept -= len(docs) - len(unique)
+    return [d for _, d in unique]
+  from datasketch import MinHash, MinHashLSH
+  lsh = MinHashLSH(threshold=near_threshold, num_perm=num_perm)
+  kept = []
+  batch = 512
+  for start in range(0, len(unique), batch):
+    chunk = unique[start:start + batch]
+    hashes = MinHash.bulk([_shingles(d) for _, d in chunk], num_perm=num_perm, seed=seed)
+    for (key, doc), m in zip(chunk, hashes):
+      if lsh.query(m):
+        report.removed["near_duplicate"] += 1
+        continue
+      lsh.insert(key, m)
+      kept.append(doc)
+  report.documents_kept -= len(docs) - len(kept)
+  return kept
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'A-Z])")

@@ -1,4 +1,5 @@
-"""Tokenized documents -> fixed-length BERT sentence-pair examples for MLM + NSP.
+"""Tokenized documents -> fixed-length examples: BERT sentence pairs for MLM + NSP, or
+RoBERTa's FULL-SENTENCES packing for MLM alone.
 
 The algorithm of Google's `create_pretraining_data.py` (Devlin et al. 2019): fill a chunk of
 consecutive sentences up to a target length (shorter with probability `short_seq_prob`), cut it
@@ -91,3 +92,42 @@ def build_examples(documents: list[Document], seq_length: int, *, cls_id: int, s
       token_type_ids=np.asarray(types, np.uint8).reshape(shape),
       lengths=np.asarray(lengths, np.int32),
       nsp_labels=np.asarray(labels, np.uint8))
+
+
+def pack_full_sentences(documents: list[Document], seq_length: int, *, cls_id: int,
+                        sep_id: int, pad_id: int) -> ExampleArrays:
+  """RoBERTa's FULL-SENTENCES inputs (Liu et al. 2019): whole sentences packed in order up to
+  `seq_length` - 2 tokens, crossing document boundaries with a separator token between
+  documents (none where an example ends there anyway); a sentence longer than an example is cut into example-sized pieces. Each example
+  is [CLS] ... [SEP]; one segment; no NSP (labels 0). Deterministic: no randomness at all."""
+  budget = seq_length - 2
+  rows, lengths = [], []
+  current: list[int] = []
+
+  def flush():
+    nonlocal current
+    if current and current != [sep_id]:
+      ids = [cls_id, *current, sep_id]
+      rows.append(ids + [pad_id] * (seq_length - len(ids)))
+      lengths.append(len(ids))
+    current = []
+
+  for d, doc in enumerate(documents):
+    if d and current:  # the document boundary: a separator, when it fits
+      if len(current) + 1 > budget:
+        flush()
+      else:
+        current.append(sep_id)
+    for sent in doc:
+      for start in range(0, len(sent), budget):
+        piece = sent[start:start + budget]
+        if len(current) + len(piece) > budget:
+          flush()
+        current.extend(piece)
+  flush()
+  shape = (len(rows), seq_length)
+  return ExampleArrays(
+      input_ids=np.asarray(rows, np.int32).reshape(shape),
+      token_type_ids=np.zeros(shape, np.uint8),
+      lengths=np.asarray(lengths, np.int32),
+      nsp_labels=np.zeros(len(rows), np.uint8))

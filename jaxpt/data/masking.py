@@ -16,6 +16,42 @@ class MaskingSpec:
   mask_token_prob: float = 0.8
   random_token_prob: float = 0.1
   max_predictions: int = 20
+  # Whole-word masking: True at the ids of tokens that continue a word (WordPiece "##x"); a
+  # word's tokens are then chosen together. None: tokens are chosen independently.
+  continues_word: np.ndarray | None = dataclasses.field(default=None, compare=False)
+
+
+def continuation_table(tok) -> np.ndarray:
+  """[vocab] bool: WordPiece pieces "##..." continue a word; for byte-level BPE, every token
+  that does not start with "Ġ" (a space) does, except special tokens."""
+  vocab = tok.get_vocab()
+  table = np.zeros(tok.get_vocab_size(), bool)
+  bpe = "Ġ" in "".join(list(vocab)[:5000])
+  for token, i in vocab.items():
+    if bpe:
+      table[i] = not token.startswith("Ġ") and not (token.startswith("<") and
+                                                    token.endswith(">"))
+    else:
+      table[i] = token.startswith("##")
+  return table
+
+
+def _choose(candidates: np.ndarray, ids: np.ndarray, n: int, spec: MaskingSpec,
+            rng: np.random.Generator) -> np.ndarray:
+  """Sorted target positions: n tokens, or whole words of at most n tokens in total."""
+  if spec.continues_word is None:
+    return np.sort(rng.choice(candidates, size=n, replace=False))
+  # Words: runs of candidates where each next one is adjacent and a continuation piece.
+  starts = np.ones(candidates.size, bool)
+  starts[1:] = ~((np.diff(candidates) == 1) & spec.continues_word[ids[candidates[1:]]])
+  words = np.split(candidates, np.flatnonzero(starts)[1:])
+  chosen: list[int] = []
+  for w in rng.permutation(len(words)):  # Google's BERT: add words until the budget is met
+    if len(chosen) >= n:
+      break
+    if len(chosen) + len(words[w]) <= n:
+      chosen.extend(words[w])
+  return np.sort(np.asarray(chosen, np.int64))
 
 
 def mask_row(input_ids: np.ndarray, length: int, spec: MaskingSpec,
@@ -23,7 +59,8 @@ def mask_row(input_ids: np.ndarray, length: int, spec: MaskingSpec,
   """Masks one example.
 
   Chooses round(mask_prob * candidates) target positions among the non-special tokens (at least
-  one, at most `max_predictions`); each target becomes [MASK] with probability mask_token_prob,
+  one, at most `max_predictions`; with whole-word masking, whole words up to that many
+  tokens); each target becomes [MASK] with probability mask_token_prob,
   a random non-special token with probability random_token_prob, or stays as it is.
 
   Returns (masked_ids_row [length], positions [P], targets [P], weights [P]) with
@@ -38,7 +75,8 @@ def mask_row(input_ids: np.ndarray, length: int, spec: MaskingSpec,
   if candidates.size == 0:
     return ids, positions, targets, weights
   n = min(p, max(1, int(round(candidates.size * spec.mask_prob))))
-  chosen = np.sort(rng.choice(candidates, size=n, replace=False))
+  chosen = _choose(candidates, ids, n, spec, rng)
+  n = chosen.size  # whole words may fill fewer than n
   positions[:n] = chosen
   targets[:n] = ids[chosen]
   weights[:n] = 1.0

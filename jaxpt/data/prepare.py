@@ -1,7 +1,13 @@
-"""`jaxpt prepare`: text files -> cleaned, split documents -> tokenizer -> stored examples.
+"""`jaxpt prepare`: raw text -> cleaned, deduplicated, split documents -> tokenizer -> stored
+examples.
 
-The output directory appears only when complete: everything is written into a temporary
-sibling directory, the manifest last, and the directory renamed into place.
+Inputs stream in (`jaxpt.data.inputs`: text, JSONL, CSV/TSV, Parquet, saved `datasets`
+directories; .gz/.zst); documents are normalised and length-filtered, exact and near
+duplicates removed, then split by a hash of their text. The tokenizer (WordPiece, or byte-level
+BPE for RoBERTa) is trained on the train split only. Examples are BERT sentence pairs or
+RoBERTa's FULL-SENTENCES packing. Two runs on the same inputs write byte-identical arrays and
+manifest. The output directory appears only when complete: everything is written into a
+temporary sibling directory, the manifest last, and the directory renamed into place.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import time
 
 from tqdm import tqdm
 
-from jaxpt.data import clean, examples, store, tokenizer
+from jaxpt.data import clean, examples, inputs, store, tokenizer
 
 
 @dataclasses.dataclass
@@ -23,9 +29,16 @@ class PrepareOptions:
   vocab_size: int = 30522  # bert-base-uncased's size
   seq_length: int = 128  # BERT phase 1
   tokenizer: str = ""  # a vocab.txt or tokenizer.json to use instead of training one
+  tokenizer_type: str = "wordpiece"  # trained: wordpiece (BERT) | bpe (byte-level, RoBERTa)
+  examples: str = "pairs"  # pairs (BERT, with NSP) | full_sentences (RoBERTa packing)
   lowercase: bool = True
+  text_column: str = "text"  # JSONL / CSV / Parquet / datasets inputs
+  on_bad_input: str = "error"  # error | skip (count and drop bad lines / records)
   min_chars: int = 20  # documents shorter than this (after cleaning) are dropped
+  max_chars: int = 0  # documents longer than this are dropped; 0: no limit
+  near_duplicate_threshold: float = 0.8  # MinHash Jaccard; 0 disables (exact dedup always)
   validation_fraction: float = 0.02  # by document hash
+  test_fraction: float = 0.0  # by document hash
   short_seq_prob: float = 0.1  # BERT: 10% of examples get a shorter random target length
   seed: int = 0
   overwrite: bool = False
@@ -39,6 +52,17 @@ def _validate(opts: PrepareOptions) -> None:
     raise clean.InputError(f"--vocab_size={opts.vocab_size}: must be at least 100")
   if not 0.0 <= opts.validation_fraction < 1.0:
     raise clean.InputError(f"--validation_fraction={opts.validation_fraction}: must be in [0, 1)")
+  if not 0.0 <= opts.test_fraction < 1.0 - opts.validation_fraction:
+    raise clean.InputError(f"--test_fraction={opts.test_fraction}: must be in [0, "
+                           f"1 - validation_fraction)")
+  if not 0.0 <= opts.near_duplicate_threshold <= 1.0:
+    raise clean.InputError(f"--near_duplicate_threshold={opts.near_duplicate_threshold}: "
+                           "must be in [0, 1] (0 disables)")
+  for name, value, allowed in (("tokenizer_type", opts.tokenizer_type, ("wordpiece", "bpe")),
+                               ("examples", opts.examples, ("pairs", "full_sentences")),
+                               ("on_bad_input", opts.on_bad_input, inputs.ON_BAD_INPUT)):
+    if value not in allowed:
+      raise clean.InputError(f"--{name}={value!r}: must be one of {', '.join(allowed)}")
   if not 0.0 <= opts.short_seq_prob <= 1.0:
     raise clean.InputError(f"--short_seq_prob={opts.short_seq_prob}: must be in [0, 1]")
 
@@ -68,10 +92,10 @@ def _tokenize(tok, docs: list[str], desc: str, progress: bool) -> list[examples.
   return out
 
 
-def prepare(inputs: list[str], output: str, opts: PrepareOptions) -> dict:
+def prepare(input_specs: list[str], output: str, opts: PrepareOptions) -> dict:
   """Runs the whole preparation; returns the manifest. Raises InputError on bad input."""
   _validate(opts)
-  files = clean.resolve_inputs(inputs)
+  files = inputs.resolve_inputs(input_specs)
   output = os.path.abspath(output)
   if os.path.isdir(output) and os.listdir(output) and not opts.overwrite:
     what = ("a prepared dataset" if os.path.exists(os.path.join(output, store.MANIFEST))
@@ -84,20 +108,31 @@ def prepare(inputs: list[str], output: str, opts: PrepareOptions) -> dict:
   start = time.time()
 
   report = clean.CleanReport()
-  splits: dict[str, list[str]] = {"train": [], "validation": []}
+  docs: list[str] = []
   for path in tqdm(files, desc="read", unit="file", disable=not opts.progress, leave=False):
-    for doc in clean.clean_documents(clean.read_documents(path), min_chars=opts.min_chars,
-                                     report=report):
-      splits[clean.split_of(doc, opts.validation_fraction)].append(doc)
+    docs.extend(clean.clean_documents(
+        inputs.read_documents(path, text_column=opts.text_column,
+                              on_bad_input=opts.on_bad_input, report=report.removed),
+        min_chars=opts.min_chars, max_chars=opts.max_chars, report=report))
+  # Before the split, so that no document has a copy on the other side of it.
+  docs = clean.deduplicate(docs, near_threshold=opts.near_duplicate_threshold, report=report)
+  splits: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
+  for doc in docs:
+    splits[clean.split_of(doc, opts.validation_fraction, opts.test_fraction)].append(doc)
+  del docs
   if not splits["train"]:
     raise clean.InputError(
-        f"--input {', '.join(inputs)}: no usable documents in {len(files)} file(s) "
+        f"--input {', '.join(input_specs)}: no usable documents in {len(files)} file(s) "
         f"(read {report.documents_in}, removed {dict(report.removed)}; "
         f"documents need at least {opts.min_chars} characters)")
 
-  tok = tok_given or tokenizer.train_wordpiece(
-      (s for d in splits["train"] for s in d.split("\n")), opts.vocab_size,
-      lowercase=opts.lowercase)
+  train_lines = (s for d in splits["train"] for s in d.split("\n"))
+  if tok_given is not None:
+    tok = tok_given
+  elif opts.tokenizer_type == "bpe":
+    tok = tokenizer.train_bpe(train_lines, opts.vocab_size)
+  else:
+    tok = tokenizer.train_wordpiece(train_lines, opts.vocab_size, lowercase=opts.lowercase)
   ids = tokenizer.special_ids(tok)
 
   parent = os.path.dirname(output) or "."
@@ -106,22 +141,26 @@ def prepare(inputs: list[str], output: str, opts: PrepareOptions) -> dict:
   try:
     tok_path = tokenizer.save(tok, tmp)
     split_info = {}
-    for s, (name, docs) in enumerate(splits.items()):
-      if not docs:
+    for s, (name, split_docs) in enumerate(splits.items()):
+      if not split_docs:
         continue
-      tokenized = _tokenize(tok, docs, f"tokenize {name}", opts.progress)
-      arrays = examples.build_examples(
-          tokenized, opts.seq_length, cls_id=ids["cls"], sep_id=ids["sep"], pad_id=ids["pad"],
-          seed=opts.seed + s, short_seq_prob=opts.short_seq_prob)
+      tokenized = _tokenize(tok, split_docs, f"tokenize {name}", opts.progress)
+      if opts.examples == "full_sentences":
+        arrays = examples.pack_full_sentences(
+            tokenized, opts.seq_length, cls_id=ids["cls"], sep_id=ids["sep"], pad_id=ids["pad"])
+      else:
+        arrays = examples.build_examples(
+            tokenized, opts.seq_length, cls_id=ids["cls"], sep_id=ids["sep"],
+            pad_id=ids["pad"], seed=opts.seed + s, short_seq_prob=opts.short_seq_prob)
       if len(arrays) == 0:
         if name == "train":
-          raise clean.InputError(f"--input {', '.join(inputs)}: the documents yield no "
+          raise clean.InputError(f"--input {', '.join(input_specs)}: the documents yield no "
                                  "sentence-pair examples (each needs two non-empty parts)")
         continue
       store.write_split(tmp, name, arrays, tok.get_vocab_size())
       tokens = int(arrays.lengths.sum())
       split_info[name] = {
-          "documents": len(docs), "examples": len(arrays), "tokens": tokens,
+          "documents": len(split_docs), "examples": len(arrays), "tokens": tokens,
           "padding_fraction": round(1.0 - tokens / (len(arrays) * opts.seq_length), 4),
           "nsp_random_fraction": round(float(arrays.nsp_labels.mean()), 4),
       }
@@ -130,13 +169,15 @@ def prepare(inputs: list[str], output: str, opts: PrepareOptions) -> dict:
         "seq_length": opts.seq_length,
         "tokenizer": {"file": "tokenizer.json", "hash": tokenizer.file_hash(tok_path),
                       "vocab_size": tok.get_vocab_size(), "special_ids": ids,
-                      "trained": tok_given is None, "lowercase": opts.lowercase},
+                      "family": tokenizer.family(tok), "trained": tok_given is None,
+                      "lowercase": opts.lowercase},
+        "examples": opts.examples,
         "token_dtype": store.token_dtype(tok.get_vocab_size()).name,
         "cleaning": report.to_dict(),
         "splits": split_info,
-        "options": dataclasses.asdict(opts),
-        "seconds": round(time.time() - start, 1),
-    }
+        "options": {k: v for k, v in dataclasses.asdict(opts).items()
+                    if k not in ("overwrite", "progress")},
+    }  # nothing run-dependent (time, host): two runs write the same bytes
     store.write_manifest(tmp, manifest)
     if os.path.exists(output):
       shutil.rmtree(output)
@@ -144,4 +185,6 @@ def prepare(inputs: list[str], output: str, opts: PrepareOptions) -> dict:
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  return manifest
+  seconds = time.time() - start
+  tokens = sum(s["tokens"] for s in split_info.values())
+  return dict(manifest, seconds=round(seconds, 1), tokens_per_second=round(tokens / seconds))

@@ -42,11 +42,31 @@ def _add_post_processor(tok: Tokenizer) -> Tokenizer:
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int, *, lowercase: bool = True,
                     min_frequency: int = 2) -> Tokenizer:
-  tok = _bert_pipeline(Tokenizer(models.WordPiece(unk_token=UNK)), lowercase)
+  """A BERT WordPiece tokenizer trained on `texts`; the same texts give the same file.
+
+  `tokenizers`' trainer creates the continuation pieces ("##x") in hash-map order, so their ids,
+  and through merge tie-breaking even the vocabulary, change from run to run
+  (huggingface/tokenizers#1794). Declaring every "##x" of the text's alphabet up front gives
+  them fixed ids; the final vocabulary is then ordered (special tokens, then sorted), which
+  WordPiece's longest-match encoding does not depend on.
+  """
+  texts = list(texts)
+  probe = _bert_pipeline(Tokenizer(models.WordPiece(unk_token=UNK)), lowercase)
+  chars: set[str] = set()
+  for text in texts:
+    chars.update(text)
+  alphabet = {n for c in chars for n in probe.normalizer.normalize_str(c) if not n.isspace()}
+  pieces = sorted("##" + c for c in alphabet)
   trainer = trainers.WordPieceTrainer(
-      vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS),
-      show_progress=False, continuing_subword_prefix="##")
-  tok.train_from_iterator(texts, trainer=trainer)
+      vocab_size=vocab_size, min_frequency=min_frequency,
+      special_tokens=list(SPECIAL_TOKENS) + pieces, show_progress=False,
+      continuing_subword_prefix="##")
+  probe.train_from_iterator(texts, trainer=trainer)
+  ordered = list(SPECIAL_TOKENS) + sorted(set(probe.get_vocab()) - set(SPECIAL_TOKENS))
+  tok = _bert_pipeline(Tokenizer(models.WordPiece(
+      {t: i for i, t in enumerate(ordered)}, unk_token=UNK, continuing_subword_prefix="##")),
+      lowercase)
+  tok.add_special_tokens(list(SPECIAL_TOKENS))
   return _add_post_processor(tok)
 
 

@@ -1,0 +1,234 @@
+"""Reading raw text inputs: plain text, JSONL, CSV/TSV, Parquet and saved `datasets` directories,
+each optionally gzip- or zstd-compressed; globs and folders. Documents stream out one at a time.
+
+- Plain text (.txt .text .md .rst): documents separated by blank lines, one sentence (or verse
+  line) per line, the format of Google's BERT `create_pretraining_data`.
+- JSONL (.jsonl .json, one object per line), CSV (.csv) and TSV (.tsv): one document per row,
+  the text in `text_column`.
+- Parquet (.parquet): one document per row of `text_column`, read in record batches.
+- A directory written by `datasets.Dataset.save_to_disk` (or a DatasetDict's): every row of
+  every split (jaxpt makes its own split), memory-mapped Arrow, read in batches.
+
+A bad record (invalid UTF-8, a JSON line that does not parse) is an error naming the file and
+its byte offset or line, unless `on_bad_input="skip"`: then it is dropped and counted in the
+report. A binary file, an empty file, a missing column or an unknown format is always an error.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import glob
+import gzip
+import io
+import json
+import os
+from typing import Iterator
+
+COMPRESSIONS = (".gz", ".zst")
+TEXT = (".txt", ".text", ".md", ".rst")
+FORMATS = {**{s: "text" for s in TEXT}, ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv",
+           ".tsv": "tsv", ".parquet": "parquet"}
+ON_BAD_INPUT = ("error", "skip")
+_SNIFF = 1 << 16  # bytes checked for NUL (binary files)
+
+
+class InputError(ValueError):
+  """A problem with the user's input files; the message names the path."""
+
+
+def _is_dataset_dir(path: str) -> bool:
+  return os.path.isdir(path) and any(
+      os.path.exists(os.path.join(path, f)) for f in ("dataset_info.json",
+                                                      "dataset_dict.json", "state.json"))
+
+
+def format_of(path: str) -> str:
+  """'text', 'jsonl', 'csv', 'tsv', 'parquet' or 'datasets'; InputError for anything else."""
+  if _is_dataset_dir(path):
+    return "datasets"
+  name = path.lower()
+  for c in COMPRESSIONS:
+    if name.endswith(c):
+      name = name[:-len(c)]
+  for suffix, fmt in FORMATS.items():
+    if name.endswith(suffix):
+      return fmt
+  raise InputError(f"{path}: unknown input format (known: {', '.join(sorted(FORMATS))}, "
+                   f"optionally {' or '.join(COMPRESSIONS)}; or a saved `datasets` directory)")
+
+
+def resolve_inputs(specs: list[str]) -> list[str]:
+  """Comma-separated paths, globs and folders -> a sorted list of input files (and saved
+  `datasets` directories). Folders are searched for files of the known formats."""
+  files: list[str] = []
+  for spec in specs:
+    for part in (p.strip() for p in spec.split(",")):
+      if not part:
+        continue
+      matches = sorted(glob.glob(os.path.expanduser(part), recursive=True))
+      if not matches:
+        raise InputError(f"--input {part}: no such file or directory")
+      for path in matches:
+        if os.path.isdir(path) and not _is_dataset_dir(path):
+          found = []
+          for root, dirs, names in os.walk(path):
+            dirs.sort()
+            found.extend(os.path.join(root, d) for d in dirs
+                         if _is_dataset_dir(os.path.join(root, d)))
+            dirs[:] = [d for d in dirs if not _is_dataset_dir(os.path.join(root, d))]
+            for name in names:
+              if name.startswith("."):
+                continue
+              try:
+                format_of(name)
+              except InputError:
+                continue
+              found.append(os.path.join(root, name))
+          if not found:
+            raise InputError(f"--input {path}: folder holds no input files "
+                             f"({', '.join(sorted(FORMATS))})")
+          files.extend(sorted(found))
+        else:
+          format_of(path)  # an unknown format is an error before anything is read
+          files.append(path)
+  if not files:
+    raise InputError("--input: no input given")
+  return sorted(dict.fromkeys(files))
+
+
+def _open_binary(path: str):
+  if path.endswith(".gz"):
+    return gzip.open(path, "rb")
+  if path.endswith(".zst"):
+    import zstandard
+    return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+  return open(path, "rb")
+
+
+def _check_not_binary(path: str) -> None:
+  try:
+    with _open_binary(path) as f:
+      head = f.read(_SNIFF)
+  except (OSError, EOFError) as e:  # a corrupt .gz / .zst
+    raise InputError(f"{path}: cannot be read ({e})") from None
+  nul = head.find(b"\x00")
+  if nul >= 0:
+    raise InputError(f"{path}: a binary file (NUL byte at offset {nul}), not text")
+
+
+def _lines(path: str, on_bad_input: str, report: collections.Counter) -> Iterator[tuple[int, str]]:
+  """(line number, decoded line) of a text-like file; bad UTF-8 named by its byte offset."""
+  offset = 0
+  with _open_binary(path) as raw:
+    for number, line in enumerate(io.BufferedReader(raw) if path.endswith(".zst") else raw, 1):
+      try:
+        yield number, line.decode("utf-8")
+      except UnicodeDecodeError as e:
+        if on_bad_input == "error":
+          raise InputError(f"{path}: invalid UTF-8 at byte {offset + e.start} (line {number}); "
+                           "pass --on_bad_input=skip to drop such lines") from None
+        report["invalid_utf8"] += 1
+      offset += len(line)
+
+
+def _text_documents(path, on_bad_input, report):
+  lines: list[str] = []
+  for _, line in _lines(path, on_bad_input, report):
+    if line.strip():
+      lines.append(line.rstrip("\r\n"))
+    elif lines:
+      yield "\n".join(lines)
+      lines = []
+  if lines:
+    yield "\n".join(lines)
+
+
+def _jsonl_documents(path, column, on_bad_input, report):
+  for number, line in _lines(path, on_bad_input, report):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      if on_bad_input == "error":
+        raise InputError(f"{path}:{number}: not a JSON object ({e.msg})") from None
+      report["invalid_json"] += 1
+      continue
+    if not isinstance(row, dict) or column not in row:
+      fields = ", ".join(map(str, row)) if isinstance(row, dict) else type(row).__name__
+      raise InputError(f"{path}:{number}: no field {column!r} (has: {fields}); set "
+                       "--text_column")
+    if isinstance(row[column], str):
+      yield row[column]
+
+
+def _csv_documents(path, column, delimiter, on_bad_input, report):
+  reader = csv.DictReader((line for _, line in _lines(path, on_bad_input, report)),
+                          delimiter=delimiter)
+  if reader.fieldnames is None:
+    return
+  if column not in reader.fieldnames:
+    raise InputError(f"{path}: no column {column!r} (has: {', '.join(reader.fieldnames)}); "
+                     "set --text_column")
+  for row in reader:
+    if row.get(column):
+      yield row[column]
+
+
+def _parquet_documents(path, column):
+  import pyarrow.parquet as pq
+  try:
+    f = pq.ParquetFile(path)
+  except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ...
+    raise InputError(f"{path}: not a Parquet file ({e})") from None
+  names = f.schema_arrow.names
+  if column not in names:
+    raise InputError(f"{path}: no column {column!r} (has: {', '.join(names)}); set "
+                     "--text_column")
+  for batch in f.iter_batches(columns=[column], batch_size=1024):
+    yield from (t for t in batch.column(0).to_pylist() if isinstance(t, str))
+
+
+def _datasets_documents(path, column):
+  import datasets
+  loaded = datasets.load_from_disk(path)
+  parts = ([loaded[k] for k in sorted(loaded)] if isinstance(loaded, datasets.DatasetDict)
+           else [loaded])
+  for part in parts:
+    if column not in part.column_names:
+      raise InputError(f"{path}: no column {column!r} (has: {', '.join(part.column_names)}); "
+                       "set --text_column")
+    for batch in part.select_columns([column]).iter(batch_size=1024):
+      yield from (t for t in batch[column] if isinstance(t, str))
+
+
+def read_documents(path: str, *, text_column: str = "text", on_bad_input: str = "error",
+                   report: collections.Counter | None = None) -> Iterator[str]:
+  """The documents of one input, streamed. `report` counts what was skipped, by reason."""
+  report = collections.Counter() if report is None else report
+  skipped_before = sum(report.values())
+  fmt = format_of(path)
+  if fmt != "datasets":
+    if os.path.getsize(path) == 0:
+      raise InputError(f"{path}: empty file")
+    if fmt != "parquet":
+      _check_not_binary(path)
+  if fmt == "text":
+    docs = _text_documents(path, on_bad_input, report)
+  elif fmt == "jsonl":
+    docs = _jsonl_documents(path, text_column, on_bad_input, report)
+  elif fmt in ("csv", "tsv"):
+    docs = _csv_documents(path, text_column, "," if fmt == "csv" else "\t", on_bad_input,
+                          report)
+  elif fmt == "parquet":
+    docs = _parquet_documents(path, text_column)
+  else:
+    docs = _datasets_documents(path, text_column)
+  any_text = False
+  for doc in docs:
+    if doc.strip():
+      any_text = True
+      yield doc
+  if not any_text and sum(report.values()) == skipped_before:
+    raise InputError(f"{path}: holds no text (empty or whitespace only)")

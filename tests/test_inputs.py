@@ -1,0 +1,199 @@
+"""The data pipeline at scale: every input format reads the same documents; bad input is one
+clear error (or counted with --on_bad_input=skip); planted duplicates and only they are
+removed; the split does not depend on input order; prepare is byte-for-byte reproducible;
+RoBERTa's BPE + FULL-SENTENCES packing; whole-word masking never splits a word."""
+
+import collections
+import gzip
+import hashlib
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from jaxpt.data import clean, examples, inputs, masking, store, tokenizer
+from jaxpt.data.prepare import PrepareOptions, prepare
+
+DOCS = ["First document.\nIt has two lines.", "Second one, with a comma.",
+        "Third: unicode café and naïve.", "Fourth\nsplit over\nthree lines.",
+        "Fifth document is here.", "Sixth and last."]
+
+
+def _write_all_formats(d: pathlib.Path) -> list[pathlib.Path]:
+  import datasets
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  import zstandard
+  d.mkdir(parents=True, exist_ok=True)
+  text = "\n\n".join(DOCS) + "\n"
+  jsonl = "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(DOCS))
+  (d / "a.txt").write_text(text)
+  (d / "a.txt.gz").write_bytes(gzip.compress(text.encode()))
+  (d / "a.txt.zst").write_bytes(zstandard.ZstdCompressor().compress(text.encode()))
+  (d / "a.jsonl").write_text(jsonl)
+  (d / "a.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(jsonl.encode()))
+  import csv
+  with open(d / "a.csv", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["id", "text"])
+    w.writerows(enumerate(DOCS))
+  with open(d / "a.tsv", "w", newline="") as f:
+    w = csv.writer(f, delimiter="\t")
+    w.writerow(["id", "text"])
+    w.writerows(enumerate(DOCS))
+  pq.write_table(pa.table({"id": list(range(len(DOCS))), "text": DOCS}), d / "a.parquet")
+  datasets.Dataset.from_dict({"text": DOCS}).save_to_disk(str(d / "saved"))
+  return sorted(d.iterdir())
+
+
+def test_every_format_reads_the_same_documents(tmp_path):
+  paths = _write_all_formats(tmp_path / "in")
+  assert len(paths) == 9
+  for path in paths:
+    assert list(inputs.read_documents(str(path))) == DOCS, path.name
+  # A folder resolves to all of them (the datasets directory as one input), sorted.
+  assert inputs.resolve_inputs([str(tmp_path / "in")]) == [str(p) for p in paths]
+
+
+@pytest.mark.parametrize("name, content, needle", [
+    ("bad.txt", b"good line\nbad \xff here\n", "bad.txt: invalid UTF-8 at byte 14 (line 2)"),
+    ("bin.txt", b"PK\x03\x04\x00\x00binary", "bin.txt: a binary file (NUL byte at offset 4)"),
+    ("empty.txt", b"", "empty.txt: empty file"),
+    ("blank.txt", b"\n \n\t\n", "blank.txt: holds no text"),
+    ("rows.jsonl", b'{"text": "ok"}\n{"body": "x"}\n', "rows.jsonl:2: no field 'text' (has: body)"),
+    ("rows2.jsonl", b'{"text": "ok"}\nnot json\n', "rows2.jsonl:2: not a JSON object"),
+    ("t.csv", b"id,body\n1,hello\n", "t.csv: no column 'text' (has: id, body)"),
+    ("notes.docx", b"whatever", "notes.docx: unknown input format"),
+])
+def test_bad_input_is_one_clear_error(tmp_path, name, content, needle):
+  (tmp_path / name).write_bytes(content)
+  with pytest.raises(inputs.InputError) as e:
+    prepare([str(tmp_path / name)], str(tmp_path / "out"),
+            PrepareOptions(vocab_size=128, seq_length=32, progress=False))
+  assert needle in str(e.value)
+  assert not (tmp_path / "out").exists()
+
+
+def test_parquet_missing_column_and_skip_mode(tmp_path):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  pq.write_table(pa.table({"body": ["a"]}), tmp_path / "x.parquet")
+  with pytest.raises(inputs.InputError, match=r"x.parquet: no column 'text' \(has: body\)"):
+    list(inputs.read_documents(str(tmp_path / "x.parquet")))
+  (tmp_path / "mixed.txt").write_bytes(b"one good line\nbad \xff\n\nanother \xfe\nfine doc\n")
+  report = collections.Counter()
+  docs = list(inputs.read_documents(str(tmp_path / "mixed.txt"), on_bad_input="skip",
+                                    report=report))
+  assert docs == ["one good line", "fine doc"] and report == {"invalid_utf8": 2}
+
+
+def _words(rng, n):
+  return " ".join(f"w{int(i)}" for i in rng.integers(0, 5000, n))
+
+
+def test_dedup_removes_planted_duplicates_and_nothing_else():
+  rng = np.random.default_rng(0)
+  originals = [_words(rng, 100) for _ in range(40)]
+  exact = "  " + originals[0].upper().replace(" ", "   ") + " "  # case and spacing differ
+  words = originals[1].split()
+  words[50] = "changed"
+  near = " ".join(words)  # one word of 100: Jaccard of 5-word shingles about 0.9
+  half = " ".join(originals[2].split()[:50]) + " " + _words(rng, 50)  # Jaccard about 0.3
+  report = clean.CleanReport(documents_in=43, documents_kept=43)
+  docs = originals + [exact, near, half]
+  kept = clean.deduplicate(docs, near_threshold=0.8, report=report)
+  assert report.removed == {"exact_duplicate": 1, "near_duplicate": 1}
+  assert len(kept) == 41 and report.documents_kept == 41
+  assert half in kept and all(d in kept for d in originals[3:])
+  assert (originals[0] in kept) != (exact in kept) and (originals[1] in kept) != (near in kept)
+  # Which copy survives does not depend on the input order.
+  again = clean.deduplicate(list(reversed(docs)), near_threshold=0.8,
+                            report=clean.CleanReport())
+  assert again == kept
+
+
+def test_split_is_stable_under_input_order_and_sharding():
+  docs = [f"document number {i} about things" for i in range(3000)]
+  assign = {d: clean.split_of(d, 0.05, 0.05) for d in docs}
+  shuffled = list(np.random.default_rng(1).permutation(docs))
+  assert {d: clean.split_of(d, 0.05, 0.05) for d in shuffled} == assign
+  # Workers that each see a slice of the input assign each document the same split.
+  for workers in (2, 3, 7):
+    for w in range(workers):
+      assert all(clean.split_of(d, 0.05, 0.05) == assign[d] for d in shuffled[w::workers])
+  counts = collections.Counter(assign.values())
+  assert 0.035 < counts["validation"] / 3000 < 0.065 and 0.035 < counts["test"] / 3000 < 0.065
+
+
+def _tree_bytes(root: pathlib.Path) -> dict:
+  return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_prepare_twice_is_byte_identical(corpus_dir, tmp_path):
+  opts = PrepareOptions(vocab_size=128, seq_length=32, validation_fraction=0.2,
+                        test_fraction=0.1, progress=False)
+  a = prepare([str(corpus_dir)], str(tmp_path / "a"), opts)
+  # The same files named in another order, as separate inputs.
+  files = sorted(str(p) for p in corpus_dir.iterdir())
+  prepare(list(reversed(files)), str(tmp_path / "b"), opts)
+  assert _tree_bytes(tmp_path / "a") == _tree_bytes(tmp_path / "b")
+  assert set(a["splits"]) == {"train", "validation", "test"}
+  assert "seconds" not in json.loads((tmp_path / "a" / store.MANIFEST).read_text())
+
+
+def test_full_sentences_packing():
+  docs = [[[5, 6, 7], [8, 9]], [[10] * 12], [[11, 12], [13]]]
+  out = examples.pack_full_sentences(docs, 8, cls_id=2, sep_id=3, pad_id=0)
+  stream = []
+  for row, n in zip(out.input_ids, out.lengths):
+    assert row[0] == 2 and row[n - 1] == 3 and np.all(row[n:] == 0) and n <= 8
+    stream.extend(row[1:n - 1].tolist())
+  # In order; documents joined by a separator (none where an example ends anyway); the
+  # over-long sentence cut into pieces of 6.
+  assert stream == [5, 6, 7, 8, 9, 3] + [10] * 12 + [11, 12, 13]
+  assert out.input_ids[0].tolist() == [2, 5, 6, 7, 8, 9, 3, 3]  # whole sentences, then [SEP]
+  assert np.all(out.token_type_ids == 0) and np.all(out.nsp_labels == 0)
+
+
+def test_prepare_bpe_full_sentences(corpus_dir, tmp_path):
+  m = prepare([str(corpus_dir)], str(tmp_path / "roberta"),
+              PrepareOptions(vocab_size=300, seq_length=32, tokenizer_type="bpe",
+                             examples="full_sentences", validation_fraction=0.2,
+                             progress=False))
+  assert m["tokenizer"]["family"] == "roberta" and m["examples"] == "full_sentences"
+  train = m["splits"]["train"]
+  # Whole sentences of 5-20 tokens in 30: about half a sentence of padding per example.
+  assert train["nsp_random_fraction"] == 0 and train["padding_fraction"] < 0.3
+  rows = store.SplitReader(str(tmp_path / "roberta"), "train").read(np.arange(3))
+  tok = tokenizer.load(str(tmp_path / "roberta" / "tokenizer.json"))
+  assert rows["input_ids"][0][0] == tok.token_to_id("<s>")
+
+
+def test_whole_word_masking_never_splits_a_word():
+  vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "un", "##believ", "##able", "cat",
+           "##s", "run", "##ning", "fast", "the"]
+  from tokenizers import Tokenizer, models
+  tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+  table = masking.continuation_table(tok)
+  assert table.tolist() == [t.startswith("##") for t in vocab]
+  spec = masking.MaskingSpec(vocab_size=len(vocab), mask_id=4, special_ids=(0, 1, 2, 3, 4),
+                             mask_prob=0.3, max_predictions=8, continues_word=table)
+  rng = np.random.default_rng(0)
+  words = [[5, 6, 7], [8, 9], [10, 11], [12], [13]]
+  masked_tokens = 0
+  for _ in range(300):
+    chosen = [words[i] for i in rng.integers(0, len(words), 8)]
+    ids = np.array([2] + [t for w in chosen for t in w] + [3], np.int32)
+    spans, start = [], 1
+    for w in chosen:
+      spans.append(range(start, start + len(w)))
+      start += len(w)
+    _, positions, _, weights = masking.mask_row(ids, len(ids), spec, rng)
+    picked = set(positions[weights > 0].tolist())
+    for span in spans:  # all of a word or none of it
+      assert set(span) <= picked or not set(span) & picked
+    masked_tokens += len(picked)
+  assert masked_tokens > 300  # it did mask
