@@ -142,6 +142,17 @@ def _check_data(cfg: Config, data: loader.PreparedData) -> None:
         f"the examples in {data.directory} (seq_length {data.seq_length})")
   if data.num_examples("train") < 1:
     raise TrainError(f"{data.directory}: the train split is empty")
+  if m.variant == "bert" and data.manifest.get("examples") == "full_sentences":
+    raise ConfigError(
+        f"{data.directory} holds FULL-SENTENCES examples (no sentence pairs), which have no "
+        "next-sentence labels; pretrain them with --config.model.variant=roberta, or prepare "
+        "with --examples=pairs")
+  pad = int(data.manifest["tokenizer"]["special_ids"]["pad"])
+  if m.variant == "roberta" and pad != m.pad_token_id:
+    raise ConfigError(
+        f"config.model.pad_token_id={m.pad_token_id} differs from the padding id of "
+        f"{data.directory}'s tokenizer ({pad}); RoBERTa's positions count from it: set "
+        f"--config.model.pad_token_id={pad}")
 
 
 def fetch(tree):

@@ -158,7 +158,7 @@ def test_full_sentences_packing():
   assert np.all(out.token_type_ids == 0) and np.all(out.nsp_labels == 0)
 
 
-def test_prepare_bpe_full_sentences(corpus_dir, tmp_path):
+def test_roberta_data_prepares_and_pretrains(corpus_dir, tmp_path):
   m = prepare([str(corpus_dir)], str(tmp_path / "roberta"),
               PrepareOptions(vocab_size=300, seq_length=32, tokenizer_type="bpe",
                              examples="full_sentences", validation_fraction=0.2,
@@ -170,6 +170,26 @@ def test_prepare_bpe_full_sentences(corpus_dir, tmp_path):
   rows = store.SplitReader(str(tmp_path / "roberta"), "train").read(np.arange(3))
   tok = tokenizer.load(str(tmp_path / "roberta" / "tokenizer.json"))
   assert rows["input_ids"][0][0] == tok.token_to_id("<s>")
+
+  # RoBERTa pretraining on it (MLM only); a BERT model (NSP) is refused before compiling.
+  from test_cli import jaxpt, one_line_error
+  common = ["--config=configs/bert_tiny.py", "--noprogress",
+            f"--config.data.dir={tmp_path / 'roberta'}", "--config.model.vocab_size=300",
+            "--config.model.max_position_embeddings=40", "--config.train.batch_size=16",
+            "--config.train.num_steps=4", "--config.train.log_every_steps=2",
+            "--config.train.eval_every_steps=4", "--config.train.eval_batches=1",
+            "--config.optim.warmup_steps=1"]
+  one_line_error(jaxpt("pretrain", *common, f"--workdir={tmp_path / 'bert'}"),
+                 "FULL-SENTENCES", "--config.model.variant=roberta")
+  one_line_error(jaxpt("pretrain", *common, f"--workdir={tmp_path / 'r0'}",
+                       "--config.model.variant=roberta", "--config.model.pad_token_id=0"),
+                 "--config.model.pad_token_id=1")
+  proc = jaxpt("pretrain", *common, f"--workdir={tmp_path / 'run'}",
+               "--config.model.variant=roberta", "--config.model.pad_token_id=1")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert rows[-1]["step"] == 4 and np.isfinite(rows[-1]["train/mlm_loss"])
+  assert "train/nsp_loss" not in rows[-1]
 
 
 def test_whole_word_masking_never_splits_a_word():
