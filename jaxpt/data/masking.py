@@ -98,25 +98,85 @@ def _random_tokens(rng: np.random.Generator, n: int, spec: MaskingSpec) -> np.nd
   return draws
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+  """splitmix64's finaliser: a bijective, well-mixed uint64 -> uint64 (wrapping arithmetic)."""
+  x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+  x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  return x ^ (x >> np.uint64(31))
+
+
+def _uniform(seed: int, step: int, rows: np.ndarray, length: int, stream: int) -> np.ndarray:
+  """[rows, length] uniform floats in [0, 1), a pure function of (seed, step, global row,
+  position, stream): counter-based, so any split of a batch across processes agrees."""
+  with np.errstate(over="ignore"):
+    key = _mix(np.uint64(seed) * _GOLDEN + np.uint64(step))
+    key = _mix(key + np.uint64(stream + 1) * _GOLDEN)
+    x = (rows.astype(np.uint64)[:, None] * np.uint64(length)
+         + np.arange(length, dtype=np.uint64)[None, :])
+    x = _mix(_mix(x + key) + key)
+  return (x >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+def _mask_vectorized(ids: np.ndarray, lengths: np.ndarray, spec: MaskingSpec, seed: int,
+                     step: int, rows: np.ndarray):
+  """mask_row's choices for a whole batch at once (token-level masking)."""
+  batch, length = ids.shape
+  p = spec.max_predictions
+  cand = (np.arange(length)[None, :] < lengths[:, None]) & ~np.isin(ids, spec.special_ids)
+  count = cand.sum(1)
+  n = np.where(count > 0, np.clip(np.rint(count * spec.mask_prob), 1, p), 0).astype(np.int64)
+  score = np.where(cand, _uniform(seed, step, rows, length, 0), np.inf)
+  picked = np.argsort(score, axis=1, kind="stable")[:, :p]  # the n lowest scores are chosen
+  used = np.arange(p)[None, :] < n[:, None]
+  positions = np.sort(np.where(used, picked, length), axis=1)  # unused slots sort last
+  used = positions < length
+  positions = np.where(used, positions, 0).astype(np.int32)
+  targets = np.where(used, np.take_along_axis(ids, positions, 1), 0).astype(np.int32)
+  u = np.take_along_axis(_uniform(seed, step, rows, length, 1), positions, 1)
+  to_mask = used & (u < spec.mask_token_prob)
+  to_random = used & ~to_mask & (u < spec.mask_token_prob + spec.random_token_prob)
+  special = np.sort(np.asarray(spec.special_ids))
+  draws = np.floor(np.take_along_axis(_uniform(seed, step, rows, length, 2), positions, 1)
+                   * (spec.vocab_size - len(special))).astype(np.int64)
+  for sid in special:  # shift past each special id at or below the draw
+    draws = draws + (draws >= sid)
+  out = ids.astype(np.int32).copy()
+  r = np.nonzero(to_mask)
+  out[r[0], positions[r]] = spec.mask_id
+  r = np.nonzero(to_random)
+  out[r[0], positions[r]] = draws[r]
+  return out, positions, targets, used.astype(np.float32)
+
+
 def mask_batch(rows: dict[str, np.ndarray], spec: MaskingSpec, seed: int, step: int,
                row_offset: int = 0) -> dict[str, np.ndarray]:
   """Masks a batch of stored rows into model inputs.
 
-  Each row's randomness is seeded by (seed, step, global row index), so a row is masked the
-  same whichever process reads it and however the batch is split across processes.
+  Each row's randomness is a function of (seed, step, global row index), so a row is masked
+  the same whichever process reads it and however the batch is split across processes.
+  Token-level masking runs vectorised over the batch (counter-based random numbers); whole-word
+  masking row by row.
   """
   ids = rows["input_ids"]
   batch, length = ids.shape
-  out_ids = np.empty_like(ids, dtype=np.int32)
-  p = spec.max_predictions
-  positions = np.zeros((batch, p), np.int32)
-  targets = np.zeros((batch, p), np.int32)
-  weights = np.zeros((batch, p), np.float32)
-  for r in range(batch):
-    rng = np.random.default_rng((seed, step, row_offset + r))
-    out_ids[r], positions[r], targets[r], weights[r] = mask_row(
-        ids[r], int(rows["lengths"][r]), spec, rng)
-  attention_mask = (np.arange(length)[None, :] < rows["lengths"][:, None]).astype(np.int32)
+  lengths = rows["lengths"].astype(np.int64)
+  if spec.continues_word is None:
+    out_ids, positions, targets, weights = _mask_vectorized(
+        ids, lengths, spec, seed, step, np.arange(row_offset, row_offset + batch))
+  else:
+    out_ids = np.empty_like(ids, dtype=np.int32)
+    p = spec.max_predictions
+    positions = np.zeros((batch, p), np.int32)
+    targets = np.zeros((batch, p), np.int32)
+    weights = np.zeros((batch, p), np.float32)
+    for r in range(batch):
+      rng = np.random.default_rng((seed, step, row_offset + r))
+      out_ids[r], positions[r], targets[r], weights[r] = mask_row(
+          ids[r], int(lengths[r]), spec, rng)
+  attention_mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int32)
   return {
       "input_ids": out_ids,
       "token_type_ids": rows["token_type_ids"].astype(np.int32),

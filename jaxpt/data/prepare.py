@@ -77,7 +77,7 @@ def _file_sha256(path: str) -> str:
 
 def _tokenize(tok, docs: list[str], desc: str, progress: bool) -> list[examples.Document]:
   out = []
-  batch = 256
+  batch = 2048
   for i in tqdm(range(0, len(docs), batch), desc=desc, unit="batch", disable=not progress,
                 leave=False):
     sents = [clean.sentences(d) for d in docs[i:i + batch]]
@@ -106,6 +106,12 @@ def prepare(input_specs: list[str], output: str, opts: PrepareOptions) -> dict:
     raise clean.InputError(f"--output {output}: exists and is not a directory")
   tok_given = tokenizer.load(opts.tokenizer, lowercase=opts.lowercase) if opts.tokenizer else None
   start = time.time()
+  stages: dict[str, float] = {}  # seconds per stage, returned (not in the manifest)
+
+  def lap(name: str, since: list[float] = [start]) -> None:
+    now = time.time()
+    stages[name] = stages.get(name, 0.0) + now - since[0]
+    since[0] = now
 
   report = clean.CleanReport()
   docs: list[str] = []
@@ -114,12 +120,14 @@ def prepare(input_specs: list[str], output: str, opts: PrepareOptions) -> dict:
         inputs.read_documents(path, text_column=opts.text_column,
                               on_bad_input=opts.on_bad_input, report=report.removed),
         min_chars=opts.min_chars, max_chars=opts.max_chars, report=report))
+  lap("read and clean")
   # Before the split, so that no document has a copy on the other side of it.
   docs = clean.deduplicate(docs, near_threshold=opts.near_duplicate_threshold, report=report)
   splits: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
   for doc in docs:
     splits[clean.split_of(doc, opts.validation_fraction, opts.test_fraction)].append(doc)
   del docs
+  lap("deduplicate and split")
   if not splits["train"]:
     raise clean.InputError(
         f"--input {', '.join(input_specs)}: no usable documents in {len(files)} file(s) "
@@ -134,6 +142,7 @@ def prepare(input_specs: list[str], output: str, opts: PrepareOptions) -> dict:
   else:
     tok = tokenizer.train_wordpiece(train_lines, opts.vocab_size, lowercase=opts.lowercase)
   ids = tokenizer.special_ids(tok)
+  lap("train tokenizer")
 
   parent = os.path.dirname(output) or "."
   os.makedirs(parent, exist_ok=True)
@@ -145,6 +154,7 @@ def prepare(input_specs: list[str], output: str, opts: PrepareOptions) -> dict:
       if not split_docs:
         continue
       tokenized = _tokenize(tok, split_docs, f"tokenize {name}", opts.progress)
+      lap("tokenize")
       if opts.examples == "full_sentences":
         arrays = examples.pack_full_sentences(
             tokenized, opts.seq_length, cls_id=ids["cls"], sep_id=ids["sep"], pad_id=ids["pad"])
@@ -152,12 +162,14 @@ def prepare(input_specs: list[str], output: str, opts: PrepareOptions) -> dict:
         arrays = examples.build_examples(
             tokenized, opts.seq_length, cls_id=ids["cls"], sep_id=ids["sep"],
             pad_id=ids["pad"], seed=opts.seed + s, short_seq_prob=opts.short_seq_prob)
+      lap("build examples")
       if len(arrays) == 0:
         if name == "train":
           raise clean.InputError(f"--input {', '.join(input_specs)}: the documents yield no "
                                  "sentence-pair examples (each needs two non-empty parts)")
         continue
       store.write_split(tmp, name, arrays, tok.get_vocab_size())
+      lap("write arrays")
       tokens = int(arrays.lengths.sum())
       split_info[name] = {
           "documents": len(split_docs), "examples": len(arrays), "tokens": tokens,
@@ -187,4 +199,6 @@ def prepare(input_specs: list[str], output: str, opts: PrepareOptions) -> dict:
     raise
   seconds = time.time() - start
   tokens = sum(s["tokens"] for s in split_info.values())
-  return dict(manifest, seconds=round(seconds, 1), tokens_per_second=round(tokens / seconds))
+  lap("manifest")
+  return dict(manifest, seconds=round(seconds, 1), tokens_per_second=round(tokens / seconds),
+              stage_seconds={k: round(v, 2) for k, v in stages.items()})
