@@ -88,6 +88,10 @@ def _prepare_flags() -> flags.FlagValues:
   flags.DEFINE_string("examples", d.examples, "pairs (BERT sentence pairs with NSP labels) or "
                       "full_sentences (RoBERTa packing across documents, MLM only).",
                       flag_values=fv)
+  flags.DEFINE_boolean("pack", d.pack, "Pack several examples into each row (less padding); "
+                       "the model keeps them apart.", flag_values=fv)
+  flags.DEFINE_integer("max_sequences_per_row", d.max_sequences_per_row, "With --pack: at "
+                       "most this many examples per row.", flag_values=fv)
   flags.DEFINE_string("text_column", d.text_column, "The text field of JSONL / CSV / Parquet "
                       "/ datasets inputs.", flag_values=fv)
   flags.DEFINE_string("on_bad_input", d.on_bad_input, "error: stop at the first invalid "
@@ -131,7 +135,8 @@ def _run_prepare(fv: flags.FlagValues, args: list[str]) -> int:
     raise UsageError("give --input=PATH (or --recipe=NAME)")
   opts = PrepareOptions(
       vocab_size=fv.vocab_size, seq_length=fv.seq_length, tokenizer=fv.tokenizer,
-      tokenizer_type=fv.tokenizer_type, examples=fv.examples, text_column=fv.text_column,
+      tokenizer_type=fv.tokenizer_type, examples=fv.examples, pack=fv.pack,
+      max_sequences_per_row=fv.max_sequences_per_row, text_column=fv.text_column,
       on_bad_input=fv.on_bad_input, lowercase=fv.lowercase, min_chars=fv.min_chars,
       max_chars=fv.max_chars, near_duplicate_threshold=fv.near_duplicate_threshold,
       validation_fraction=fv.validation_fraction, test_fraction=fv.test_fraction,

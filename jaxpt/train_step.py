@@ -4,6 +4,8 @@ A batch is a dict of arrays, the leading axis the (global) batch:
   input_ids, token_type_ids, attention_mask: int32 [batch, length]
   masked_positions, masked_ids: int32 [batch, predictions]; masked_weights: float32 (0 = padding)
   nsp_labels: int32 [batch] (0 = B follows A, 1 = B is random, HuggingFace's convention)
+  packed rows add segment_ids [batch, length] (1..K, 0 = padding) and cls_positions [batch, K]
+  (-1 = empty slot); nsp_labels is then [batch, K]
 """
 
 from __future__ import annotations
@@ -35,19 +37,26 @@ def masked_cross_entropy(logits, targets, weights):
   return jnp.sum(losses * weights), jnp.sum(correct * weights)
 
 
+def nsp_weights(batch: Batch):
+  """1 per next-sentence prediction: one per row, or (packed rows) one per filled slot."""
+  if "cls_positions" in batch:
+    return (batch["cls_positions"] >= 0).astype(jnp.float32)
+  return jnp.ones(batch["nsp_labels"].shape, jnp.float32)
+
+
 def pretraining_sums(model, batch: Batch, *, deterministic: bool, rngs=None) -> Metrics:
   """Sums over the batch, so that means can be formed over any number of batches or devices."""
   mlm_logits, nsp_logits = model(
       batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-      batch["masked_positions"], deterministic=deterministic, rngs=rngs)
+      batch["masked_positions"], deterministic=deterministic, rngs=rngs,
+      segment_ids=batch.get("segment_ids"), cls_positions=batch.get("cls_positions"))
   weights = batch["masked_weights"]
   mlm_loss, mlm_correct = masked_cross_entropy(mlm_logits, batch["masked_ids"], weights)
   sums = {"mlm_loss": mlm_loss, "mlm_correct": mlm_correct, "mlm_count": jnp.sum(weights)}
   if nsp_logits is not None:  # RoBERTa has no next-sentence task
-    nsp_loss, nsp_correct = masked_cross_entropy(
-        nsp_logits, batch["nsp_labels"], jnp.ones(nsp_logits.shape[0], jnp.float32))
-    sums.update(nsp_loss=nsp_loss, nsp_correct=nsp_correct,
-                nsp_count=jnp.asarray(nsp_logits.shape[0], jnp.float32))
+    nsp_w = nsp_weights(batch)
+    nsp_loss, nsp_correct = masked_cross_entropy(nsp_logits, batch["nsp_labels"], nsp_w)
+    sums.update(nsp_loss=nsp_loss, nsp_correct=nsp_correct, nsp_count=jnp.sum(nsp_w))
   return sums
 
 
@@ -99,7 +108,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   def train_step(state: TrainState, batch: Batch):
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
     mlm_count = jnp.maximum(jnp.sum(batch["masked_weights"]), 1.0)
-    nsp_count = jnp.asarray(batch["nsp_labels"].shape[0], jnp.float32)
+    nsp_count = jnp.maximum(jnp.sum(nsp_weights(batch)), 1.0)
     if microbatches == 1:
       grads, sums = grad_fn(state.params, batch, rng, mlm_count, nsp_count)
     else:
@@ -119,6 +128,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     params = optax.apply_updates(state.params, updates)
     metrics = means(sums, "train")
     metrics["train/grad_norm"] = optax.global_norm(grads)
+    metrics["train/real_token_fraction"] = jnp.mean(batch["attention_mask"] > 0)
     metrics["lr"] = schedule(state.step)
     metrics.update(optim.nonfinite_counts(opt_state))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

@@ -366,6 +366,7 @@ def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
             row = _mean_row(fetched)
             rate = meter.rate()
             row["perf/tokens_per_sec"] = rate
+            row["perf/real_tokens_per_sec"] = rate * row["train/real_token_fraction"]
             if peak:
               row["perf/mfu"] = rate / tokens_per_step * flops_per_step / peak
             bar.set_postfix(loss=f"{row['train/loss']:.3f}", tok_s=f"{rate:.0f}",
@@ -509,6 +510,9 @@ def dry_run(cfg: Config) -> dict:
   shapes = {"input_ids": (b, length), "token_type_ids": (b, length),
             "attention_mask": (b, length), "masked_positions": (b, preds),
             "masked_ids": (b, preds), "masked_weights": (b, preds), "nsp_labels": (b,)}
+  if cfg.data.dir and data.packed:
+    k = int(data.manifest["options"]["max_sequences_per_row"])
+    shapes.update(segment_ids=(b, length), cls_positions=(b, k), nsp_labels=(b, k))
   batch = {k: jax.ShapeDtypeStruct(v, jnp.float32 if k == "masked_weights" else jnp.int32,
                                    sharding=program.batch_sharding) for k, v in shapes.items()}
   start = time.perf_counter()

@@ -192,6 +192,27 @@ def test_roberta_data_prepares_and_pretrains(corpus_dir, tmp_path):
   assert "train/nsp_loss" not in rows[-1]
 
 
+def test_packed_data_prepares_and_pretrains(corpus_dir, tmp_path):
+  from test_cli import jaxpt
+  m = prepare([str(corpus_dir)], str(tmp_path / "packed"),
+              PrepareOptions(vocab_size=128, seq_length=48, short_seq_prob=0.5, pack=True,
+                             validation_fraction=0.2, progress=False))
+  train = m["splits"]["train"]
+  assert m["packed"] and train["sequences"] > train["examples"]  # rows hold several examples
+  proc = jaxpt("pretrain", "--config=configs/bert_tiny.py", "--noprogress",
+               f"--workdir={tmp_path / 'run'}", f"--config.data.dir={tmp_path / 'packed'}",
+               "--config.model.vocab_size=128", "--config.model.max_position_embeddings=48",
+               "--config.train.batch_size=8", "--config.train.num_steps=4",
+               "--config.train.log_every_steps=2", "--config.train.eval_every_steps=4",
+               "--config.train.eval_batches=1", "--config.optim.warmup_steps=1")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  last = rows[-1]
+  assert np.isfinite(last["train/nsp_loss"]) and np.isfinite(last["eval/nsp_loss"])
+  assert 0.5 < last["train/real_token_fraction"] <= 1.0
+  assert last["perf/real_tokens_per_sec"] < last["perf/tokens_per_sec"] + 1e-6
+
+
 def test_whole_word_masking_never_splits_a_word():
   vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "un", "##believ", "##able", "cat",
            "##s", "run", "##ning", "fast", "the"]

@@ -21,7 +21,11 @@ class ExampleArrays:
   input_ids: np.ndarray  # [examples, length] int32
   token_type_ids: np.ndarray  # [examples, length] uint8
   lengths: np.ndarray  # [examples] int32, tokens before padding
-  nsp_labels: np.ndarray  # [examples] uint8, 1 = B is from a random document
+  nsp_labels: np.ndarray  # [examples] uint8, 1 = B is from a random document; packed: [rows, K]
+  # Packed rows only (`pack`): which sequence each token belongs to (1..K, 0 = padding), and
+  # where each sequence's [CLS] is (-1: no sequence in that slot).
+  segment_ids: np.ndarray | None = None  # [rows, length] uint8
+  cls_positions: np.ndarray | None = None  # [rows, K] int32
 
   def __len__(self) -> int:
     return len(self.lengths)
@@ -131,3 +135,45 @@ def pack_full_sentences(documents: list[Document], seq_length: int, *, cls_id: i
       token_type_ids=np.zeros(shape, np.uint8),
       lengths=np.asarray(lengths, np.int32),
       nsp_labels=np.zeros(len(rows), np.uint8))
+
+
+def pack(arrays: ExampleArrays, max_per_row: int, pad_id: int) -> ExampleArrays:
+  """Several examples per row to cut padding (Krell et al. 2021, as in MLPerf's BERT): best
+  fit decreasing, at most `max_per_row` per row, each example whole and contiguous. The model
+  keeps packed sequences apart (attention within a segment, positions restarting at 0, an NSP
+  prediction at each [CLS]), so a packed row computes what its examples would alone."""
+  n, length = arrays.input_ids.shape
+  order = np.argsort(-arrays.lengths, kind="stable")
+  free: dict[int, list[int]] = {}  # free space -> rows with that much room (and a free slot)
+  rows: list[list[int]] = []
+  room: list[int] = []
+  for e in order:
+    need = int(arrays.lengths[e])
+    fit = next((c for c in range(need, length + 1) if free.get(c)), None)
+    if fit is None:
+      rows.append([])
+      room.append(length)
+      r = len(rows) - 1
+    else:
+      r = free[fit].pop()
+    rows[r].append(int(e))
+    room[r] -= need
+    if len(rows[r]) < max_per_row and room[r] > 0:
+      free.setdefault(room[r], []).append(r)
+  ids = np.full((len(rows), length), pad_id, arrays.input_ids.dtype)
+  types = np.zeros((len(rows), length), np.uint8)
+  segments = np.zeros((len(rows), length), np.uint8)
+  cls = np.full((len(rows), max_per_row), -1, np.int32)
+  nsp = np.zeros((len(rows), max_per_row), np.uint8)
+  lengths = np.zeros(len(rows), np.int32)
+  for r, members in enumerate(rows):
+    at = 0
+    for k, e in enumerate(members):
+      m = int(arrays.lengths[e])
+      ids[r, at:at + m] = arrays.input_ids[e, :m]
+      types[r, at:at + m] = arrays.token_type_ids[e, :m]
+      segments[r, at:at + m] = k + 1
+      cls[r, k], nsp[r, k] = at, arrays.nsp_labels[e]
+      at += m
+    lengths[r] = at
+  return ExampleArrays(ids, types, lengths, nsp, segments, cls)

@@ -44,7 +44,11 @@ class PreparedData:
     return tokenizer.load(os.path.join(self.directory, self.manifest["tokenizer"]["file"]))
 
   def reader(self, split: str) -> store.SplitReader:
-    return store.SplitReader(self.directory, split)
+    return store.SplitReader(self.directory, split, packed=self.packed)
+
+  @property
+  def packed(self) -> bool:
+    return bool(self.manifest.get("packed", False))
 
   def masking_spec(self, cfg: DataConfig) -> masking.MaskingSpec:
     special = self.manifest["tokenizer"]["special_ids"]

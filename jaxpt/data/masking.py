@@ -177,7 +177,7 @@ def mask_batch(rows: dict[str, np.ndarray], spec: MaskingSpec, seed: int, step: 
       out_ids[r], positions[r], targets[r], weights[r] = mask_row(
           ids[r], int(lengths[r]), spec, rng)
   attention_mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int32)
-  return {
+  out = {
       "input_ids": out_ids,
       "token_type_ids": rows["token_type_ids"].astype(np.int32),
       "attention_mask": attention_mask,
@@ -186,3 +186,7 @@ def mask_batch(rows: dict[str, np.ndarray], spec: MaskingSpec, seed: int, step: 
       "masked_weights": weights,
       "nsp_labels": rows["nsp_labels"].astype(np.int32),
   }
+  for name in ("segment_ids", "cls_positions"):  # packed rows
+    if name in rows:
+      out[name] = rows[name].astype(np.int32)
+  return out

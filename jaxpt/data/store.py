@@ -21,6 +21,7 @@ import tensorstore as ts
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 ARRAYS = ("input_ids", "token_type_ids", "lengths", "nsp_labels")
+PACKED_ARRAYS = ("segment_ids", "cls_positions")  # only in packed datasets
 _ROWS_PER_CHUNK = 64  # inner chunk: a random read decompresses 64 rows
 _ROWS_PER_SHARD = 16384  # outer chunk: one file per 16k rows
 
@@ -64,8 +65,10 @@ def _spec(path: str, shape: tuple[int, ...], dtype: np.dtype) -> dict:
 def write_split(directory: str, split: str, arrays, vocab_size: int) -> None:
   """Writes one split's arrays under `directory/split/`."""
   dtypes = {"input_ids": token_dtype(vocab_size), "token_type_ids": np.dtype(np.uint8),
-            "lengths": np.dtype(np.int32), "nsp_labels": np.dtype(np.uint8)}
-  for name in ARRAYS:
+            "lengths": np.dtype(np.int32), "nsp_labels": np.dtype(np.uint8),
+            "segment_ids": np.dtype(np.uint8), "cls_positions": np.dtype(np.int32)}
+  packed = arrays.segment_ids is not None
+  for name in ARRAYS + (PACKED_ARRAYS if packed else ()):
     data = np.asarray(getattr(arrays, name)).astype(dtypes[name])
     if data.shape[0] == 0:
       raise StoreError(f"{split}: no examples to write")
@@ -102,10 +105,10 @@ def read_manifest(directory: str) -> dict:
 class SplitReader:
   """Random-access rows of one split; `read(indices)` returns a dict of numpy arrays."""
 
-  def __init__(self, directory: str, split: str):
+  def __init__(self, directory: str, split: str, packed: bool = False):
     self.split = split
     self._arrays = {}
-    for name in ARRAYS:
+    for name in ARRAYS + (PACKED_ARRAYS if packed else ()):
       spec = {"driver": "zarr3", "kvstore": _kvstore(os.path.join(directory, split, name))}
       try:
         self._arrays[name] = ts.open(spec, read=True).result()

@@ -56,20 +56,28 @@ class Embeddings(nnx.Module):
 
     self.variant, self.pad_token_id = cfg.variant, cfg.pad_token_id
 
-  def __call__(self, input_ids, token_type_ids, *, deterministic: bool, rngs):
+  def __call__(self, input_ids, token_type_ids, *, deterministic: bool, rngs,
+               segment_ids=None):
     x = _lookup(self.word, input_ids)  # [batch, length, embed]
-    x = x + _lookup(self.position, self.position_ids(input_ids))
+    x = x + _lookup(self.position, self.position_ids(input_ids, segment_ids))
     x = x + _lookup(self.token_type, token_type_ids)
     return self.dropout(self.norm(x), deterministic=deterministic, rngs=rngs)
 
 
-  def position_ids(self, input_ids):
+  def position_ids(self, input_ids, segment_ids=None):
     """BERT: 0..length-1. RoBERTa: pad_id + 1, pad_id + 2, ... over non-padding tokens and
-    pad_id at padding (fairseq's convention, kept by HuggingFace)."""
+    pad_id at padding (fairseq's convention, kept by HuggingFace). In packed rows
+    (`segment_ids`), each packed sequence counts from its own start."""
+    index = jnp.arange(input_ids.shape[1])[None]
+    real = (input_ids != self.pad_token_id).astype(jnp.int32)
+    if segment_ids is not None:
+      starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                                segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+      index = index - jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
+      return (index + 1) * real + self.pad_token_id if self.variant == "roberta" else index
     if self.variant == "roberta":
-      real = (input_ids != self.pad_token_id).astype(jnp.int32)
       return jnp.cumsum(real, axis=1) * real + self.pad_token_id
-    return jnp.arange(input_ids.shape[1])[None]  # broadcast over the batch
+    return index  # [1, length]: broadcast over the batch
 
 
 def _lookup(embed: nnx.Embed, ids):
@@ -99,10 +107,14 @@ class SelfAttention(nnx.Module):
     self.scale = d ** -0.5
 
   def __call__(self, x, attention_mask, *, deterministic: bool, rngs):
+    """`attention_mask`: [batch, length] over keys, or [batch, queries, keys] (packed rows)."""
     q = self.query(x)  # [batch, length, heads, head_dim]
     k = self.key(x)
     v = self.value(x)
-    mask = attention_mask[:, None, None, :].astype(bool)  # [batch, 1, 1, length] (keys)
+    if attention_mask.ndim == 2:
+      mask = attention_mask[:, None, None, :].astype(bool)  # [batch, 1, 1, keys]
+    else:
+      mask = attention_mask[:, None].astype(bool)  # [batch, 1, queries, keys]
     if deterministic or self.attention_dropout.rate == 0.0:
       y = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=self.scale)
     else:
@@ -165,13 +177,21 @@ class Bert(nnx.Module):
                              bias_init=_zeros((None,)), rngs=rngs)
 
   def encode(self, input_ids, token_type_ids=None, attention_mask=None, *,
-             deterministic: bool = True, rngs: nnx.Rngs | None = None):
-    """Last hidden states `[batch, length, embed]`."""
+             deterministic: bool = True, rngs: nnx.Rngs | None = None, segment_ids=None):
+    """Last hidden states `[batch, length, embed]`.
+
+    `segment_ids` (packed rows: 1..K per packed sequence, 0 at padding) keeps the sequences
+    of a row apart: a token attends only within its own sequence, and positions restart.
+    """
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
-    x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs)
+    x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs,
+                        segment_ids=segment_ids)
+    if segment_ids is not None:  # [batch, queries, keys]; padding queries see every real key
+      same = segment_ids[:, :, None] == segment_ids[:, None, :]
+      attention_mask = (attention_mask[:, None, :] > 0) & (same | (segment_ids[:, :, None] == 0))
     x = sharding.constrain(x, ACTIVATION)
 
     def apply(layer, x, attention_mask, rngs):
@@ -235,16 +255,24 @@ class BertForPreTraining(nnx.Module):
                             bias_init=_zeros((None,)), rngs=rngs)
 
   def __call__(self, input_ids, token_type_ids, attention_mask, masked_positions, *,
-               deterministic: bool = True, rngs: nnx.Rngs | None = None):
-    """(mlm_logits [batch, predictions, vocab], nsp_logits [batch, 2] or None), float32."""
+               deterministic: bool = True, rngs: nnx.Rngs | None = None, segment_ids=None,
+               cls_positions=None):
+    """(mlm_logits [batch, predictions, vocab], nsp_logits [batch, 2] or None), float32.
+
+    Packed rows (`segment_ids`, `cls_positions` [batch, K]): NSP logits [batch, K, 2], one
+    prediction at each packed sequence's [CLS] (slots with position -1 are empty)."""
     hidden = self.bert.encode(input_ids, token_type_ids, attention_mask,
-                              deterministic=deterministic, rngs=rngs)
+                              deterministic=deterministic, rngs=rngs, segment_ids=segment_ids)
     picked = jnp.take_along_axis(hidden, masked_positions[..., None], axis=1)  # [b, p, embed]
     mlm_logits = self.mlm(picked, self.bert.embeddings.word)
     if self.nsp is None:
       return mlm_logits, None
-    nsp_logits = self.nsp(self.bert.pool(hidden)).astype(jnp.float32)
-    return mlm_logits, nsp_logits
+    if cls_positions is None:
+      pooled = self.bert.pool(hidden)  # [batch, embed]
+    else:
+      cls = jnp.take_along_axis(hidden, jnp.maximum(cls_positions, 0)[..., None], axis=1)
+      pooled = jnp.tanh(self.bert.pooler(cls))  # [batch, K, embed]
+    return mlm_logits, self.nsp(pooled).astype(jnp.float32)
 
   def mlm_logits(self, input_ids, token_type_ids=None, attention_mask=None):
     """Masked-LM logits at every position `[batch, length, vocab]` (fill-mask, parity checks)."""
