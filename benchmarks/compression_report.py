@@ -56,6 +56,8 @@ def parse_args(argv=None):
                  help="the fine-tuned workdir per task ({task} is replaced)")
   p.add_argument("--configs", default=",".join(CONFIGS), help="names from CONFIGS")
   p.add_argument("--recover_steps", type=int, default=24)
+  p.add_argument("--retime", action="store_true",
+                 help="re-measure the speed of finished configurations (on an idle machine)")
   p.add_argument("--out_dir", default=str(REPO / "runs" / "compression_report"))
   p.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
   p.add_argument("--png", default=str(REPO / "benchmarks" / "compression_report.png"))
@@ -67,26 +69,40 @@ def run_one(args, task: str, name: str) -> dict:
   out = pathlib.Path(args.out_dir) / task / name.replace(" ", "_").replace("%", "").replace(
       "+", "plus")
   done = out / "result.json"
-  if done.exists():
+  if done.exists() and not args.retime:
     return json.loads(done.read_text())
+  if done.exists():  # only the speed again, e.g. on an otherwise idle machine
+    result = json.loads(done.read_text())
+    result["examples_per_s"] = _examples_per_s(compress.load(str(out)))
+    done.write_text(json.dumps(result, indent=2) + "\n")
+    return result
   prune, scheme, recover, quantize = CONFIGS[name]
   opts = compress.Options(prune=prune, scheme=scheme, quantize=quantize, overwrite=True,
                           recover_steps=args.recover_steps if recover else 0)
   t0 = time.process_time()
   record = compress.compress(args.source.format(task=task), str(out), opts, progress=False)
   c = compress.load(str(out))
-  report = c.runner.report(c.params, "test", c.predict_step)  # compiles
-  start = time.perf_counter()
   report = c.runner.report(c.params, "test", c.predict_step)
-  seconds = time.perf_counter() - start
   result = {"task": task, "config": name, "f1_macro": report["f1_macro"],
             "accuracy": report["accuracy"], "sparsity": record["sparsity"]["sparsity"],
             "weight_bytes": record["weight_bytes"], "dense_bytes": record["dense_bytes"],
             "disk_bytes": record["disk_bytes"], "examples": report["num_examples"],
-            "examples_per_s": report["num_examples"] / seconds,
+            "examples_per_s": _examples_per_s(c),
             "cpu_s": time.process_time() - t0}
   done.write_text(json.dumps(result, indent=2) + "\n")
   return result
+
+
+def _examples_per_s(c, repeats: int = 3) -> float:
+  """Test-split inference speed: the best of `repeats` passes, after one that compiles."""
+  n = len(c.runner.setup.task.splits["test"])
+  c.runner.report(c.params, "test", c.predict_step)
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    c.runner.report(c.params, "test", c.predict_step)
+    best = min(best, time.perf_counter() - start)
+  return n / best
 
 
 def table(results: list[dict], tasks: list[str], names: list[str]) -> str:
@@ -158,7 +174,7 @@ def main(argv=None):
       "`benchmarks/finetune_report.py`). Test macro-F1 (change vs fp32 in points); weights = "
       "bytes of the saved arrays; on disk = the Orbax directory (zstd-compressed, so zeros "
       "cost little there); examples/s = test-split inference, batch 32, a second pass after "
-      f"compiling. Recovery = {args.recover_steps} fine-tuning steps with the mask held. "
+      f"compiling, best of 3. Recovery = {args.recover_steps} fine-tuning steps with the mask held. "
       "Sparsity is over the encoder's dense kernels.", "",
       table(results, tasks, names), "",
       f"![compression]({os.path.relpath(args.png, os.path.dirname(args.results))})"])

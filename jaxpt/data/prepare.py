@@ -33,6 +33,7 @@ class PrepareOptions:
   examples: str = "pairs"  # pairs (BERT, with NSP) | full_sentences (RoBERTa packing)
   pack: bool = False  # several examples per row, kept apart by the model (less padding)
   max_sequences_per_row: int = 3  # with pack
+  shard_documents: int = 20_000  # documents tokenized and turned into examples at a time
   lowercase: bool = True
   text_column: str = "text"  # JSONL / CSV / Parquet / datasets inputs
   on_bad_input: str = "error"  # error | skip (count and drop bad lines / records)
@@ -158,15 +159,25 @@ def prepare(input_specs: list[str], output: str, opts: PrepareOptions) -> dict:
     for s, (name, split_docs) in enumerate(splits.items()):
       if not split_docs:
         continue
-      tokenized = _tokenize(tok, split_docs, f"tokenize {name}", opts.progress)
-      lap("tokenize")
-      if opts.examples == "full_sentences":
-        arrays = examples.pack_full_sentences(
-            tokenized, opts.seq_length, cls_id=ids["cls"], sep_id=ids["sep"], pad_id=ids["pad"])
-      else:
-        arrays = examples.build_examples(
-            tokenized, opts.seq_length, cls_id=ids["cls"], sep_id=ids["sep"],
-            pad_id=ids["pad"], seed=opts.seed + s, short_seq_prob=opts.short_seq_prob)
+      # In shards of documents, as Google's create_pretraining_data works per input shard:
+      # token lists (Python ints) exist for one shard at a time, examples as numpy arrays.
+      parts = []
+      for start in range(0, len(split_docs), opts.shard_documents):
+        tokenized = _tokenize(tok, split_docs[start:start + opts.shard_documents],
+                              f"tokenize {name}", opts.progress)
+        lap("tokenize")
+        if opts.examples == "full_sentences":
+          parts.append(examples.pack_full_sentences(
+              tokenized, opts.seq_length, cls_id=ids["cls"], sep_id=ids["sep"],
+              pad_id=ids["pad"]))
+        else:  # the random next sentence comes from the same shard
+          parts.append(examples.build_examples(
+              tokenized, opts.seq_length, cls_id=ids["cls"], sep_id=ids["sep"],
+              pad_id=ids["pad"], seed=[opts.seed, s, start],
+              short_seq_prob=opts.short_seq_prob))
+        del tokenized
+        lap("build examples")
+      arrays = examples.concatenate(parts)
       if opts.pack and len(arrays):
         unpacked = len(arrays)
         arrays = examples.pack(arrays, opts.max_sequences_per_row, ids["pad"])
