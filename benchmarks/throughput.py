@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import pathlib
 import platform
@@ -49,6 +50,10 @@ _COMPARE = flags.DEFINE_enum("compare", "", ["", "hf"], "Also time HuggingFace's
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "With --compare: alternating rounds per side.")
 _SIDE = flags.DEFINE_enum("side", "", ["", "jaxpt", "hf"], "Internal: measure one side only "
                           "and print its JSON line.")
+_SWEEP = flags.DEFINE_list("sweep_batch_sizes", [], "Measure each preset at each of these "
+                           "global batch sizes (instead of --batch_size).")
+_PNG = flags.DEFINE_string("png", "", "Also draw tokens/s and MFU against batch size to this "
+                           "PNG.")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s of one device, for MFU; 0: from "
                            "jaxpt's table of TPU/GPU kinds (CPUs are not in it).")
 
@@ -146,6 +151,7 @@ def measure(preset: str) -> dict:
   return row
 
 
+@functools.lru_cache(maxsize=None)  # once per run: every row of a sweep uses the same peak
 def cpu_matmul_peak(n: int = 2048, reps: int = 10) -> float:
   """FLOP/s of XLA's fp32 matmul on one CPU device (best of 3): the CPU's practical peak."""
   import jax.numpy as jnp
@@ -251,6 +257,28 @@ def _compare_table(preset: str, rows: list[dict]) -> str:
           f"{hm / 2**20:,.0f} | " + (f"{np.median(mfu):.1%}" if mfu else "n/a") + " |")
 
 
+def _chart(rows: list[dict], path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for preset in dict.fromkeys(r["preset"] for r in rows):
+    mine = [r for r in rows if r["preset"] == preset]
+    x = [r["batch_size"] for r in mine]
+    axes[0].plot(x, [r["tokens_per_sec"] for r in mine], "o-", label=preset)
+    if all(r["mfu"] for r in mine):
+      axes[1].plot(x, [100 * r["mfu"] for r in mine], "o-", label=preset)
+  for ax, title in zip(axes, ("tokens/s", "MFU (%)")):
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(f"global batch (sequences of {rows[0]['seq_len']})")
+    ax.set_title(title)
+    ax.legend()
+  fig.suptitle(f"jaxpt train step, {rows[0]['precision']}, {jax.device_count()} x "
+               f"{jax.devices()[0].device_kind}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
 def main(argv):
   del argv
   if _SIDE.value:
@@ -273,9 +301,13 @@ def main(argv):
         f"{dev.device_kind} ({dev.platform}) | jax {jax.__version__}")
   rows = []
   for preset in _PRESETS.value:
-    rows.append(measure(preset))
-    print(json.dumps(rows[-1]), flush=True)
-  keys = ["preset", "params", "step_time_s", "tokens_per_sec", "model_tflops_per_sec", "mfu",
+    for batch in _SWEEP.value or [_BATCH.value]:
+      flags.FLAGS.batch_size = int(batch)
+      rows.append(measure(preset))
+      print(json.dumps(rows[-1]), flush=True)
+  if _PNG.value:
+    _chart(rows, _PNG.value)
+  keys = ["preset", "batch_size", "params", "step_time_s", "tokens_per_sec", "model_tflops_per_sec", "mfu",
           "peak_memory_bytes", "compile_s"] + (["loader_fed_tokens_per_sec", "fed_over_bare"]
                                                if _DATA.value else [])
   print("| " + " | ".join(keys) + " |")
