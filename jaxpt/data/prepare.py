@@ -162,8 +162,8 @@ def prepare(input_specs: list[str], output: str, opts: PrepareOptions) -> dict:
       # In shards of documents, as Google's create_pretraining_data works per input shard:
       # token lists (Python ints) exist for one shard at a time, examples as numpy arrays.
       parts = []
-      for start in range(0, len(split_docs), opts.shard_documents):
-        tokenized = _tokenize(tok, split_docs[start:start + opts.shard_documents],
+      for first in range(0, len(split_docs), opts.shard_documents):
+        tokenized = _tokenize(tok, split_docs[first:first + opts.shard_documents],
                               f"tokenize {name}", opts.progress)
         lap("tokenize")
         if opts.examples == "full_sentences":
@@ -173,7 +173,7 @@ def prepare(input_specs: list[str], output: str, opts: PrepareOptions) -> dict:
         else:  # the random next sentence comes from the same shard
           parts.append(examples.build_examples(
               tokenized, opts.seq_length, cls_id=ids["cls"], sep_id=ids["sep"],
-              pad_id=ids["pad"], seed=[opts.seed, s, start],
+              pad_id=ids["pad"], seed=[opts.seed, s, first],
               short_seq_prob=opts.short_seq_prob))
         del tokenized
         lap("build examples")
