@@ -91,10 +91,15 @@ def test_pretrain_refuses_missing_or_unfinished_data(tmp_path):
   one_line_error(proc, "no manifest.json")
 
 
-def test_pretrain_refuses_a_vocabulary_larger_than_the_model(prepared_dir, tmp_path):
+def test_pretrain_refuses_data_the_model_cannot_hold(prepared_dir, tmp_path):
+  # A tokenizer larger than the vocabulary; examples longer than the positions.
   proc = jaxpt("pretrain", "--config=configs/bert_tiny.py", f"--workdir={tmp_path / 'w'}",
                f"--config.data.dir={prepared_dir}", "--config.model.vocab_size=50")
   one_line_error(proc, "config.model.vocab_size=50")
+  proc = jaxpt("pretrain", "--config=configs/bert_tiny.py", f"--workdir={tmp_path / 'w'}",
+               f"--config.data.dir={prepared_dir}", "--config.model.max_position_embeddings=16")
+  one_line_error(proc, "config.model.max_position_embeddings=16 is shorter than the examples",
+                 "seq_length 32")
 
 
 @pytest.mark.parametrize("args,needle", [
