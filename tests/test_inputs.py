@@ -95,12 +95,14 @@ def _words(rng, n):
 
 def test_dedup_removes_planted_duplicates_and_nothing_else():
   rng = np.random.default_rng(0)
-  originals = [_words(rng, 100) for _ in range(40)]
+  originals = [_words(rng, 300) for _ in range(40)]
   exact = "  " + originals[0].upper().replace(" ", "   ") + " "  # case and spacing differ
   words = originals[1].split()
-  words[50] = "changed"
-  near = " ".join(words)  # one word of 100: Jaccard of 5-word shingles about 0.9
-  half = " ".join(originals[2].split()[:50]) + " " + _words(rng, 50)  # Jaccard about 0.3
+  words[150] = "changed"
+  # One word of 300: Jaccard of 5-word shingles 0.97, which LSH at 0.8 misses with
+  # probability about 1e-4 (at 0.9 it would be about 0.1).
+  near = " ".join(words)
+  half = " ".join(originals[2].split()[:150]) + " " + _words(rng, 150)  # Jaccard about 0.3
   report = clean.CleanReport(documents_in=43, documents_kept=43)
   docs = originals + [exact, near, half]
   kept = clean.deduplicate(docs, near_threshold=0.8, report=report)
