@@ -30,7 +30,7 @@ from jaxpt import config as config_lib
 from jaxpt import metrics as metrics_lib
 from jaxpt import hf, optim, pretrained, sharding
 from jaxpt.config import Config, ConfigError
-from jaxpt.data import loader
+from jaxpt.data import loader, store
 from jaxpt.models import bert
 from jaxpt.train_step import TrainState, make_eval_step, make_train_step, means
 
@@ -429,8 +429,10 @@ def _copy_tokenizer(data: loader.PreparedData, workdir: str) -> None:
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   for name in ("tokenizer.json", "vocab.txt"):
-    if os.path.exists(os.path.join(data.directory, name)):
-      shutil.copy(os.path.join(data.directory, name), tmp)
+    content = store.read_bytes(data.directory, name)  # local, or gs://
+    if content is not None:
+      with open(os.path.join(tmp, name), "wb") as f:
+        f.write(content)
   shutil.rmtree(out, ignore_errors=True)
   os.replace(tmp, out)
 

@@ -162,3 +162,17 @@ def test_normalize_and_split_are_deterministic():
   splits = [clean.split_of(d, 0.1) for d in docs]
   assert splits == [clean.split_of(d, 0.1) for d in reversed(docs)][::-1]
   assert 0.07 < splits.count("validation") / len(docs) < 0.13
+
+
+def test_a_prepared_directory_reads_the_same_through_a_url(prepared_dir, tmp_path):
+  # file:// goes through tensorstore's key-value store, the code path of gs://.
+  url = "file://" + str(prepared_dir)
+  local, remote = loader.PreparedData.open(str(prepared_dir)), loader.PreparedData.open(url)
+  assert remote.manifest == local.manifest
+  assert remote.tokenizer().get_vocab() == local.tokenizer().get_vocab()
+  rows = np.arange(5)
+  for key, value in local.reader("train").read(rows).items():
+    np.testing.assert_array_equal(remote.reader("train").read(rows)[key], value)
+  assert store.read_bytes(url, "no-such-file") is None
+  with pytest.raises(store.StoreError, match="no manifest.json"):
+    loader.PreparedData.open("file://" + str(tmp_path))

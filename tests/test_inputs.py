@@ -202,7 +202,8 @@ def test_packed_data_prepares_and_pretrains(corpus_dir, tmp_path):
   train = m["splits"]["train"]
   assert m["packed"] and train["sequences"] > train["examples"]  # rows hold several examples
   proc = jaxpt("pretrain", "--config=configs/bert_tiny.py", "--noprogress",
-               f"--workdir={tmp_path / 'run'}", f"--config.data.dir={tmp_path / 'packed'}",
+               f"--workdir={tmp_path / 'run'}",  # the data through a URL, as gs:// would be
+               f"--config.data.dir=file://{tmp_path / 'packed'}",
                "--config.model.vocab_size=128", "--config.model.max_position_embeddings=48",
                "--config.train.batch_size=8", "--config.train.num_steps=4",
                "--config.train.log_every_steps=2", "--config.train.eval_every_steps=4",

@@ -41,7 +41,11 @@ class PreparedData:
     return int(self.manifest["splits"].get(split, {}).get("examples", 0))
 
   def tokenizer(self):
-    return tokenizer.load(os.path.join(self.directory, self.manifest["tokenizer"]["file"]))
+    name = self.manifest["tokenizer"]["file"]
+    if not store.is_url(self.directory):
+      return tokenizer.load(os.path.join(self.directory, name))
+    return tokenizer.from_json(store.read_bytes(self.directory, name).decode("utf-8"),
+                               f"{self.directory}/{name}")
 
   def reader(self, split: str) -> store.SplitReader:
     return store.SplitReader(self.directory, split, packed=self.packed)

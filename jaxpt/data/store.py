@@ -8,6 +8,11 @@ Layout of a prepared directory:
   {split}/lengths               [examples] int32
   {split}/nsp_labels            [examples] uint8
 Arrays are zarr3 with sharding: small inner chunks for random reads, few files on disk.
+
+Readers take a local path or a URL that tensorstore knows (`gs://bucket/dir`, `file:///dir`):
+every file, the manifest and tokenizer included, is read through tensorstore's key-value
+store then, so a TPU pod's workers read one copy on GCS. `jaxpt prepare` writes locally (its
+temporary-directory-then-rename has no equivalent on GCS); copy the finished directory up.
 """
 
 from __future__ import annotations
@@ -34,11 +39,33 @@ def token_dtype(vocab_size: int) -> np.dtype:
   return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.int32)
 
 
-def _kvstore(path: str) -> dict:
+def is_url(path: str) -> bool:
+  return "://" in path
+
+
+def _kvstore(path: str) -> dict | str:
   if path.startswith("gs://"):
     bucket, _, key = path[len("gs://"):].partition("/")
     return {"driver": "gcs", "bucket": bucket, "path": key}
+  if is_url(path):
+    return path  # any tensorstore kvstore URL: file://, memory://, ...
   return {"driver": "file", "path": os.path.abspath(path)}
+
+
+def read_bytes(directory: str, name: str) -> bytes | None:
+  """A file of a prepared directory, local or at a URL; None when it is absent."""
+  if not is_url(directory):
+    path = os.path.join(directory, name)
+    if not os.path.exists(path):
+      return None
+    with open(path, "rb") as f:
+      return f.read()
+  spec = _kvstore(directory.rstrip("/") + "/")
+  try:
+    result = ts.KvStore.open(spec).result().read(name).result()
+  except ValueError as e:
+    raise StoreError(f"{directory}: cannot read {name} ({e})") from None
+  return bytes(result.value) if result.state == "value" else None
 
 
 def _spec(path: str, shape: tuple[int, ...], dtype: np.dtype) -> dict:
@@ -89,13 +116,13 @@ def write_manifest(directory: str, manifest: dict) -> None:
 
 def read_manifest(directory: str) -> dict:
   path = os.path.join(directory, MANIFEST)
-  if not os.path.isdir(directory):
+  if not is_url(directory) and not os.path.isdir(directory):
     raise StoreError(f"data directory {directory}: does not exist (run `jaxpt prepare` first)")
-  if not os.path.exists(path):
+  text = read_bytes(directory, MANIFEST)
+  if text is None:
     raise StoreError(f"data directory {directory}: no {MANIFEST}; it is not a finished "
                      "`jaxpt prepare` output")
-  with open(path, encoding="utf-8") as f:
-    manifest = json.load(f)
+  manifest = json.loads(text)
   if manifest.get("format_version") != FORMAT_VERSION:
     raise StoreError(f"{path}: format_version {manifest.get('format_version')!r}, "
                      f"this jaxpt reads {FORMAT_VERSION}")

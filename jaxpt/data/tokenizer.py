@@ -101,27 +101,38 @@ def load_bpe(vocab_json: str, merges_txt: str) -> Tokenizer:
   return _add_roberta_post_processor(tok)
 
 
+def from_json(text: str, source: str) -> Tokenizer:
+  """A `tokenizer.json`'s content (`source` names it in errors)."""
+  try:
+    tok = Tokenizer.from_str(text)
+  except Exception as e:  # tokenizers raises bare Exceptions for malformed JSON
+    raise TokenizerError(f"{source}: not a tokenizers JSON file ({e})") from None
+  tok.no_padding()  # a HuggingFace file may pad/truncate to 128; jaxpt packs examples itself
+  tok.no_truncation()
+  return _finish(tok, source)
+
+
+def _finish(tok: Tokenizer, source: str) -> Tokenizer:
+  check_special_tokens(tok, source)
+  if tok.post_processor is None:
+    tok = (_add_roberta_post_processor(tok) if family(tok) == "roberta"
+           else _add_post_processor(tok))
+  return tok
+
+
 def load(path: str, *, lowercase: bool = True) -> Tokenizer:
   """Loads a `tokenizer.json` or a BERT `vocab.txt` (one token per line)."""
   if not os.path.exists(path):
     raise TokenizerError(f"--tokenizer {path}: no such file")
   if path.endswith(".json"):
-    try:
-      tok = Tokenizer.from_file(path)
-    except Exception as e:  # tokenizers raises bare Exceptions for malformed JSON
-      raise TokenizerError(f"{path}: not a tokenizers JSON file ({e})") from None
-    tok.no_padding()  # a HuggingFace file may pad/truncate to 128; jaxpt packs examples itself
-    tok.no_truncation()
+    with open(path, encoding="utf-8") as f:
+      return from_json(f.read(), path)
   else:
     vocab = models.WordPiece.read_file(path)
     tok = _bert_pipeline(Tokenizer(models.WordPiece(vocab, unk_token=UNK)), lowercase)
     # As in BertTokenizerFast: "[MASK]" etc. in the text are single special tokens.
     tok.add_special_tokens([t for t in SPECIAL_TOKENS if t in vocab])
-  check_special_tokens(tok, path)
-  if tok.post_processor is None:
-    tok = (_add_roberta_post_processor(tok) if family(tok) == "roberta"
-           else _add_post_processor(tok))
-  return tok
+  return _finish(tok, path)
 
 
 def family(tok: Tokenizer) -> str:
