@@ -4,4 +4,5 @@ import sys
 
 from jaxpt.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not in a multiprocessing child that re-imports this module
+  sys.exit(main())

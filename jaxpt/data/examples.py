@@ -89,19 +89,21 @@ def build_examples(documents: list[Document], seq_length: int, *, cls_id: int, s
                    pad_id: int, seed, short_seq_prob: float = 0.1) -> ExampleArrays:
   """All sentence-pair examples of `documents` as padded arrays, a pure function of `seed`."""
   rng = np.random.default_rng(seed)
-  rows, types, lengths, labels = [], [], [], []
-  for a, b, is_random in sentence_pairs(documents, seq_length, rng, short_seq_prob):
-    ids = [cls_id, *a, sep_id, *b, sep_id]
-    rows.append(ids + [pad_id] * (seq_length - len(ids)))
-    types.append([0] * (len(a) + 2) + [1] * (len(b) + 1) + [0] * (seq_length - len(ids)))
-    lengths.append(len(ids))
-    labels.append(int(is_random))
-  shape = (len(rows), seq_length)
-  return ExampleArrays(
-      input_ids=np.asarray(rows, np.int32).reshape(shape),
-      token_type_ids=np.asarray(types, np.uint8).reshape(shape),
-      lengths=np.asarray(lengths, np.int32),
-      nsp_labels=np.asarray(labels, np.uint8))
+  pairs = list(sentence_pairs(documents, seq_length, rng, short_seq_prob))
+  n = len(pairs)
+  input_ids = np.full((n, seq_length), pad_id, np.int32)
+  token_type_ids = np.zeros((n, seq_length), np.uint8)
+  lengths = np.empty(n, np.int32)
+  for i, (a, b, _) in enumerate(pairs):  # [CLS] A [SEP] B [SEP], written in place
+    la, lb = len(a), len(b)
+    row = input_ids[i]
+    row[0], row[la + 1], row[la + lb + 2] = cls_id, sep_id, sep_id
+    row[1:la + 1] = a
+    row[la + 2:la + lb + 2] = b
+    token_type_ids[i, la + 2:la + lb + 3] = 1
+    lengths[i] = la + lb + 3
+  return ExampleArrays(input_ids=input_ids, token_type_ids=token_type_ids, lengths=lengths,
+                       nsp_labels=np.asarray([int(r) for _, _, r in pairs], np.uint8))
 
 
 def pack_full_sentences(documents: list[Document], seq_length: int, *, cls_id: int,
