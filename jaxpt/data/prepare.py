@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 import time
 
@@ -119,6 +120,10 @@ def prepare(input_specs: list[str], output: str, opts: PrepareOptions) -> dict:
     stages[name] = stages.get(name, 0.0) + now - since[0]
     since[0] = now
 
+  def say(message: str) -> None:  # before the stages that have no progress bar of their own
+    if opts.progress:
+      tqdm.write(f"jaxpt prepare: {message}", file=sys.stderr)
+
   report = clean.CleanReport()
   docs: list[str] = []
   for path in tqdm(files, desc="read", unit="file", disable=not opts.progress, leave=False):
@@ -127,6 +132,9 @@ def prepare(input_specs: list[str], output: str, opts: PrepareOptions) -> dict:
                               on_bad_input=opts.on_bad_input, report=report.removed),
         min_chars=opts.min_chars, max_chars=opts.max_chars, report=report))
   lap("read and clean")
+  say(f"removing duplicates among {len(docs):,} documents"
+      + (f" (MinHash LSH, Jaccard >= {opts.near_duplicate_threshold})"
+         if opts.near_duplicate_threshold else ""))
   # Before the split, so that no document has a copy on the other side of it.
   docs = clean.deduplicate(docs, near_threshold=opts.near_duplicate_threshold, report=report)
   splits: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
@@ -141,6 +149,9 @@ def prepare(input_specs: list[str], output: str, opts: PrepareOptions) -> dict:
         f"documents need at least {opts.min_chars} characters)")
 
   train_lines = (s for d in splits["train"] for s in d.split("\n"))
+  if tok_given is None:
+    say(f"training a {opts.tokenizer_type} vocabulary of {opts.vocab_size:,} on "
+        f"{len(splits['train']):,} train documents")
   if tok_given is not None:
     tok = tok_given
   elif opts.tokenizer_type == "bpe":
