@@ -131,10 +131,15 @@ def _attention_paths(flat: dict, module: str, leaf: str) -> list[tuple]:
                  and p[0] == "bert"), key=order)
 
 
+def _scanned(paths: list[tuple]) -> bool:
+  """Whether `_attention_paths` found one stacked parameter (scanned layers)."""
+  return len(paths) == 1 and not any(str(k).isdigit() for k in paths[0])
+
+
 def _stacked(flat: dict, module: str, leaf: str) -> np.ndarray:
   """[layers, ...] of an attention parameter, whether layers are scanned or looped."""
   paths = _attention_paths(flat, module, leaf)
-  if len(paths) == 1 and not any(str(k).isdigit() for k in paths[0]):
+  if _scanned(paths):
     return flat[paths[0]]
   return np.stack([flat[p] for p in paths])
 
@@ -164,7 +169,7 @@ def head_prune(params, importance: np.ndarray, fraction: float):
                              ("value", "kernel", 1), ("query", "bias", 0), ("key", "bias", 0),
                              ("value", "bias", 0), ("out", "kernel", 0)):
     paths = _attention_paths(flat, module, leaf)
-    scanned = len(paths) == 1 and not any(str(k).isdigit() for k in paths[0])
+    scanned = _scanned(paths)
     for l in range(removed.shape[0]):
       path = paths[0] if scanned else paths[l]
       a = flat[path][l] if scanned else flat[path]
@@ -296,7 +301,8 @@ def compress(workdir: str, out: str, opts: Options, *, progress: bool = True) ->
       if opts.recover_steps:
         params = _recover(runner, params, info, opts.recover_steps,
                           os.path.join(tmp, "recovery"), progress)
-    record["sparsity"] = sparsity_report(params)
+    record["sparsity"] = (sparsity_report(params) if opts.recover_steps or not opts.prune
+                          else record["after_pruning"])
     if opts.quantize != "none":
       qmodel = quantized_model(runner, params, opts.quantize)
       saved = nnx.to_pure_dict(nnx.state(qmodel))

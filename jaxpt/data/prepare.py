@@ -15,14 +15,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 from tqdm import tqdm
 
 from jaxpt.data import clean, examples, inputs, store, tokenizer
+from jaxpt.files import atomic_directory
 
 
 @dataclasses.dataclass
@@ -115,10 +114,13 @@ def prepare(input_specs: list[str], output: str, opts: PrepareOptions) -> dict:
   start = time.time()
   stages: dict[str, float] = {}  # seconds per stage, returned (not in the manifest)
 
-  def lap(name: str, since: list[float] = [start]) -> None:
+  last = start
+
+  def lap(name: str) -> None:
+    nonlocal last
     now = time.time()
-    stages[name] = stages.get(name, 0.0) + now - since[0]
-    since[0] = now
+    stages[name] = stages.get(name, 0.0) + now - last
+    last = now
 
   def say(message: str) -> None:  # before the stages that have no progress bar of their own
     if opts.progress:
@@ -161,10 +163,8 @@ def prepare(input_specs: list[str], output: str, opts: PrepareOptions) -> dict:
   ids = tokenizer.special_ids(tok)
   lap("train tokenizer")
 
-  parent = os.path.dirname(output) or "."
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(output)}.tmp-")
-  try:
+  with atomic_directory(output) as tmp:
+    tmp = str(tmp)
     tok_path = tokenizer.save(tok, tmp)
     split_info = {}
     for s, (name, split_docs) in enumerate(splits.items()):
@@ -226,12 +226,6 @@ def prepare(input_specs: list[str], output: str, opts: PrepareOptions) -> dict:
                     if k not in ("overwrite", "progress")},
     }  # nothing run-dependent (time, host): two runs write the same bytes
     store.write_manifest(tmp, manifest)
-    if os.path.exists(output):
-      shutil.rmtree(output)
-    os.replace(tmp, output)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   seconds = time.time() - start
   tokens = sum(s["tokens"] for s in split_info.values())
   lap("manifest")
