@@ -31,10 +31,20 @@ class TrainState:
 
 
 def masked_cross_entropy(logits, targets, weights):
-  """(weighted sum of token cross-entropies, weighted count of correct argmaxes)."""
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-  return jnp.sum(losses * weights), jnp.sum(correct * weights)
+  """(weighted sum of token cross-entropies, weighted count of correct predictions).
+
+  Written so that the backward pass is one elementwise fusion over the logits (softmax minus a
+  one-hot built from an iota compare) rather than a scatter into a zeroed [rows, vocab] buffer,
+  and the accuracy reuses the logsumexp's max instead of a separate argmax over the vocabulary:
+  on CPU the scatter, its copy and the argmax cost as much as the decoder matmul.
+  A prediction counts as correct when the target's logit is the maximum (a tie counts too).
+  """
+  top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  lse = jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1)) + top[..., 0]
+  vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+  target_logit = jnp.sum(jnp.where(vocab == targets[..., None], logits, 0.0), axis=-1)
+  correct = (target_logit >= top[..., 0]).astype(jnp.float32)
+  return jnp.sum((lse - target_logit) * weights), jnp.sum(correct * weights)
 
 
 def nsp_weights(batch: Batch):

@@ -235,7 +235,31 @@ class MlmHead(nnx.Module):
   def __call__(self, x, word_embeddings: nnx.Embed):
     x = self.norm(jax.nn.gelu(self.transform(x), approximate=False))
     logits = word_embeddings.attend(x)  # [..., vocab]
-    return logits.astype(jnp.float32) + self.bias[...]
+    return add_vocab_bias(logits.astype(jnp.float32), self.bias[...])
+
+
+@jax.custom_vjp
+def add_vocab_bias(logits, bias):
+  """`logits + bias`, whose bias gradient is a matrix-vector product, not a column sum.
+
+  The value and gradients are those of `+`. The reason is speed on CPU: XLA hands the
+  column sum of a [predictions, vocab] gradient to its YNNPACK reduction, which runs at about
+  a twentieth of the rate of the same sum written as `ones @ g` (70 ms against 1.5 ms for
+  640 x 30522 on 2 cores; 5% of a BERT-mini step).
+  """
+  return logits + bias
+
+
+def _add_vocab_bias_fwd(logits, bias):
+  return logits + bias, None
+
+
+def _add_vocab_bias_bwd(_, g):
+  ones = jnp.ones(g.shape[:-1], g.dtype)
+  return g, jnp.tensordot(ones, g, axes=g.ndim - 1)
+
+
+add_vocab_bias.defvjp(_add_vocab_bias_fwd, _add_vocab_bias_bwd)
 
 
 class BertForPreTraining(nnx.Module):
