@@ -48,11 +48,16 @@ def parse_args(argv=None):
 
 def main(argv=None):
   args = parse_args(argv)
-  from jaxpt.config import DataConfig
-  from jaxpt.data import corpora, loader
-  from jaxpt.data.prepare import PrepareOptions, prepare
+  from jaxpt.data import corpora
   inputs = [args.input] if args.input else [str(d) for d in corpora.fetch(args.recipe)]
-  out = pathlib.Path(tempfile.mkdtemp(prefix="jaxpt-data-bench-")) / "data"
+  with tempfile.TemporaryDirectory(prefix="jaxpt-data-bench-") as tmp:
+    _measure(args, argv, inputs, pathlib.Path(tmp) / "data")
+
+
+def _measure(args, argv, inputs: list[str], out: pathlib.Path) -> None:
+  from jaxpt.config import DataConfig
+  from jaxpt.data import loader
+  from jaxpt.data.prepare import PrepareOptions, prepare
   opts = PrepareOptions(vocab_size=args.vocab_size, seq_length=args.seq_length,
                         near_duplicate_threshold=args.near_duplicate_threshold, progress=False)
   manifest = prepare(inputs, str(out), opts)

@@ -9,9 +9,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One XLA compilation cache for the session, subprocesses included: the many small runs of the
 # same tiny config (kill-and-resume, multi-process, CLI) compile each program once. A fresh
 # directory per session, so nothing stale is ever reused.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxpt-xla-cache-"))
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the process that makes it removes it
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxpt-xla-cache-")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pathlib  # noqa: E402

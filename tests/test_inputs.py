@@ -241,3 +241,40 @@ def test_whole_word_masking_never_splits_a_word():
       assert set(span) <= picked or not set(span) & picked
     masked_tokens += len(picked)
   assert masked_tokens > 300  # it did mask
+
+
+def _peak_python_bytes(fn) -> int:
+  import tracemalloc
+  tracemalloc.start()
+  try:
+    fn()
+    return tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+
+
+def test_prepare_memory_does_not_grow_with_the_text(tmp_path):
+  """Documents stream through: texts wait in a file, not in memory, and examples are appended
+  to the stored arrays shard by shard. Preparing 4x the text (1.2 -> 5 MB) must raise the peak
+  of Python allocations by well under the added text (holding the documents would add all of
+  it, and their example arrays half as much again)."""
+  rng = np.random.default_rng(3)
+  sizes = {}
+  for n in (300, 1200):
+    d = tmp_path / f"in{n}"
+    d.mkdir()
+    docs = ["\n".join(_words(rng, 60) + "." for _ in range(12)) for _ in range(n)]
+    (d / "docs.txt").write_text("\n\n".join(docs) + "\n")
+    text_bytes = sum(len(x.encode()) for x in docs)
+    opts = PrepareOptions(vocab_size=600, near_duplicate_threshold=0.0, shard_documents=50,
+                          validation_fraction=0.1, progress=False)
+    out = tmp_path / f"out{n}"
+    peak = _peak_python_bytes(lambda: prepare([str(d)], str(out), opts))
+    manifest = store.read_manifest(str(out))
+    assert manifest["cleaning"]["documents_kept"] == n
+    assert not list(out.glob("*.spill"))  # the spill file is gone
+    sizes[n] = (text_bytes, peak)
+  added_text = sizes[1200][0] - sizes[300][0]
+  added_peak = sizes[1200][1] - sizes[300][1]
+  assert added_text > 3_500_000
+  assert added_peak < 0.2 * added_text, (sizes, added_peak / added_text)

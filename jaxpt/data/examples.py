@@ -79,12 +79,6 @@ def sentence_pairs(documents: list[Document], seq_length: int, rng: np.random.Ge
       i += 1
 
 
-def concatenate(parts: list[ExampleArrays]) -> ExampleArrays:
-  """Unpacked example arrays one after the other."""
-  return ExampleArrays(*(np.concatenate([getattr(p, f) for p in parts])
-                         for f in ("input_ids", "token_type_ids", "lengths", "nsp_labels")))
-
-
 def build_examples(documents: list[Document], seq_length: int, *, cls_id: int, sep_id: int,
                    pad_id: int, seed, short_seq_prob: float = 0.1) -> ExampleArrays:
   """All sentence-pair examples of `documents` as padded arrays, a pure function of `seed`."""

@@ -111,46 +111,83 @@ def prepare(input_specs: list[str], output: str, opts: PrepareOptions) -> dict:
   if os.path.exists(output) and not os.path.isdir(output):
     raise clean.InputError(f"--output {output}: exists and is not a directory")
   tok_given = tokenizer.load(opts.tokenizer, lowercase=opts.lowercase) if opts.tokenizer else None
-  start = time.time()
-  stages: dict[str, float] = {}  # seconds per stage, returned (not in the manifest)
+  timer = _Stages()
+  report = clean.CleanReport()
+  with atomic_directory(output) as tmp:
+    tmp = str(tmp)
+    # Cleaned texts go to a local file as they stream in; memory holds ~65 bytes a document.
+    docs = clean.DocumentSpill(os.path.join(tmp, "documents.spill"))
+    try:
+      manifest, split_info = _prepare_in(tmp, docs, files, input_specs, opts, tok_given,
+                                         report, timer.lap)
+    finally:
+      docs.close()
+      os.remove(docs.path)
+  seconds = time.time() - timer.start
+  tokens = sum(s["tokens"] for s in split_info.values())
+  timer.lap("manifest")
+  return dict(manifest, seconds=round(seconds, 1), tokens_per_second=round(tokens / seconds),
+              stage_seconds={k: round(v, 2) for k, v in timer.seconds.items()})
 
-  last = start
 
-  def lap(name: str) -> None:
-    nonlocal last
+class _Lines:
+  """The lines of some spilled documents; iterable more than once (each pass reads the file)."""
+
+  def __init__(self, docs: clean.DocumentSpill, indices):
+    self._docs, self._indices = docs, indices
+
+  def __iter__(self):
+    return (line for i in self._indices.tolist() for line in self._docs.text(i).split("\n"))
+
+
+class _Stages:
+  """Seconds per stage, returned by `prepare` (not in the manifest: it would differ run to run)."""
+
+  def __init__(self):
+    self.start = self._last = time.time()
+    self.seconds: dict[str, float] = {}
+
+  def lap(self, name: str) -> None:
     now = time.time()
-    stages[name] = stages.get(name, 0.0) + now - last
-    last = now
+    self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last
+    self._last = now
+
+
+def _prepare_in(tmp: str, docs: clean.DocumentSpill, files, input_specs, opts: PrepareOptions,
+                tok_given, report: clean.CleanReport, lap) -> tuple[dict, dict]:
+  """The stages, writing into `tmp`; returns (manifest, per-split info)."""
 
   def say(message: str) -> None:  # before the stages that have no progress bar of their own
     if opts.progress:
       tqdm.write(f"jaxpt prepare: {message}", file=sys.stderr)
 
-  report = clean.CleanReport()
-  docs: list[str] = []
-  for path in tqdm(files, desc="read", unit="file", disable=not opts.progress, leave=False):
-    docs.extend(clean.clean_documents(
-        inputs.read_documents(path, text_column=opts.text_column,
-                              on_bad_input=opts.on_bad_input, report=report.removed),
-        min_chars=opts.min_chars, max_chars=opts.max_chars, report=report))
+  with tqdm(desc="read", unit="doc", disable=not opts.progress, leave=False) as bar:
+    for path in files:
+      bar.set_postfix_str(os.path.basename(path), refresh=False)
+      for doc in clean.clean_documents(
+          inputs.read_documents(path, text_column=opts.text_column,
+                                on_bad_input=opts.on_bad_input, report=report.removed),
+          min_chars=opts.min_chars, max_chars=opts.max_chars, report=report):
+        docs.add(doc)
+        bar.update()
+  docs.close_for_writing()
   lap("read and clean")
   say(f"removing duplicates among {len(docs):,} documents"
       + (f" (MinHash LSH, Jaccard >= {opts.near_duplicate_threshold})"
          if opts.near_duplicate_threshold else ""))
   # Before the split, so that no document has a copy on the other side of it.
-  docs = clean.deduplicate(docs, near_threshold=opts.near_duplicate_threshold, report=report)
-  splits: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
-  for doc in docs:
-    splits[clean.split_of(doc, opts.validation_fraction, opts.test_fraction)].append(doc)
-  del docs
+  kept = clean.deduplicate_indices(docs.keys, docs.digests, docs.text,
+                                   near_threshold=opts.near_duplicate_threshold, report=report,
+                                   progress=opts.progress)
+  splits = docs.split_indices(kept, opts.validation_fraction, opts.test_fraction)
   lap("deduplicate and split")
-  if not splits["train"]:
+  if not len(splits["train"]):
     raise clean.InputError(
         f"--input {', '.join(input_specs)}: no usable documents in {len(files)} file(s) "
         f"(read {report.documents_in}, removed {dict(report.removed)}; "
         f"documents need at least {opts.min_chars} characters)")
 
-  train_lines = (s for d in splits["train"] for s in d.split("\n"))
+  train_lines = _Lines(docs, splits["train"])
   if tok_given is None:
     say(f"training a {opts.tokenizer_type} vocabulary of {opts.vocab_size:,} on "
         f"{len(splits['train']):,} train documents")
@@ -163,71 +200,65 @@ def prepare(input_specs: list[str], output: str, opts: PrepareOptions) -> dict:
   ids = tokenizer.special_ids(tok)
   lap("train tokenizer")
 
-  with atomic_directory(output) as tmp:
-    tmp = str(tmp)
-    tok_path = tokenizer.save(tok, tmp)
-    split_info = {}
-    for s, (name, split_docs) in enumerate(splits.items()):
-      if not split_docs:
-        continue
-      # In shards of documents, as Google's create_pretraining_data works per input shard:
-      # token lists (Python ints) exist for one shard at a time, examples as numpy arrays.
-      parts = []
-      for first in range(0, len(split_docs), opts.shard_documents):
-        tokenized = _tokenize(tok, split_docs[first:first + opts.shard_documents],
-                              f"tokenize {name}", opts.progress)
-        lap("tokenize")
-        if opts.examples == "full_sentences":
-          parts.append(examples.pack_full_sentences(
-              tokenized, opts.seq_length, cls_id=ids["cls"], sep_id=ids["sep"],
-              pad_id=ids["pad"]))
-        else:  # the random next sentence comes from the same shard
-          parts.append(examples.build_examples(
-              tokenized, opts.seq_length, cls_id=ids["cls"], sep_id=ids["sep"],
-              pad_id=ids["pad"], seed=[opts.seed, s, first],
-              short_seq_prob=opts.short_seq_prob))
-        del tokenized
-        lap("build examples")
-      arrays = examples.concatenate(parts)
-      if opts.pack and len(arrays):
-        unpacked = len(arrays)
+  tok_path = tokenizer.save(tok, tmp)
+  split_info = {}
+  for s, (name, split_docs) in enumerate(splits.items()):
+    if not len(split_docs):
+      continue
+    # In shards of documents, as Google's create_pretraining_data works per input shard: token
+    # lists exist for one shard at a time, and its examples are appended to the stored arrays.
+    writer = store.SplitWriter(tmp, name, tok.get_vocab_size(), packed=opts.pack)
+    tokens = sequences = nsp_random = nsp_count = 0
+    for first in range(0, len(split_docs), opts.shard_documents):
+      shard = [docs.text(i) for i in split_docs[first:first + opts.shard_documents].tolist()]
+      tokenized = _tokenize(tok, shard, f"tokenize {name}", opts.progress)
+      del shard
+      lap("tokenize")
+      if opts.examples == "full_sentences":
+        arrays = examples.pack_full_sentences(tokenized, opts.seq_length, cls_id=ids["cls"],
+                                              sep_id=ids["sep"], pad_id=ids["pad"])
+      else:  # the random next sentence comes from the same shard
+        arrays = examples.build_examples(
+            tokenized, opts.seq_length, cls_id=ids["cls"], sep_id=ids["sep"],
+            pad_id=ids["pad"], seed=[opts.seed, s, first], short_seq_prob=opts.short_seq_prob)
+      del tokenized
+      sequences += len(arrays)
+      if opts.pack and len(arrays):  # best fit within the shard's examples
         arrays = examples.pack(arrays, opts.max_sequences_per_row, ids["pad"])
+      nsp = arrays.nsp_labels[arrays.cls_positions >= 0] if opts.pack else arrays.nsp_labels
+      nsp_random += int(nsp.sum())
+      nsp_count += len(nsp)
+      tokens += int(arrays.lengths.sum())
       lap("build examples")
-      if len(arrays) == 0:
-        if name == "train":
-          raise clean.InputError(f"--input {', '.join(input_specs)}: the documents yield no "
-                                 "sentence-pair examples (each needs two non-empty parts)")
-        continue
-      store.write_split(tmp, name, arrays, tok.get_vocab_size())
+      writer.append(arrays)
+      del arrays
       lap("write arrays")
-      tokens = int(arrays.lengths.sum())
-      split_info[name] = {
-          "documents": len(split_docs), "examples": len(arrays), "tokens": tokens,
-          "padding_fraction": round(1.0 - tokens / (len(arrays) * opts.seq_length), 4),
-          "nsp_random_fraction": round(float(
-              arrays.nsp_labels[arrays.cls_positions >= 0].mean() if opts.pack
-              else arrays.nsp_labels.mean()), 4),
-      }
-      if opts.pack:
-        split_info[name]["sequences"] = unpacked
-    manifest = {
-        "inputs": [{"path": os.path.abspath(f), "sha256": _file_sha256(f)} for f in files],
-        "seq_length": opts.seq_length,
-        "tokenizer": {"file": "tokenizer.json", "hash": tokenizer.file_hash(tok_path),
-                      "vocab_size": tok.get_vocab_size(), "special_ids": ids,
-                      "family": tokenizer.family(tok), "trained": tok_given is None,
-                      "lowercase": opts.lowercase},
-        "examples": opts.examples,
-        "packed": opts.pack,
-        "token_dtype": store.token_dtype(tok.get_vocab_size()).name,
-        "cleaning": report.to_dict(),
-        "splits": split_info,
-        "options": {k: v for k, v in dataclasses.asdict(opts).items()
-                    if k not in ("overwrite", "progress")},
-    }  # nothing run-dependent (time, host): two runs write the same bytes
-    store.write_manifest(tmp, manifest)
-  seconds = time.time() - start
-  tokens = sum(s["tokens"] for s in split_info.values())
-  lap("manifest")
-  return dict(manifest, seconds=round(seconds, 1), tokens_per_second=round(tokens / seconds),
-              stage_seconds={k: round(v, 2) for k, v in stages.items()})
+    if writer.rows == 0:
+      if name == "train":
+        raise clean.InputError(f"--input {', '.join(input_specs)}: the documents yield no "
+                               "sentence-pair examples (each needs two non-empty parts)")
+      continue
+    split_info[name] = {
+        "documents": len(split_docs), "examples": writer.rows, "tokens": tokens,
+        "padding_fraction": round(1.0 - tokens / (writer.rows * opts.seq_length), 4),
+        "nsp_random_fraction": round(nsp_random / max(nsp_count, 1), 4),
+    }
+    if opts.pack:
+      split_info[name]["sequences"] = sequences
+  manifest = {
+      "inputs": [{"path": os.path.abspath(f), "sha256": _file_sha256(f)} for f in files],
+      "seq_length": opts.seq_length,
+      "tokenizer": {"file": "tokenizer.json", "hash": tokenizer.file_hash(tok_path),
+                    "vocab_size": tok.get_vocab_size(), "special_ids": ids,
+                    "family": tokenizer.family(tok), "trained": tok_given is None,
+                    "lowercase": opts.lowercase},
+      "examples": opts.examples,
+      "packed": opts.pack,
+      "token_dtype": store.token_dtype(tok.get_vocab_size()).name,
+      "cleaning": report.to_dict(),
+      "splits": split_info,
+      "options": {k: v for k, v in dataclasses.asdict(opts).items()
+                  if k not in ("overwrite", "progress")},
+  }  # nothing run-dependent (time, host): two runs write the same bytes
+  store.write_manifest(tmp, manifest)
+  return manifest, split_info

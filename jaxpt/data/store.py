@@ -68,20 +68,18 @@ def read_bytes(directory: str, name: str) -> bytes | None:
   return bytes(result.value) if result.state == "value" else None
 
 
-def _spec(path: str, shape: tuple[int, ...], dtype: np.dtype) -> dict:
-  rows = max(1, min(_ROWS_PER_SHARD, shape[0]))
-  inner = max(1, min(_ROWS_PER_CHUNK, rows))
-  shard = -(-rows // inner) * inner
+def _spec(path: str, row_shape: tuple[int, ...], dtype: np.dtype) -> dict:
+  """A zarr3 array of 0 rows, grown by `SplitWriter.append`: one file per 16k rows."""
   return {
       "driver": "zarr3",
       "kvstore": _kvstore(path),
       "metadata": {
-          "shape": list(shape),
+          "shape": [0, *row_shape],
           "data_type": np.dtype(dtype).name,
           "chunk_grid": {"name": "regular",
-                         "configuration": {"chunk_shape": [shard, *shape[1:]]}},
+                         "configuration": {"chunk_shape": [_ROWS_PER_SHARD, *row_shape]}},
           "codecs": [{"name": "sharding_indexed", "configuration": {
-              "chunk_shape": [inner, *shape[1:]],
+              "chunk_shape": [_ROWS_PER_CHUNK, *row_shape],
               "codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
                          {"name": "zstd", "configuration": {"level": 3}}],
           }}],
@@ -89,19 +87,40 @@ def _spec(path: str, shape: tuple[int, ...], dtype: np.dtype) -> dict:
   }
 
 
-def write_split(directory: str, split: str, arrays, vocab_size: int) -> None:
-  """Writes one split's arrays under `directory/split/`."""
-  dtypes = {"input_ids": token_dtype(vocab_size), "token_type_ids": np.dtype(np.uint8),
-            "lengths": np.dtype(np.int32), "nsp_labels": np.dtype(np.uint8),
-            "segment_ids": np.dtype(np.uint8), "cls_positions": np.dtype(np.int32)}
-  packed = arrays.segment_ids is not None
-  for name in ARRAYS + (PACKED_ARRAYS if packed else ()):
-    data = np.asarray(getattr(arrays, name)).astype(dtypes[name])
-    if data.shape[0] == 0:
-      raise StoreError(f"{split}: no examples to write")
-    arr = ts.open(_spec(os.path.join(directory, split, name), data.shape, data.dtype),
-                  create=True, delete_existing=True).result()
-    arr.write(data).result()
+class SplitWriter:
+  """One split's arrays under `directory/split/`, appended a part at a time (the arrays grow),
+  so a split never has to be in memory whole."""
+
+  def __init__(self, directory: str, split: str, vocab_size: int, packed: bool = False):
+    self.split = split
+    self.rows = 0
+    self._dtypes = {"input_ids": token_dtype(vocab_size), "token_type_ids": np.dtype(np.uint8),
+                    "lengths": np.dtype(np.int32), "nsp_labels": np.dtype(np.uint8),
+                    "segment_ids": np.dtype(np.uint8), "cls_positions": np.dtype(np.int32)}
+    self._names = ARRAYS + (PACKED_ARRAYS if packed else ())
+    self._directory = directory
+    self._arrays = None  # opened at the first part, when the row shapes are known
+
+  def append(self, arrays) -> None:
+    data = {name: np.asarray(getattr(arrays, name)).astype(self._dtypes[name])
+            for name in self._names}
+    n = len(data["lengths"])
+    if n == 0:
+      return
+    if self._arrays is None:
+      self._arrays = {name: ts.open(_spec(os.path.join(self._directory, self.split, name),
+                                          x.shape[1:], x.dtype),
+                                    create=True, delete_existing=True).result()
+                      for name, x in data.items()}
+    futures = []
+    for name, x in data.items():
+      arr = self._arrays[name]
+      arr = self._arrays[name] = arr.resize(
+          exclusive_max=[self.rows + n, *arr.shape[1:]]).result()
+      futures.append(arr[self.rows:self.rows + n].write(x))
+    for f in futures:
+      f.result()
+    self.rows += n
 
 
 def write_manifest(directory: str, manifest: dict) -> None:

@@ -49,8 +49,12 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, *, lowercase: bool = 
   (huggingface/tokenizers#1794). Declaring every "##x" of the text's alphabet up front gives
   them fixed ids; the final vocabulary is then ordered (special tokens, then sorted), which
   WordPiece's longest-match encoding does not depend on.
+
+  The texts are read twice (alphabet, then training): pass a re-iterable (a list, or an object
+  whose `__iter__` starts over) to stream them; a one-shot iterator is copied into a list.
   """
-  texts = list(texts)
+  if iter(texts) is texts:
+    texts = list(texts)
   probe = _bert_pipeline(Tokenizer(models.WordPiece(unk_token=UNK)), lowercase)
   chars: set[str] = set()
   for text in texts:
