@@ -19,6 +19,7 @@ import json
 import os
 import pathlib
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -61,10 +62,17 @@ def _measure(args, argv, inputs: list[str], out: pathlib.Path) -> None:
   opts = PrepareOptions(vocab_size=args.vocab_size, seq_length=args.seq_length,
                         near_duplicate_threshold=args.near_duplicate_threshold, progress=False)
   manifest = prepare(inputs, str(out), opts)
+  rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+  text_mib = sum(os.path.getsize(os.path.join(root, f)) for path in inputs
+                 for root, _, files in (os.walk(path) if os.path.isdir(path)
+                                        else [(os.path.dirname(path), [], [os.path.basename(path)])])
+                 for f in files) / 2**20
   tokens = sum(s["tokens"] for s in manifest["splits"].values())
   stages = manifest.get("stage_seconds", {})
   print(json.dumps({"prepare_tokens": tokens, "prepare_seconds": manifest["seconds"],
-                    "prepare_tokens_per_sec": manifest["tokens_per_second"], **stages}))
+                    "prepare_tokens_per_sec": manifest["tokens_per_second"],
+                    "prepare_peak_rss_mib": round(rss_mib), "input_mib": round(text_mib, 1),
+                    **stages}))
 
   data = loader.PreparedData.open(str(out))
   spec = data.masking_spec(DataConfig(whole_word_masking=args.whole_word_masking))
@@ -97,7 +105,8 @@ def _measure(args, argv, inputs: list[str], out: pathlib.Path) -> None:
       *(f"| {k} | {v:.1f} |" for k, v in stages.items()),
       f"| **prepare, end to end** | **{manifest['seconds']:.1f}** |", "",
       f"Prepare: {tokens:,} tokens in {manifest['seconds']:.1f} s = "
-      f"**{manifest['tokens_per_second']:,} tokens/s** end to end (target 300k).", "",
+      f"**{manifest['tokens_per_second']:,} tokens/s** end to end (target 300k). Peak RSS of "
+      f"the process after prepare: {rss_mib:,.0f} MiB (input files: {text_mib:,.1f} MiB).", "",
       "| loader read threads | tokens/s delivered (masked, batch "
       f"{args.batch_size} x {args.seq_length}) | batches/s |", "|---|---|---|",
       *(f"| {r['read_threads']} | {r['loader_tokens_per_sec']:,.0f} | "

@@ -112,6 +112,9 @@ def _prepare_flags() -> flags.FlagValues:
                      "(by hash of their text) held out for evaluation.", flag_values=fv)
   flags.DEFINE_float("test_fraction", d.test_fraction, "Fraction of documents (by hash of "
                      "their text) held out as a test split.", flag_values=fv)
+  flags.DEFINE_integer("shard_documents", d.shard_documents, "Documents tokenized and turned "
+                       "into examples at a time (memory; BERT's random next sentence comes "
+                       "from the same shard).", flag_values=fv)
   flags.DEFINE_float("short_seq_prob", d.short_seq_prob, "Probability of a shorter target "
                      "length for an example (BERT: 0.1).", flag_values=fv)
   flags.DEFINE_integer("seed", d.seed, "Seed of the example construction.", flag_values=fv)
@@ -140,7 +143,7 @@ def _run_prepare(fv: flags.FlagValues, args: list[str]) -> int:
       on_bad_input=fv.on_bad_input, lowercase=fv.lowercase, min_chars=fv.min_chars,
       max_chars=fv.max_chars, near_duplicate_threshold=fv.near_duplicate_threshold,
       validation_fraction=fv.validation_fraction, test_fraction=fv.test_fraction,
-      short_seq_prob=fv.short_seq_prob,
+      short_seq_prob=fv.short_seq_prob, shard_documents=fv.shard_documents,
       seed=fv.seed, overwrite=fv.overwrite, progress=fv.progress)
   manifest = prepare(inputs, fv.output, opts)
   splits = ", ".join(f"{name}: {s['examples']} examples ({s['tokens']} tokens)"

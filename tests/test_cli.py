@@ -109,6 +109,7 @@ def test_pretrain_refuses_data_the_model_cannot_hold(prepared_dir, tmp_path):
     (["--output=OUT", "--input=BLANK"], "holds no text (empty or whitespace only)"),
     (["--output=OUT", "--input=BLANK", "--on_bad_input=maybe"], "--on_bad_input='maybe'"),
     (["--output=OUT", "--input=BLANK", "--seq_length=2"], "--seq_length=2"),
+    (["--output=OUT", "--input=BLANK", "--shard_documents=0"], "--shard_documents=0"),
 ])
 def test_prepare_bad_input_is_one_line(tmp_path, args, needle):
   (tmp_path / "empty").mkdir()

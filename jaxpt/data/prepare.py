@@ -69,6 +69,8 @@ def _validate(opts: PrepareOptions) -> None:
                                ("on_bad_input", opts.on_bad_input, inputs.ON_BAD_INPUT)):
     if value not in allowed:
       raise clean.InputError(f"--{name}={value!r}: must be one of {', '.join(allowed)}")
+  if opts.shard_documents < 1:
+    raise clean.InputError(f"--shard_documents={opts.shard_documents}: must be at least 1")
   if not 0.0 <= opts.short_seq_prob <= 1.0:
     raise clean.InputError(f"--short_seq_prob={opts.short_seq_prob}: must be in [0, 1]")
 
