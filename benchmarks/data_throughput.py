@@ -55,6 +55,13 @@ def main(argv=None):
     _measure(args, argv, inputs, pathlib.Path(tmp) / "data")
 
 
+def _file_sizes(path: str) -> int:
+  if not os.path.isdir(path):
+    return os.path.getsize(path)
+  return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path)
+             for f in files)
+
+
 def _measure(args, argv, inputs: list[str], out: pathlib.Path) -> None:
   from jaxpt.config import DataConfig
   from jaxpt.data import loader
@@ -63,10 +70,7 @@ def _measure(args, argv, inputs: list[str], out: pathlib.Path) -> None:
                         near_duplicate_threshold=args.near_duplicate_threshold, progress=False)
   manifest = prepare(inputs, str(out), opts)
   rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-  text_mib = sum(os.path.getsize(os.path.join(root, f)) for path in inputs
-                 for root, _, files in (os.walk(path) if os.path.isdir(path)
-                                        else [(os.path.dirname(path), [], [os.path.basename(path)])])
-                 for f in files) / 2**20
+  text_mib = sum(_file_sizes(path) for path in inputs) / 2**20
   tokens = sum(s["tokens"] for s in manifest["splits"].values())
   stages = manifest.get("stage_seconds", {})
   print(json.dumps({"prepare_tokens": tokens, "prepare_seconds": manifest["seconds"],
