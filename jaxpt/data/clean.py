@@ -180,7 +180,8 @@ def deduplicate_indices(keys: np.ndarray, digests: np.ndarray, text: Callable[[i
   sorted_keys = keys[order]
   first[1:] = sorted_keys[1:] != sorted_keys[:-1]
   unique = order[first]
-  report.removed["exact_duplicate"] += n - len(unique)
+  if n > len(unique):  # counts only what happened, like every other reason
+    report.removed["exact_duplicate"] += n - len(unique)
   if near_threshold <= 0 or len(unique) < 2:
     report.documents_kept -= n - len(unique)
     return unique
