@@ -175,7 +175,7 @@ def deduplicate_indices(keys: np.ndarray, digests: np.ndarray, text: Callable[[i
   the result, does not depend on the input order. Returns the kept indices in that order.
   """
   n = len(keys)
-  order = np.lexsort((digests, keys)) if n else np.zeros(0, np.int64)
+  order = np.lexsort((digests, keys))
   first = np.ones(n, bool)
   sorted_keys = keys[order]
   first[1:] = sorted_keys[1:] != sorted_keys[:-1]
