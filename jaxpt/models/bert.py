@@ -13,6 +13,7 @@ from flax import nnx
 
 from jaxpt import sharding
 from jaxpt.config import ModelConfig
+from jaxpt.models import ops
 
 ACTIVATION = ("batch", "length", "act_embed")  # hidden states: split by batch only
 
@@ -27,7 +28,7 @@ def _zeros(axes: tuple[str | None, ...]):
 
 
 def _layer_norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  return nnx.LayerNorm(
+  return ops.LayerNorm(
       cfg.hidden_size, epsilon=cfg.layer_norm_eps, dtype=_dtype(cfg),
       scale_init=nnx.with_partitioning(jax.nn.initializers.ones, ("norm",)),
       bias_init=_zeros(("norm",)), rngs=rngs)
@@ -52,7 +53,7 @@ class Embeddings(nnx.Module):
                                 embedding_init=nnx.with_partitioning(init, (None, "embed")),
                                 rngs=rngs)
     self.norm = _layer_norm(cfg, rngs)
-    self.dropout = nnx.Dropout(cfg.hidden_dropout)
+    self.dropout = ops.Dropout(cfg.hidden_dropout)
 
     self.variant, self.pad_token_id = cfg.variant, cfg.pad_token_id
 
@@ -103,7 +104,7 @@ class SelfAttention(nnx.Module):
     self.out = nnx.LinearGeneral((n, d), h, axis=(-2, -1),
                                  kernel_init=_dense_init(cfg, ("heads", "head_dim", "embed")),
                                  bias_init=_zeros(("embed",)), dtype=_dtype(cfg), rngs=rngs)
-    self.attention_dropout = nnx.Dropout(cfg.attention_dropout)
+    self.attention_dropout = ops.Dropout(cfg.attention_dropout)
     self.scale = d ** -0.5
 
   def __call__(self, x, attention_mask, *, deterministic: bool, rngs):
@@ -119,11 +120,10 @@ class SelfAttention(nnx.Module):
       y = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=self.scale)
     else:
       # Dropout on the attention probabilities (BERT) needs them materialised.
-      logits = jnp.einsum("bqnd,bknd->bnqk", q, k) * self.scale  # [batch, heads, q, k]
-      logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-      probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-      probs = self.attention_dropout(probs, deterministic=deterministic, rngs=rngs)
-      y = jnp.einsum("bnqk,bknd->bqnd", probs, v)  # [batch, length, heads, head_dim]
+      b, length, n, _ = q.shape
+      keep = self.attention_dropout.keep_mask((b, n, length, k.shape[1]), rngs)
+      keep_prob = jnp.asarray(1.0 - self.attention_dropout.rate, jnp.float32)
+      y = ops.attention(q, k, v, mask, keep, keep_prob, self.scale)  # [batch, length, heads, head_dim]
     return self.out(y)  # [batch, length, embed]
 
 
@@ -137,7 +137,7 @@ class Mlp(nnx.Module):
                            bias_init=_zeros(("embed",)), rngs=rngs)
 
   def __call__(self, x):
-    return self.down(jax.nn.gelu(self.up(x), approximate=False))  # BERT's exact (erf) GELU
+    return self.down(ops.gelu(self.up(x)))  # BERT's exact (erf) GELU
 
 
 class EncoderLayer(nnx.Module):
@@ -148,7 +148,7 @@ class EncoderLayer(nnx.Module):
     self.attention_norm = _layer_norm(cfg, rngs)
     self.mlp = Mlp(cfg, rngs=rngs)
     self.mlp_norm = _layer_norm(cfg, rngs)
-    self.dropout = nnx.Dropout(cfg.hidden_dropout)
+    self.dropout = ops.Dropout(cfg.hidden_dropout)
 
   def __call__(self, x, attention_mask, *, deterministic: bool, rngs):
     y = self.attention(x, attention_mask, deterministic=deterministic, rngs=rngs)
@@ -233,7 +233,7 @@ class MlmHead(nnx.Module):
     self.bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.float32), out_sharding=("vocab",))
 
   def __call__(self, x, word_embeddings: nnx.Embed):
-    x = self.norm(jax.nn.gelu(self.transform(x), approximate=False))
+    x = self.norm(ops.gelu(self.transform(x)))
     logits = word_embeddings.attend(x)  # [..., vocab]
     return add_vocab_bias(logits.astype(jnp.float32), self.bias[...])
 
@@ -328,7 +328,7 @@ class BertForClassification(nnx.Module):
                rngs: nnx.Rngs):
     self.kind = kind
     self.bert = Bert(cfg, rngs=rngs)
-    self.dropout = nnx.Dropout(cfg.hidden_dropout)
+    self.dropout = ops.Dropout(cfg.hidden_dropout)
     self.classifier = nnx.Linear(cfg.hidden_size, num_labels, dtype=_dtype(cfg),
                                  kernel_init=_dense_init(cfg, ("embed", None)),
                                  bias_init=_zeros((None,)), rngs=rngs)

@@ -1,0 +1,187 @@
+"""Layer functions with hand-written gradients that keep less for the backward pass.
+
+Each computes the same values as the plain JAX expression it replaces, and the same gradients
+to float rounding (tests/test_ops.py); what changes is what autodiff keeps alive between the
+forward and the backward pass. Left to itself, JAX saves every intermediate the derivative
+formulas touch: a dropout keeps a zeros tensor, a LayerNorm four activations, an exact GELU
+four [batch, length, mlp] tensors, the attention softmax its logits and exponentials. Those
+are written once in the forward pass and read once in the backward, and under `nnx.scan`
+each becomes a [layers, ...] buffer that XLA zero-fills and updates slice by slice. Here each
+op saves one tensor (or a boolean mask) and recomputes the rest, which is cheap elementwise
+work next to the memory traffic it saves.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# ---- dropout: the backward pass needs only the boolean keep-mask ----
+
+
+@jax.custom_vjp
+def _dropout(x, keep, keep_prob):
+  return jax.lax.select(keep, x / keep_prob, jnp.zeros_like(x))
+
+
+def _dropout_fwd(x, keep, keep_prob):
+  return _dropout(x, keep, keep_prob), (keep, keep_prob)
+
+
+def _dropout_bwd(res, g):
+  keep, keep_prob = res
+  return jax.lax.select(keep, g / keep_prob, jnp.zeros_like(g)), None, None
+
+
+_dropout.defvjp(_dropout_fwd, _dropout_bwd)
+
+
+class Dropout(nnx.Dropout):
+  """`nnx.Dropout` (same mask for the same key, same values) saving only the keep-mask."""
+
+  def __call__(self, inputs, *, deterministic: bool | None = None, rngs=None):
+    deterministic = self.deterministic if deterministic is None else deterministic
+    if self.rate == 0.0 or deterministic or self.broadcast_dims or self.rate == 1.0:
+      return super().__call__(inputs, deterministic=deterministic, rngs=rngs)
+    keep = self.keep_mask(inputs.shape, rngs, out_sharding=jax.typeof(inputs).sharding)
+    return _dropout(inputs, keep, jnp.asarray(1.0 - self.rate, inputs.dtype))
+
+  def keep_mask(self, shape, rngs=None, out_sharding=None):
+    """The boolean mask of kept entries, True with probability 1 - rate."""
+    rngs = rngs if rngs is not None else self.rngs
+    if isinstance(rngs, nnx.Rngs):
+      key = rngs[self.rng_collection]()
+    elif isinstance(rngs, nnx.RngStream):
+      key = rngs()
+    elif rngs is None:
+      raise ValueError("Dropout with deterministic=False needs `rngs`")
+    else:
+      key = rngs
+    return jax.random.bernoulli(key, p=1.0 - self.rate, shape=shape, out_sharding=out_sharding)
+
+
+# ---- LayerNorm over the last axis: keeps its input and two [rows] statistics ----
+
+
+def _ln_stats(x, epsilon):
+  """Mean and 1/std over the last axis in float32, as `nnx.LayerNorm` (fast variance)."""
+  xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  mean = xf.mean(-1, keepdims=True)
+  var = jnp.maximum(0.0, jnp.square(xf).mean(-1, keepdims=True) - jnp.square(mean))
+  return xf, mean, jax.lax.rsqrt(var + epsilon)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def layer_norm(x, scale, bias, epsilon: float, dtype):
+  """`(x - mean) / sqrt(var + epsilon) * scale + bias` over the last axis, in `dtype`."""
+  xf, mean, inv = _ln_stats(x, epsilon)
+  return ((xf - mean) * (inv * scale) + bias).astype(dtype)
+
+
+def _layer_norm_fwd(x, scale, bias, epsilon, dtype):
+  xf, mean, inv = _ln_stats(x, epsilon)
+  y = ((xf - mean) * (inv * scale) + bias).astype(dtype)
+  return y, (x, mean, inv, scale, bias)
+
+
+def _layer_norm_bwd(epsilon, dtype, res, g):
+  x, mean, inv, scale, bias = res
+  xhat = (x.astype(mean.dtype) - mean) * inv  # [..., embed]
+  g = g.astype(mean.dtype)
+  rows = tuple(range(g.ndim - 1))
+  d_scale = jnp.sum(g * xhat, axis=rows)
+  d_bias = jnp.sum(g, axis=rows)
+  gs = g * scale
+  dx = inv * (gs - gs.mean(-1, keepdims=True) - xhat * (gs * xhat).mean(-1, keepdims=True))
+  return dx.astype(x.dtype), d_scale.astype(scale.dtype), d_bias.astype(bias.dtype)
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+class LayerNorm(nnx.LayerNorm):
+  """`nnx.LayerNorm` over the last axis (same parameters and values) through `layer_norm`."""
+
+  def __call__(self, x, *, mask=None):
+    if (mask is not None or self.scale is None or self.bias is None or self.axis_name
+        or not self.use_fast_variance or self.reduction_axes not in (-1, (-1,))
+        or self.feature_axes not in (-1, (-1,))):
+      return super().__call__(x, mask=mask)
+    x, scale, bias = self.promote_dtype((x, self.scale[...], self.bias[...]), dtype=self.dtype)
+    dtype = self.dtype or jnp.result_type(x, scale, bias)
+    return layer_norm(x, scale, bias, self.epsilon, dtype)
+
+
+# ---- exact (erf) GELU: keeps only its input ----
+
+
+@jax.custom_vjp
+def gelu(x):
+  """BERT's exact GELU, `x * Phi(x)`; the same values as `jax.nn.gelu(x, approximate=False)`."""
+  return jax.nn.gelu(x, approximate=False)
+
+
+def _gelu_fwd(x):
+  return gelu(x), x
+
+
+def _gelu_bwd(x, g):
+  xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  cdf = 0.5 * jax.lax.erfc(-xf * (1 / math.sqrt(2)))
+  pdf = jnp.exp(-0.5 * xf * xf) * (1 / math.sqrt(2 * math.pi))
+  return ((cdf + xf * pdf) * g).astype(x.dtype),
+
+
+gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
+
+# ---- attention with dropout on the probabilities: keeps q, k, v, the probabilities, masks ----
+
+
+def _attention_probs(q, k, mask, scale):
+  logits = jnp.einsum("bqnd,bknd->bnqk", q, k) * scale  # [batch, heads, queries, keys]
+  logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def attention(q, k, v, mask, keep, keep_prob, scale: float):
+  """softmax(q k^T * scale, where `mask`) with dropout (`keep`, a boolean mask over
+  [batch, heads, queries, keys], scaled by 1 / `keep_prob`), times v: [batch, length, heads,
+  head_dim]. BERT's attention dropout needs the probabilities, so this is not
+  `jax.nn.dot_product_attention`; its backward pass recomputes the dropped probabilities
+  instead of keeping the logits, the exponentials and the dropped copy.
+  """
+  probs = _attention_probs(q, k, mask, scale).astype(v.dtype)
+  dropped = jax.lax.select(keep, probs / keep_prob.astype(v.dtype), jnp.zeros_like(probs))
+  return jnp.einsum("bnqk,bknd->bqnd", dropped, v)
+
+
+def _attention_fwd(q, k, v, mask, keep, keep_prob, scale):
+  probs = _attention_probs(q, k, mask, scale)  # float32
+  low = probs.astype(v.dtype)
+  dropped = jax.lax.select(keep, low / keep_prob.astype(v.dtype), jnp.zeros_like(low))
+  y = jnp.einsum("bnqk,bknd->bqnd", dropped, v)
+  return y, (q, k, v, mask, keep, keep_prob, probs)
+
+
+def _attention_bwd(scale, res, g):
+  q, k, v, mask, keep, keep_prob, probs = res
+  low = probs.astype(v.dtype)
+  dropped = jax.lax.select(keep, low / keep_prob.astype(v.dtype), jnp.zeros_like(low))
+  dv = jnp.einsum("bnqk,bqnd->bknd", dropped, g)
+  d_dropped = jnp.einsum("bqnd,bknd->bnqk", g, v).astype(jnp.float32)
+  d_probs = jax.lax.select(keep, d_dropped / keep_prob.astype(jnp.float32),
+                           jnp.zeros_like(d_dropped))
+  d_logits = probs * (d_probs - jnp.sum(d_probs * probs, axis=-1, keepdims=True))
+  d_logits = (jnp.where(mask, d_logits, 0.0) * scale).astype(q.dtype)
+  dq = jnp.einsum("bnqk,bknd->bqnd", d_logits, k)
+  dk = jnp.einsum("bnqk,bqnd->bknd", d_logits, q)
+  return dq, dk, dv, None, None, None
+
+
+attention.defvjp(_attention_fwd, _attention_bwd)
