@@ -23,18 +23,33 @@ def _grads(f, *args):
   return out, jax.grad(loss, argnums=tuple(range(len(args))))(*args)
 
 
-def test_dropout_matches_nnx_dropout_values_mask_and_gradient():
-  x = jax.random.normal(jax.random.key(0), (4, 16, 32))
-  mine, theirs = ops.Dropout(0.1), nnx.Dropout(0.1)
-  f_mine = lambda x: mine(x, deterministic=False, rngs=nnx.Rngs(dropout=3))
-  f_theirs = lambda x: theirs(x, deterministic=False, rngs=nnx.Rngs(dropout=3))
-  out_m, (g_m,) = _grads(f_mine, x)
-  out_t, (g_t,) = _grads(f_theirs, x)
-  np.testing.assert_array_equal(out_m, out_t)  # the same key draws the same mask
-  np.testing.assert_array_equal(g_m, g_t)
-  dropped = float(jnp.mean(out_m == 0))
-  assert 0.07 < dropped < 0.13, dropped
-  np.testing.assert_array_equal(mine(x, deterministic=True), x)
+def test_dropout_values_gradient_and_mask_statistics():
+  x = jax.random.normal(jax.random.key(0), (16, 64, 256))
+  drop = ops.Dropout(0.1)
+  f = lambda x: drop(x, deterministic=False, rngs=nnx.Rngs(dropout=3))
+  out, (grad,) = _grads(f, x)
+  keep, keep_prob = ops.keep_mask(nnx.Rngs(dropout=3).dropout(), 0.9, x.shape)
+  assert abs(keep_prob - 0.9) < 1 / 65536
+  np.testing.assert_array_equal(out, jnp.where(keep, x / jnp.float32(keep_prob), 0))
+  _, (grad_plain,) = _grads(lambda x: jnp.where(keep, x / jnp.float32(keep_prob), 0), x)
+  np.testing.assert_array_equal(grad, grad_plain)
+  np.testing.assert_array_equal(f(x), out)  # the same key, the same mask
+  assert float(jnp.mean(f(x) != drop(x, deterministic=False, rngs=nnx.Rngs(dropout=4)))) > 0.1
+  np.testing.assert_array_equal(drop(x, deterministic=True), x)
+
+  bits = np.asarray(keep, np.float64).reshape(-1)  # 262,144 decisions: sd of the mean 6e-4
+  assert abs(bits.mean() - 0.9) < 0.003, bits.mean()
+  for lag in (1, 2, 3, 4, 256):  # the four decisions of one hash are independent
+    assert abs(np.corrcoef(bits[:-lag], bits[lag:])[0, 1]) < 0.01, lag
+  for quarter in range(4):
+    assert abs(bits[quarter::4].mean() - 0.9) < 0.005
+
+
+def test_dropout_falls_back_to_bernoulli_like_nnx():
+  x = jax.random.normal(jax.random.key(0), (4, 16, 30))  # 30: four does not divide it
+  ours = ops.Dropout(0.1)(x, deterministic=False, rngs=nnx.Rngs(dropout=3))
+  theirs = nnx.Dropout(0.1)(x, deterministic=False, rngs=nnx.Rngs(dropout=3))
+  np.testing.assert_array_equal(ours, theirs)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])

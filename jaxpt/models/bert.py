@@ -121,8 +121,8 @@ class SelfAttention(nnx.Module):
     else:
       # Dropout on the attention probabilities (BERT) needs them materialised.
       b, length, n, _ = q.shape
-      keep = self.attention_dropout.keep_mask((b, n, length, k.shape[1]), rngs)
-      keep_prob = jnp.asarray(1.0 - self.attention_dropout.rate, jnp.float32)
+      keep, keep_prob = self.attention_dropout.keep_mask((b, n, length, k.shape[1]), rngs)
+      keep_prob = jnp.asarray(keep_prob, jnp.float32)
       y = ops.attention(q, k, v, mask, keep, keep_prob, self.scale)  # [batch, length, heads, head_dim]
     return self.out(y)  # [batch, length, embed]
 

@@ -17,6 +17,7 @@ import functools
 import math
 
 import jax
+import jax.extend.random
 import jax.numpy as jnp
 from flax import nnx
 
@@ -40,18 +41,49 @@ def _dropout_bwd(res, g):
 _dropout.defvjp(_dropout_fwd, _dropout_bwd)
 
 
+def keep_mask(key, keep_prob: float, shape, out_sharding=None):
+  """(mask, its exact keep probability): True with probability `keep_prob`, to 1/65536.
+
+  `jax.random.bernoulli` spends one Threefry-2x32 hash (64 bits) on each decision: JAX's
+  partitionable Threefry XORs the two output words into one, and the comparison uses a
+  float drawn from that. A dropout decision needs 16 bits, so here one hash gives four, by
+  calling the same Threefry primitive on a counter over [..., last / 4] and comparing each
+  16-bit quarter with round(keep_prob * 65536). The counter keeps the array's leading axes, so
+  the work stays partitioned like the activations. Other key types, or a last axis that four
+  does not divide, go through `jax.random.bernoulli` (exact `keep_prob`).
+  """
+  size = math.prod(shape)
+  threefry = (jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+              and str(jax.random.key_impl(key)) == "threefry2x32")
+  if not threefry or shape[-1] % 4 or size >= 2 ** 32:
+    mask = jax.random.bernoulli(key, p=keep_prob, shape=shape, out_sharding=out_sharding)
+    return mask, keep_prob
+  threshold = min(max(round(keep_prob * 65536), 1), 65535)
+  quarter = (*shape[:-1], shape[-1] // 4)
+  strides = [math.prod(quarter[i + 1:]) for i in range(len(quarter))]
+  counter = sum(jax.lax.broadcasted_iota(jnp.uint32, quarter, i) * jnp.uint32(stride)
+                for i, stride in enumerate(strides))  # row-major index of each hash
+  k1, k2 = jax.random.key_data(key)
+  words = jax.extend.random.threefry2x32_p.bind(k1, k2, jnp.zeros_like(counter), counter)
+  words = jnp.stack(words, axis=-1)  # [..., last / 4, 2] uint32
+  halves = jnp.stack([words & 0xFFFF, words >> 16], axis=-1)  # [..., last / 4, 2, 2]
+  return (halves < threshold).reshape(shape), threshold / 65536
+
+
 class Dropout(nnx.Dropout):
-  """`nnx.Dropout` (same mask for the same key, same values) saving only the keep-mask."""
+  """`nnx.Dropout` whose backward pass keeps only the boolean mask (`_dropout`), and whose
+  mask costs a quarter of the random bits (`keep_mask`)."""
 
   def __call__(self, inputs, *, deterministic: bool | None = None, rngs=None):
     deterministic = self.deterministic if deterministic is None else deterministic
     if self.rate == 0.0 or deterministic or self.broadcast_dims or self.rate == 1.0:
       return super().__call__(inputs, deterministic=deterministic, rngs=rngs)
-    keep = self.keep_mask(inputs.shape, rngs, out_sharding=jax.typeof(inputs).sharding)
-    return _dropout(inputs, keep, jnp.asarray(1.0 - self.rate, inputs.dtype))
+    keep, keep_prob = self.keep_mask(inputs.shape, rngs,
+                                     out_sharding=jax.typeof(inputs).sharding)
+    return _dropout(inputs, keep, jnp.asarray(keep_prob, inputs.dtype))
 
   def keep_mask(self, shape, rngs=None, out_sharding=None):
-    """The boolean mask of kept entries, True with probability 1 - rate."""
+    """(mask of kept entries, its exact probability, about 1 - rate) from the next key."""
     rngs = rngs if rngs is not None else self.rngs
     if isinstance(rngs, nnx.Rngs):
       key = rngs[self.rng_collection]()
@@ -61,7 +93,7 @@ class Dropout(nnx.Dropout):
       raise ValueError("Dropout with deterministic=False needs `rngs`")
     else:
       key = rngs
-    return jax.random.bernoulli(key, p=1.0 - self.rate, shape=shape, out_sharding=out_sharding)
+    return keep_mask(key, 1.0 - self.rate, shape, out_sharding)
 
 
 # ---- LayerNorm over the last axis: keeps its input and two [rows] statistics ----
@@ -185,3 +217,4 @@ def _attention_bwd(scale, res, g):
 
 
 attention.defvjp(_attention_fwd, _attention_bwd)
+
