@@ -65,9 +65,8 @@ def keep_mask(key, keep_prob: float, shape, out_sharding=None):
                 for i, stride in enumerate(strides))  # row-major index of each hash
   k1, k2 = jax.random.key_data(key)
   words = jax.extend.random.threefry2x32_p.bind(k1, k2, jnp.zeros_like(counter), counter)
-  words = jnp.stack(words, axis=-1)  # [..., last / 4, 2] uint32
-  halves = jnp.stack([words & 0xFFFF, words >> 16], axis=-1)  # [..., last / 4, 2, 2]
-  return (halves < threshold).reshape(shape), threshold / 65536
+  quarters = [half < threshold for word in words for half in (word & 0xFFFF, word >> 16)]
+  return jnp.stack(quarters, axis=-1).reshape(shape), threshold / 65536  # [..., last / 4, 4]
 
 
 class Dropout(nnx.Dropout):
