@@ -1,7 +1,8 @@
 """Layer functions with hand-written gradients that keep less for the backward pass.
 
-Each computes the same values as the plain JAX expression it replaces, and the same gradients
-to float rounding (tests/test_ops.py); what changes is what autodiff keeps alive between the
+Each computes the same values as the plain JAX expression it replaces (dropout: given the same
+mask; its masks come from `keep_mask`), and the same gradients to float rounding
+(tests/test_ops.py); what changes is what autodiff keeps alive between the
 forward and the backward pass. Left to itself, JAX saves every intermediate the derivative
 formulas touch: a dropout keeps a zeros tensor, a LayerNorm four activations, an exact GELU
 four [batch, length, mlp] tensors, the attention softmax its logits and exponentials. Those
@@ -24,9 +25,14 @@ from flax import nnx
 # ---- dropout: the backward pass needs only the boolean keep-mask ----
 
 
+def _masked_scale(x, keep, keep_prob):
+  """x / keep_prob where `keep`, 0 elsewhere (in x's dtype)."""
+  return jax.lax.select(keep, x / keep_prob.astype(x.dtype), jnp.zeros_like(x))
+
+
 @jax.custom_vjp
 def _dropout(x, keep, keep_prob):
-  return jax.lax.select(keep, x / keep_prob, jnp.zeros_like(x))
+  return _masked_scale(x, keep, keep_prob)
 
 
 def _dropout_fwd(x, keep, keep_prob):
@@ -35,7 +41,7 @@ def _dropout_fwd(x, keep, keep_prob):
 
 def _dropout_bwd(res, g):
   keep, keep_prob = res
-  return jax.lax.select(keep, g / keep_prob, jnp.zeros_like(g)), None, None
+  return _masked_scale(g, keep, keep_prob), None, None
 
 
 _dropout.defvjp(_dropout_fwd, _dropout_bwd)
@@ -109,8 +115,7 @@ def _ln_stats(x, epsilon):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def layer_norm(x, scale, bias, epsilon: float, dtype):
   """`(x - mean) / sqrt(var + epsilon) * scale + bias` over the last axis, in `dtype`."""
-  xf, mean, inv = _ln_stats(x, epsilon)
-  return ((xf - mean) * (inv * scale) + bias).astype(dtype)
+  return _layer_norm_fwd(x, scale, bias, epsilon, dtype)[0]
 
 
 def _layer_norm_fwd(x, scale, bias, epsilon, dtype):
@@ -187,27 +192,22 @@ def attention(q, k, v, mask, keep, keep_prob, scale: float):
   `jax.nn.dot_product_attention`; its backward pass recomputes the dropped probabilities
   instead of keeping the logits, the exponentials and the dropped copy.
   """
-  probs = _attention_probs(q, k, mask, scale).astype(v.dtype)
-  dropped = jax.lax.select(keep, probs / keep_prob.astype(v.dtype), jnp.zeros_like(probs))
-  return jnp.einsum("bnqk,bknd->bqnd", dropped, v)
+  return _attention_fwd(q, k, v, mask, keep, keep_prob, scale)[0]
 
 
 def _attention_fwd(q, k, v, mask, keep, keep_prob, scale):
   probs = _attention_probs(q, k, mask, scale)  # float32
-  low = probs.astype(v.dtype)
-  dropped = jax.lax.select(keep, low / keep_prob.astype(v.dtype), jnp.zeros_like(low))
+  dropped = _masked_scale(probs.astype(v.dtype), keep, keep_prob)
   y = jnp.einsum("bnqk,bknd->bqnd", dropped, v)
   return y, (q, k, v, mask, keep, keep_prob, probs)
 
 
 def _attention_bwd(scale, res, g):
   q, k, v, mask, keep, keep_prob, probs = res
-  low = probs.astype(v.dtype)
-  dropped = jax.lax.select(keep, low / keep_prob.astype(v.dtype), jnp.zeros_like(low))
+  dropped = _masked_scale(probs.astype(v.dtype), keep, keep_prob)
   dv = jnp.einsum("bnqk,bqnd->bknd", dropped, g)
   d_dropped = jnp.einsum("bqnd,bknd->bnqk", g, v).astype(jnp.float32)
-  d_probs = jax.lax.select(keep, d_dropped / keep_prob.astype(jnp.float32),
-                           jnp.zeros_like(d_dropped))
+  d_probs = _masked_scale(d_dropped, keep, keep_prob)
   d_logits = probs * (d_probs - jnp.sum(d_probs * probs, axis=-1, keepdims=True))
   d_logits = (jnp.where(mask, d_logits, 0.0) * scale).astype(q.dtype)
   dq = jnp.einsum("bnqk,bknd->bqnd", d_logits, k)
