@@ -71,7 +71,8 @@ def subsample(task, n: int):
 
 def run_one(args, task_name: str, start: str, seed: int, augment: bool) -> dict:
   from jaxpt import config as config_lib
-  from jaxpt import finetune, tasks
+  from jaxpt.data import labelled as tasks
+  from jaxpt.tasks import classification as finetune
   from jaxpt.data import corpora
 
   column = start + ("+augment" if augment else "")

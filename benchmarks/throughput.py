@@ -28,8 +28,10 @@ import numpy as np
 from absl import app, flags
 
 from jaxpt import config as config_lib
-from jaxpt import metrics as metrics_lib
-from jaxpt import sharding, trainer
+from jaxpt import sharding
+from jaxpt.tasks import pretraining
+from jaxpt.train import loop
+from jaxpt.train import metrics as metrics_lib
 from jaxpt.data import loader
 from jaxpt.models import bert
 
@@ -103,7 +105,7 @@ def measure(preset: str) -> dict:
   cfg = _config(preset)
   mesh = sharding.make_mesh(cfg.mesh)
   sharding.check_fits(cfg, mesh)
-  program = trainer.build_program(cfg, mesh)
+  program = pretraining.build_program(cfg, mesh)
   preds = min(cfg.data.max_predictions_per_seq, _LENGTH.value)
   host = synthetic_batch(cfg, _BATCH.value, _LENGTH.value, preds)
   with jax.set_mesh(mesh):
@@ -123,7 +125,7 @@ def measure(preset: str) -> dict:
                                batch_size=_BATCH.value, seed=0,
                                read_threads=cfg.data.read_threads,
                                prefetch=cfg.data.prefetch_batches)
-      batches = trainer.device_prefetch(host_it, program.batch_sharding)
+      batches = loop.device_prefetch(host_it, program.batch_sharding)
       fed, state = _timed(compiled, state, lambda: next(batches))
   tokens = _BATCH.value * _LENGTH.value
   step = float(np.median(times))

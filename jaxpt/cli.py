@@ -60,9 +60,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
   from jaxpt.fill_mask import FillMaskError
   from jaxpt.hf import HFError
   from jaxpt.pretrained import SourceError
-  from jaxpt.tasks import TaskError
+  from jaxpt.data.labelled import TaskError
+  from jaxpt.train.loop import TrainError
   return (UsageError, ConfigError, InputError, StoreError, TokenizerError, HFError,
-          SourceError, FillMaskError, TaskError, flags.Error)
+          SourceError, FillMaskError, TaskError, TrainError, flags.Error)
 
 
 def _prepare_flags() -> flags.FlagValues:
@@ -215,14 +216,11 @@ def _run_pretrain(fv: flags.FlagValues, args: list[str]) -> int:
     raise UsageError("--workdir is required")
   cfg = _load_config(fv)
   _initialize_distributed(fv)
-  from jaxpt import trainer
-  try:
-    if fv.dry_run:
-      print(trainer.format_dry_run(trainer.dry_run(cfg)))
-      return 0
-    trainer.pretrain(cfg, fv.workdir, progress=fv.progress)
-  except trainer.TrainError as e:
-    raise UsageError(str(e)) from None
+  from jaxpt.tasks import pretraining
+  if fv.dry_run:
+    print(pretraining.format_dry_run(pretraining.dry_run(cfg)))
+    return 0
+  pretraining.pretrain(cfg, fv.workdir, progress=fv.progress)
   return 0
 
 
@@ -238,7 +236,7 @@ def _plot_flags() -> flags.FlagValues:
 def _run_plot(fv: flags.FlagValues, args: list[str]) -> int:
   if not fv.workdir:
     raise UsageError("--workdir is required")
-  from jaxpt import metrics
+  from jaxpt.train import metrics
   try:
     print(metrics.plot(fv.workdir, fv.out))
   except FileNotFoundError as e:
@@ -350,7 +348,7 @@ def _run_fill_mask(fv: flags.FlagValues, args: list[str]) -> int:
 
 def _finetune_flags() -> flags.FlagValues:
   from ml_collections import config_flags
-  from jaxpt.tasks import RECIPES
+  from jaxpt.data.labelled import RECIPES
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file(
       "config", None, "A preset (default configs/finetune.py of this checkout); override "
@@ -378,12 +376,9 @@ def _run_finetune(fv: flags.FlagValues, args: list[str]) -> int:
     raise UsageError("--workdir and --task are required")
   cfg = _load_config(fv)
   _initialize_distributed(fv)
-  from jaxpt import finetune, trainer
-  try:
-    setup = finetune.setup(cfg, fv.task, fv.init, fv.tokenizer)
-    finetune.finetune(setup, fv.workdir, progress=fv.progress)
-  except trainer.TrainError as e:
-    raise UsageError(str(e)) from None
+  from jaxpt.tasks import classification
+  setup = classification.setup(cfg, fv.task, fv.init, fv.tokenizer)
+  classification.finetune(setup, fv.workdir, progress=fv.progress)
   return 0
 
 
@@ -403,12 +398,13 @@ def _evaluate_flags() -> flags.FlagValues:
 def _run_evaluate(fv: flags.FlagValues, args: list[str]) -> int:
   if not fv.workdir:
     raise UsageError("--workdir is required")
-  from jaxpt import evaluation, finetune, trainer
-  try:
-    report = finetune.evaluate_workdir(fv.workdir, split=fv.split, task_spec=fv.task,
-                                       out=fv.out)
-  except trainer.TrainError as e:
-    raise UsageError(str(e)) from None
+  from jaxpt import compress, evaluation
+  from jaxpt.tasks import classification
+  if compress.is_compressed(fv.workdir):
+    report = compress.evaluate(fv.workdir, split=fv.split, task_spec=fv.task, out=fv.out)
+  else:
+    report = classification.evaluate_workdir(fv.workdir, split=fv.split, task_spec=fv.task,
+                                             out=fv.out)
   print(evaluation.format_table(report, f"jaxpt evaluate: {fv.workdir} (best checkpoint, step "
                                         f"{report['step']}) on {fv.split}"))
   return 0

@@ -35,12 +35,13 @@ import numpy as np
 import qwix
 from flax import nnx, traverse_util
 
-from jaxpt import checkpoint as ckpt_lib
 from jaxpt import config as config_lib
-from jaxpt import finetune, pretrained, sharding
+from jaxpt import pretrained, sharding
 from jaxpt.files import atomic_directory
 from jaxpt.models import bert
-from jaxpt.trainer import TrainError
+from jaxpt.tasks import classification
+from jaxpt.train import checkpoint as ckpt_lib
+from jaxpt.train.loop import TrainError
 
 SCHEMES = ("magnitude", "heads")
 QUANTIZE = ("none", "int8", "w8a8")
@@ -144,7 +145,8 @@ def _stacked(flat: dict, module: str, leaf: str) -> np.ndarray:
   return np.stack([flat[p] for p in paths])
 
 
-def head_importance(runner: finetune.Runner, params, split: str = "validation") -> np.ndarray:
+def head_importance(runner: classification.ClassificationTask, params,
+                    split: str = "validation") -> np.ndarray:
   """[layers, heads]: |sum over batches of sum(W_out[h] * dL/dW_out[h])| (Michel et al. 2019)."""
   scores = 0.0
   w = _stacked(_flat(jax.device_get(params)), "out", "kernel")  # [L, heads, head_dim, embed]
@@ -189,18 +191,18 @@ def _rules(mode: str) -> list:
   return [qwix.QuantizationRule(module_path=pattern, weight_qtype=jnp.int8, act_qtype=act)]
 
 
-def _dummy_inputs(runner: finetune.Runner):
+def _dummy_inputs(runner: classification.ClassificationTask):
   ids = jnp.zeros((1, runner.setup.cfg.finetune.max_length), jnp.int32)
   return ids, ids, jnp.ones_like(ids)
 
 
-def _looped_graphdef(runner: finetune.Runner):
+def _looped_graphdef(runner: classification.ClassificationTask):
   """The classifier's graph with a Python loop of layers: qwix quantizes a layer's weights
   where it meets them, and inside `nnx.scan` it meets per-layer slices of stacked ones."""
   cfg = dataclasses.replace(runner.setup.cfg.model, scan_layers=False)
   task = runner.setup.task
   with nnx.use_eager_sharding(False):
-    graphdef, _ = nnx.eval_shape(lambda: nnx.split(finetune.create_classifier(
+    graphdef, _ = nnx.eval_shape(lambda: nnx.split(classification.create_classifier(
         cfg, len(task.labels), task.kind, 0)))
   return graphdef
 
@@ -214,14 +216,14 @@ def _unscan(params, cfg) -> dict:
   return dict(params, bert=dict(params["bert"], layers=looped))
 
 
-def quantized_model(runner: finetune.Runner, params, mode: str) -> nnx.Module:
+def quantized_model(runner: classification.ClassificationTask, params, mode: str) -> nnx.Module:
   """The classifier with `params` (host or device arrays), its dense layers quantized by qwix."""
   params = _unscan(jax.device_get(params), runner.setup.cfg)
   model = nnx.merge(_looped_graphdef(runner), params)
   return qwix.quantize_model(model, qwix.PtqProvider(_rules(mode)), *_dummy_inputs(runner))
 
 
-def _abstract_quantized(runner: finetune.Runner, mode: str) -> nnx.Module:
+def _abstract_quantized(runner: classification.ClassificationTask, mode: str) -> nnx.Module:
   def build():
     params = _unscan(jax.tree.map(jnp.zeros_like, runner.abstract_params), runner.setup.cfg)
     model = nnx.merge(_looped_graphdef(runner), params)
@@ -248,11 +250,10 @@ def _disk_bytes(directory: str) -> int:
              for root, _, files in os.walk(directory) for f in files)
 
 
-def quantized_predict_step(runner: finetune.Runner, mode: str):
+def quantized_predict_step(runner: classification.ClassificationTask, mode: str):
   """(graphdef-bound predict step, jitted) for a quantized model's state."""
   graphdef, _ = nnx.split(_abstract_quantized(runner, mode))
-  _, predict, _ = finetune.make_steps(graphdef, runner.tx, runner.schedule,
-                                      runner.setup.cfg.seed, runner.class_weights)
+  predict = runner.make_predict_step(graphdef)
   rep = sharding.replicated(runner.mesh)
   return jax.jit(predict, in_shardings=(rep, runner.batch_sh), out_shardings=(rep, rep, rep))
 
@@ -272,11 +273,11 @@ def compress(workdir: str, out: str, opts: Options, *, progress: bool = True) ->
   if os.path.exists(os.path.join(workdir, COMPRESSION_JSON)):
     raise CompressError(f"--workdir={workdir}: already compressed; compress the fine-tuning "
                         "workdir it came from")
-  if not os.path.exists(os.path.join(workdir, finetune.TASK_JSON)):
-    raise CompressError(f"--workdir={workdir}: no {finetune.TASK_JSON}; not a trained "
+  if not os.path.exists(os.path.join(workdir, classification.TASK_JSON)):
+    raise CompressError(f"--workdir={workdir}: no {classification.TASK_JSON}; not a trained "
                         "classifier (`jaxpt finetune` writes one)")
   try:
-    runner, state, info, step = finetune.load_best(workdir)
+    runner, state, info, step = classification.load_best(workdir)
   except TrainError as e:
     raise CompressError(f"--workdir={workdir}: {e}") from None
   cfg = runner.setup.cfg
@@ -316,7 +317,8 @@ def compress(workdir: str, out: str, opts: Options, *, progress: bool = True) ->
     ckpt_lib.save_params(os.path.join(tmp, MODEL_DIR), saved)
     record.update(weight_bytes=weight_bytes(saved), disk_bytes=_disk_bytes(
         os.path.join(tmp, MODEL_DIR)), seconds=round(time.perf_counter() - t0, 1))
-    shutil.copy(os.path.join(workdir, finetune.TASK_JSON), os.path.join(tmp, finetune.TASK_JSON))
+    shutil.copy(os.path.join(workdir, classification.TASK_JSON),
+                os.path.join(tmp, classification.TASK_JSON))
     shutil.copytree(os.path.join(workdir, "tokenizer"), os.path.join(tmp, "tokenizer"))
     with open(os.path.join(tmp, COMPRESSION_JSON), "w", encoding="utf-8") as f:
       json.dump(record, f, indent=2)
@@ -324,13 +326,13 @@ def compress(workdir: str, out: str, opts: Options, *, progress: bool = True) ->
   return record
 
 
-def _place(params, runner: finetune.Runner):
+def _place(params, runner: classification.ClassificationTask):
   with jax.set_mesh(runner.mesh):
     return pretrained.place(params, runner.param_sh)
 
 
-def _recover(runner: finetune.Runner, params, info: dict, steps: int, workdir: str,
-             progress: bool):
+def _recover(runner: classification.ClassificationTask, params, info: dict, steps: int,
+             workdir: str, progress: bool):
   """`steps` of fine-tuning from the pruned `params` with the mask held; the best validation
   checkpoint's parameters."""
   cfg = runner.setup.cfg
@@ -339,12 +341,12 @@ def _recover(runner: finetune.Runner, params, info: dict, steps: int, workdir: s
                                      warmup_steps=min(cfg.optim.warmup_steps, steps // 10)),
       train=dataclasses.replace(cfg.train, num_steps=steps,
                                 eval_every_steps=max(1, steps // 4)),
-      finetune=dataclasses.replace(cfg.finetune, epochs=0.0))
+      finetune=dataclasses.replace(cfg.finetune, epochs=0.0, eval_every_epochs=0.0))
   s = runner.setup
-  setup = finetune.Setup(config_lib.validate(cfg), s.task, s.tokenizer, params,
+  setup = classification.Setup(config_lib.validate(cfg), s.task, s.tokenizer, params,
                          f"{info['init']} (pruned)")
-  finetune.finetune(setup, workdir, progress=progress)
-  _, state, _, _ = finetune.load_best(workdir)
+  classification.finetune(setup, workdir, progress=progress)
+  _, state, _, _ = classification.load_best(workdir)
   return jax.device_get(state.params)
 
 
@@ -352,7 +354,7 @@ def _recover(runner: finetune.Runner, params, info: dict, steps: int, workdir: s
 class Loaded:
   """A compressed workdir ready to predict: `runner.predict(params, split, predict_step)`."""
 
-  runner: finetune.Runner
+  runner: classification.ClassificationTask
   params: dict  # device arrays
   predict_step: object  # None: the runner's own (unquantized) step
   record: dict  # compression.json
@@ -361,9 +363,9 @@ class Loaded:
 
 def load(workdir: str, task_spec: str | None = None) -> Loaded:
   record = json.load(open(os.path.join(workdir, COMPRESSION_JSON)))
-  info = finetune.read_task_info(workdir)
-  cfg = finetune.config_from_dict(record["config"])
-  runner = finetune.runner_for(workdir, info, cfg, task_spec)
+  info = classification.read_task_info(workdir)
+  cfg = classification.config_from_dict(record["config"])
+  runner = classification.runner_for(workdir, info, cfg, task_spec)
   saved = ckpt_lib.restore_params(os.path.join(workdir, MODEL_DIR))
   if record["quantize"] == "none":
     return Loaded(runner, _place(saved, runner), None, record, info)
@@ -374,11 +376,18 @@ def load(workdir: str, task_spec: str | None = None) -> Loaded:
   return Loaded(runner, params, quantized_predict_step(runner, record["quantize"]), record, info)
 
 
-def evaluate(workdir: str, *, split: str = "test", task_spec: str | None = None):
-  """(report, is_main) of a compressed workdir's model on `split`."""
+def is_compressed(workdir: str) -> bool:
+  return os.path.exists(os.path.join(workdir, COMPRESSION_JSON))
+
+
+def evaluate(workdir: str, *, split: str = "test", task_spec: str | None = None,
+             out: str | None = None) -> dict:
+  """A compressed workdir's model on `split`: report, written like `jaxpt evaluate`'s."""
   c = load(workdir, task_spec)
   report = c.runner.report(c.params, split, c.predict_step)
   report.update(step=c.record["source_step"], task=c.info["task"], init=c.info["init"],
                 compression={k: c.record[k] for k in ("prune", "scheme", "recover_steps",
                                                       "quantize", "weight_bytes")})
-  return report, c.runner.is_main
+  if c.runner.is_main:
+    classification.write_report(workdir, split, report, out)
+  return report

@@ -106,6 +106,12 @@ class TrainConfig:
   nonfinite: str = "abort"  # a NaN/Inf loss: abort (never checkpointed) | skip the update
   max_nonfinite_in_a_row: int = 10  # with nonfinite=skip: abort after this many in a row
   peak_flops_per_device: float = 0.0  # for MFU; 0: from the device-kind table, if known
+  # The host dispatches at most this many steps ahead of the devices: enough to keep them
+  # busy, few enough that SIGTERM checkpoints within that many steps of the signal.
+  max_steps_in_flight: int = 2
+  # Comma-separated fields that may change on resume although they change the data stream or
+  # the model (e.g. "train.batch_size,seed"); the data position is kept in examples.
+  allow_config_change: str = ""
   # Weights to start from when the workdir has no checkpoint: a workdir (its latest
   # checkpoint), a `jaxpt import-hf` directory, or a HuggingFace directory (hf:DIR). Only the
   # parameters are taken; the optimizer starts fresh.
@@ -119,6 +125,7 @@ class FinetuneConfig:
   max_length: int = 128  # tokens per example, [CLS] and [SEP] included
   too_long: str = "truncate"  # a longer example: truncate (counted and reported) | error
   epochs: float = 3.0  # sets train.num_steps from the train split size when > 0
+  eval_every_epochs: float = 1.0  # sets train.eval_every_steps from the epoch length when > 0
   metric: str = "f1_macro"  # validation metric for early stopping and best/
   class_weights: bool = False  # weight the loss by inverse class frequency (imbalance)
   augment_delete: float = 0.0  # per word: drop it with this probability (train only)
@@ -208,6 +215,8 @@ def validate(cfg: Config) -> Config:
          t.early_stopping_patience, "must be >= 0")
   _check(t.nonfinite in ("abort", "skip"), "train.nonfinite", t.nonfinite,
          "must be 'abort' or 'skip'")
+  _check(t.max_steps_in_flight > 0, "train.max_steps_in_flight", t.max_steps_in_flight,
+         "must be positive")
   _check(t.max_nonfinite_in_a_row > 0, "train.max_nonfinite_in_a_row",
          t.max_nonfinite_in_a_row, "must be positive")
   f = cfg.finetune
@@ -215,6 +224,8 @@ def validate(cfg: Config) -> Config:
   _check(f.too_long in ("truncate", "error"), "finetune.too_long", f.too_long,
          "must be 'truncate' or 'error'")
   _check(f.epochs >= 0, "finetune.epochs", f.epochs, "must be >= 0 (0: use train.num_steps)")
+  _check(f.eval_every_epochs >= 0, "finetune.eval_every_epochs", f.eval_every_epochs,
+         "must be >= 0 (0: use train.eval_every_steps)")
   _check(f.metric in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "mcc"),
          "finetune.metric", f.metric,
          "must be one of accuracy, f1_macro, precision_macro, recall_macro, mcc")

@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from typing import Callable
+
 from jaxpt.config import OptimConfig
-from jaxpt.models import bert
 
 OPTIMIZERS = ("adamw", "lamb", "adafactor", "sgd", "rmsprop")
 SCHEDULES = ("linear", "cosine", "polynomial", "constant")
@@ -40,25 +41,26 @@ def decay_mask(params):
   return jax.tree.map(lambda leaf: leaf.ndim >= 2, params)
 
 
-def keep_zeros() -> optax.GradientTransformation:
-  """Drops the updates of prunable weights (`bert.prunable`) that are exactly zero, so a
-  pruning mask holds through further training. Stateless: the mask is the zeros themselves."""
+def keep_zeros(prunable: Callable) -> optax.GradientTransformation:
+  """Drops the updates of prunable weights (`prunable(path)`: the model's own predicate) that
+  are exactly zero, so a pruning mask holds through further training. Stateless: the mask is
+  the zeros themselves."""
   def update(updates, state, params):
     def hold(path, u, p):
-      return jnp.where(p == 0, jnp.zeros_like(u), u) if bert.prunable(path) else u
+      return jnp.where(p == 0, jnp.zeros_like(u), u) if prunable(path) else u
     return jax.tree_util.tree_map_with_path(hold, updates, params), state
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def make_optimizer(cfg: OptimConfig, num_steps: int,
-                   skip_nonfinite: bool = False) -> optax.GradientTransformation:
-  """The configured optimiser, after global-norm clipping.
+def make_optimizer(cfg: OptimConfig, lr: optax.Schedule, *, skip_nonfinite: bool = False,
+                   prunable: Callable | None = None) -> optax.GradientTransformation:
+  """The configured optimiser with learning-rate schedule `lr`, after global-norm clipping.
 
   `skip_nonfinite` wraps it in `optax.apply_if_finite`: an update with a NaN or Inf gradient
-  is skipped (parameters and moments unchanged) and counted; the trainer decides when too
-  many in a row end the run, so optax never applies one.
+  is skipped (parameters and moments unchanged) and counted; the loop decides when too many
+  in a row end the run, so optax never applies one. `prunable` (a parameter-path predicate)
+  is needed by `cfg.keep_pruned`.
   """
-  lr = learning_rate_schedule(cfg, num_steps)
   wd = cfg.weight_decay
   if cfg.name == "adamw":
     tx = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=wd, mask=decay_mask)
@@ -79,7 +81,9 @@ def make_optimizer(cfg: OptimConfig, num_steps: int,
   if cfg.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
   if cfg.keep_pruned:  # last: after weight decay, nothing moves a pruned weight
-    tx = optax.chain(tx, keep_zeros())
+    if prunable is None:
+      raise ValueError("optim.keep_pruned needs the model's prunable-parameter predicate")
+    tx = optax.chain(tx, keep_zeros(prunable))
   if skip_nonfinite:
     tx = optax.apply_if_finite(tx, max_consecutive_errors=2**31 - 1)
   return tx

@@ -13,7 +13,7 @@ import pathlib
 import jax
 import numpy as np
 
-from jaxpt import checkpoint as ckpt_lib
+from jaxpt.train import checkpoint as ckpt_lib
 from jaxpt import files
 from jaxpt import hf
 from jaxpt.config import ModelConfig, validate_model

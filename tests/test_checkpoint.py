@@ -9,21 +9,24 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxpt import checkpoint as ckpt_lib
+from jaxpt.train import checkpoint as ckpt_lib
 from jaxpt import config as config_lib
-from jaxpt import sharding, trainer
-from jaxpt.train_step import TrainState
+from jaxpt import sharding
+from jaxpt.tasks import pretraining
+from jaxpt.train.step import TrainState
 
 # Builds the same abstract state as the test below, restores step 7 and writes it as .npz.
 RESTORE_SCRIPT = textwrap.dedent("""
     import sys
     import jax, numpy as np, jax.numpy as jnp
-    from jaxpt import checkpoint as ckpt_lib, config as config_lib, sharding, trainer
+    from jaxpt import config as config_lib, sharding
+    from jaxpt.tasks import pretraining
+    from jaxpt.train import checkpoint as ckpt_lib
     directory, out = sys.argv[1], sys.argv[2]
     cfg = config_lib.with_model(config_lib.Config(), vocab_size=64, hidden_size=16,
                                 num_layers=1, num_heads=2, intermediate_size=32,
                                 max_position_embeddings=16)
-    program = trainer.build_program(cfg, sharding.make_mesh(cfg.mesh))
+    program = pretraining.build_program(cfg, sharding.make_mesh(cfg.mesh))
     abstract = program.abstract_state
     ck = ckpt_lib.Checkpointer(directory, max_to_keep=2)
     state, data, config = ck.restore(ck.latest_step(), abstract)
@@ -37,7 +40,7 @@ RESTORE_SCRIPT = textwrap.dedent("""
 def test_save_then_restore_in_a_fresh_process(tmp_path):
   cfg = config_lib.with_model(config_lib.Config(), vocab_size=64, hidden_size=16, num_layers=1,
                               num_heads=2, intermediate_size=32, max_position_embeddings=16)
-  program = trainer.build_program(cfg, sharding.make_mesh(cfg.mesh))
+  program = pretraining.build_program(cfg, sharding.make_mesh(cfg.mesh))
 
   def one_update(state):
     # A non-trivial optimizer state: one update's moments; and a step that is not 0.

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from flax import nnx, traverse_util
 
-from jaxpt import checkpoint as ckpt_lib
-from jaxpt import cli, compress, finetune
+from jaxpt.train import checkpoint as ckpt_lib
+from jaxpt import cli, compress
+from jaxpt.tasks import classification
 from jaxpt import config as config_lib
 from jaxpt.models import bert
 
@@ -27,10 +28,10 @@ def trained(tmp_path_factory, vocab_file):
   root = tmp_path_factory.mktemp("compress")
   task = write_task(root / "task")
   cfg = config_lib.with_model(tiny(), scan_layers=True)
-  report = finetune.finetune(finetune.setup(cfg, str(task), "scratch", vocab_file),
+  report = classification.finetune(classification.setup(cfg, str(task), "scratch", vocab_file),
                              str(root / "run"), progress=False)
   assert report["accuracy"] > 0.9
-  runner, state, _, _ = finetune.load_best(str(root / "run"))
+  runner, state, _, _ = classification.load_best(str(root / "run"))
   return root, runner, jax.device_get(state.params), report
 
 

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from jaxpt import augment, cli, evaluation, finetune, tasks
+from jaxpt import cli, evaluation
+from jaxpt.data import augment
+from jaxpt.data import labelled as tasks
+from jaxpt.tasks import classification
 from jaxpt import config as config_lib
 from jaxpt.data import corpora
 from jaxpt.data import tokenizer as tok_lib
@@ -98,8 +101,8 @@ def test_planted_task_is_learned_and_shuffled_labels_are_not(tmp_path, vocab_fil
 
   # The same model on shuffled training labels learns nothing that transfers.
   shuffled = write_task(tmp_path / "shuffled", shuffle_labels=True)
-  setup = finetune.setup(tiny(), str(shuffled), "scratch", vocab_file)
-  report = finetune.finetune(setup, str(tmp_path / "shuffled_run"), progress=False)
+  setup = classification.setup(tiny(), str(shuffled), "scratch", vocab_file)
+  report = classification.finetune(setup, str(tmp_path / "shuffled_run"), progress=False)
   assert report["accuracy"] < 0.6 and report["f1_macro"] < 0.6
 
 
@@ -157,10 +160,11 @@ def test_early_stopping_restores_the_best_checkpoint_not_the_last(tmp_path, voca
   cfg = dataclasses.replace(
       cfg, optim=dataclasses.replace(cfg.optim, learning_rate=0.3, warmup_steps=0,
                                      schedule="constant", grad_clip_norm=0.0),
-      train=dataclasses.replace(cfg.train, early_stopping_patience=2, eval_every_steps=3))
-  setup = finetune.setup(cfg, str(task), "scratch", vocab_file)
+      train=dataclasses.replace(cfg.train, early_stopping_patience=2, eval_every_steps=3),
+      finetune=dataclasses.replace(cfg.finetune, eval_every_epochs=0.0))
+  setup = classification.setup(cfg, str(task), "scratch", vocab_file)
   workdir = tmp_path / "run"
-  report = finetune.finetune(setup, str(workdir), progress=False)
+  report = classification.finetune(setup, str(workdir), progress=False)
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   scores = {r["step"]: r["eval/f1_macro"] for r in rows}
   best_step = max(scores, key=lambda s: (scores[s], -s))
@@ -168,7 +172,7 @@ def test_early_stopping_restores_the_best_checkpoint_not_the_last(tmp_path, voca
   assert last_step < 72  # stopped before the configured 6 epochs
   assert best_step == last_step - 2 * 3  # patience 2, an evaluation every 3 steps
   assert report["step"] == best_step != last_step
-  validation = finetune.evaluate_workdir(str(workdir), split="validation")
+  validation = classification.evaluate_workdir(str(workdir), split="validation")
   assert validation["f1_macro"] == pytest.approx(scores[best_step])
 
 
@@ -176,7 +180,7 @@ def test_token_labels_go_to_the_first_sub_word(vocab_file):
   tok = tok_lib.load(vocab_file)
   task = tasks.Task("pos", "token", ["adj", "noun", "verb"], {}, "test")
   example = {"tokens": ["bananas", "rides", "old"], "tags": ["noun", "verb", "adj"]}
-  enc = finetune.encode([example], tok, task, max_length=16)
+  enc = classification.encode([example], tok, task, max_length=16)
   pieces = tok.encode(example["tokens"], is_pretokenized=True)
   assert len(pieces.ids) > 5  # "bananas" splits into several sub-words
   labelled = [(pieces.tokens[i], int(l)) for i, l in enumerate(enc.labels[0]) if l >= 0]
@@ -224,7 +228,7 @@ def test_bad_task_splits_and_lengths(tmp_path, vocab_file, capsys):
   cfg = dataclasses.replace(tiny(too_long="error"), finetune=dataclasses.replace(
       tiny().finetune, too_long="error", max_length=6))
   with pytest.raises(tasks.TaskError, match=r"more than finetune.max_length=6"):
-    finetune.Runner(finetune.setup(cfg, str(tmp_path), "scratch", vocab_file))
+    classification.ClassificationTask(classification.setup(cfg, str(tmp_path), "scratch", vocab_file))
   # Pretrained weights whose tokenizer differs from the one given: refused before compiling.
   minilm = corpora.fetch_weights("all-minilm-l6-v2")
   assert cli.main(["jaxpt", "finetune", f"--workdir={tmp_path / 'x'}", f"--task={tmp_path}",

@@ -13,7 +13,9 @@ import torch
 import transformers
 from flax import nnx
 
-from jaxpt import cli, hf, pretrained, trainer
+from jaxpt import cli, hf, pretrained
+from jaxpt.tasks import pretraining
+from jaxpt.train.loop import TrainError
 from jaxpt import config as config_lib
 from jaxpt.data import corpora
 from jaxpt.data import tokenizer as tok_lib
@@ -257,7 +259,7 @@ def test_workdir_export_fill_mask_import_and_continue(prepared_dir, tmp_path, ca
                                 eval_every_steps=0, eval_batches=1),
       checkpoint=dataclasses.replace(cfg.checkpoint, every_steps=2))
   run = tmp_path / "run"
-  trainer.pretrain(cfg, str(run), progress=False)
+  pretraining.pretrain(cfg, str(run), progress=False)
 
   assert cli.main(["jaxpt", "export-hf", f"--workdir={run}", f"--to={tmp_path / 'hf'}"]) == 0
   reference, info = transformers.BertForPreTraining.from_pretrained(
@@ -293,7 +295,7 @@ def test_workdir_export_fill_mask_import_and_continue(prepared_dir, tmp_path, ca
       cfg, train=dataclasses.replace(cfg.train, init_from=str(imported), num_steps=2),
       optim=dataclasses.replace(cfg.optim, warmup_steps=1))
   capsys.readouterr()
-  trainer.pretrain(cont, str(tmp_path / "continued"), progress=False)
+  pretraining.pretrain(cont, str(tmp_path / "continued"), progress=False)
   assert f"parameters from {imported}" in capsys.readouterr().out
   first = pretrained.load(str(tmp_path / "continued"))
   # Two AdamW steps (the first at learning rate 0) from the imported weights move them by
@@ -305,9 +307,9 @@ def test_workdir_export_fill_mask_import_and_continue(prepared_dir, tmp_path, ca
   # Weights of another architecture are refused before anything compiles.
   wrong = dataclasses.replace(config_lib.with_model(cont, hidden_size=64),
                               train=cont.train)
-  with pytest.raises(trainer.TrainError, match=r"bert\.embeddings\.norm\.bias: pretrained "
+  with pytest.raises(TrainError, match=r"bert\.embeddings\.norm\.bias: pretrained "
                                                r"\(32,\), config \(64,\)"):
-    trainer.pretrain(wrong, str(tmp_path / "wrong"), progress=False)
+    pretraining.pretrain(wrong, str(tmp_path / "wrong"), progress=False)
 
 
 def test_roberta_bpe_tokenizer_trains_and_loads_in_transformers(tmp_path):

@@ -12,7 +12,7 @@ from flax import nnx
 
 from jaxpt import config as config_lib
 from jaxpt.models import bert
-from jaxpt.train_step import pretraining_sums
+from jaxpt.tasks.pretraining import pretraining_sums
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PRESETS = {"bert_tiny": (2, 128), "bert_mini": (4, 256), "bert_small": (4, 512),

@@ -19,7 +19,9 @@ import pytest
 
 from conftest import REPO
 from jaxpt import config as config_lib
-from jaxpt import optim, sharding, trainer
+from jaxpt import optim, sharding
+from jaxpt.tasks import pretraining
+from jaxpt.train.loop import TrainError
 from test_sharding import batches, tiny_config
 
 
@@ -152,12 +154,12 @@ def test_nonfinite_loss_aborts_with_its_step_and_saves_nothing_bad(trained, prep
   saved = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
   assert saved and max(saved) < bad_step
   # The last checkpoint on disk is finite.
-  from jaxpt import checkpoint as ckpt_lib
+  from jaxpt.train import checkpoint as ckpt_lib
   cfg = config_lib.with_model(config_lib.load(str(REPO / "configs/bert_tiny.py")),
                               vocab_size=vocab, max_position_embeddings=32, hidden_size=32,
                               intermediate_size=64)
   mesh = sharding.make_mesh(cfg.mesh)
-  program = trainer.build_program(cfg, mesh)
+  program = pretraining.build_program(cfg, mesh)
   ck = ckpt_lib.Checkpointer(str(workdir / "checkpoints"), max_to_keep=3)
   state, _, _ = ck.restore(max(saved), program.abstract_state)
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
@@ -165,7 +167,7 @@ def test_nonfinite_loss_aborts_with_its_step_and_saves_nothing_bad(trained, prep
 
 def test_skip_mode_leaves_parameters_unchanged_and_counts():
   cfg = config_lib.OptimConfig(warmup_steps=0)
-  tx = optim.make_optimizer(cfg, 10, skip_nonfinite=True)
+  tx = optim.make_optimizer(cfg, optim.learning_rate_schedule(cfg, 10), skip_nonfinite=True)
   params = {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)}
   opt_state = tx.init(params)
   bad = {"w": jnp.full((2, 2), jnp.nan), "b": jnp.zeros(2)}
@@ -227,7 +229,7 @@ def _trains(optim_cfg):
                             train=dataclasses.replace(cfg.train, num_steps=8))
   cfg = config_lib.with_model(cfg, hidden_dropout=0.0, attention_dropout=0.0)
   mesh = sharding.make_mesh(config_lib.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
-  program = trainer.build_program(cfg, mesh)
+  program = pretraining.build_program(cfg, mesh)
   batch = batches(cfg, steps=1)[0]
   with jax.set_mesh(mesh):
     state = program.init_state()

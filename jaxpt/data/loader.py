@@ -1,8 +1,10 @@
 """The grain input pipeline: global shuffle, per-process slice, read, mask, batch, prefetch.
 
-Batch `step` is a pure function of (seed, step): the shuffle is grain's seeded permutation per
-epoch, masking is seeded by (seed, step, row). Resuming at step N is starting the pipeline at N;
-the checkpoint needs to store nothing but the step.
+The examples form one stream: epoch after epoch, each a seeded permutation (grain's). Batch
+`step` takes the next `batch_size` examples of it, so it is a pure function of (seed, step,
+the stream position where the run's batches start); masking is seeded by (seed, step, row).
+Resuming at step N starts the pipeline at N at the stored stream position (N * batch_size
+unless the batch size changed on the way), so no example of an epoch is skipped or repeated.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ class PreparedData:
                                f"{self.directory}/{name}")
 
   def reader(self, split: str) -> store.SplitReader:
-    return store.SplitReader(self.directory, split, packed=self.packed)
+    return store.SplitReader(self.directory, split, packed=self.packed,
+                             expected_rows=self.num_examples(split))
 
   @property
   def packed(self) -> bool:
@@ -67,27 +70,33 @@ class PreparedData:
 
 
 def batches(reader: store.SplitReader, spec: masking.MaskingSpec, *, batch_size: int,
-            seed: int, start_step: int = 0, shuffle: bool = True,
-            rows: tuple[int, int] | None = None, read_threads: int = 2,
+            seed: int, start_step: int = 0, first_example: int | None = None,
+            shuffle: bool = True, rows: tuple[int, int] | None = None, read_threads: int = 2,
             prefetch: int = 4) -> Iterator[dict[str, np.ndarray]]:
   """Endless iterator of this process's part of each global batch, from `start_step` on.
 
-  `rows` = [start, stop) is the block of the global batch this process feeds to its devices
-  (`sharding.local_batch_rows`); only those examples are read. Default: the whole batch.
+  Batch `start_step` begins at example `first_example` of the stream (default
+  `start_step * batch_size`). `rows` = [start, stop) is the block of the global batch this
+  process feeds to its devices (`sharding.local_batch_rows`); only those examples are read.
+  Default: the whole batch.
   """
   offset, stop = rows if rows is not None else (0, batch_size)
   if not 0 <= offset < stop <= batch_size:
     raise ValueError(f"rows {rows} are not a block of a batch of {batch_size}")
   local = stop - offset
-  ds = grain.MapDataset.range(len(reader))
+  if first_example is None:
+    first_example = start_step * batch_size
+  stream = grain.MapDataset.range(len(reader))
   if shuffle:
-    ds = ds.seed(seed).shuffle()
-  ds = ds.repeat().batch(batch_size, drop_remainder=True)
+    stream = stream.seed(seed).shuffle()
+  stream = stream.repeat()
 
-  def load(step: int, indices: np.ndarray) -> dict[str, np.ndarray]:
-    rows = reader.read(indices[offset:offset + local])
+  def load(step: int) -> dict[str, np.ndarray]:
+    first = first_example + (step - start_step) * batch_size + offset
+    indices = np.fromiter((stream[e] for e in range(first, first + local)), np.int64, local)
+    rows = reader.read(indices)
     return masking.mask_batch(rows, spec, seed, step, row_offset=offset)
 
-  ds = ds.map_with_index(load)[start_step:]
+  ds = grain.MapDataset.range(start_step, 2**62).map(load)
   options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
   return iter(ds.to_iter_dataset(options))

@@ -151,17 +151,27 @@ def read_manifest(directory: str) -> dict:
 class SplitReader:
   """Random-access rows of one split; `read(indices)` returns a dict of numpy arrays."""
 
-  def __init__(self, directory: str, split: str, packed: bool = False):
+  def __init__(self, directory: str, split: str, packed: bool = False,
+               expected_rows: int | None = None):
     self.split = split
+    self.directory = directory
     self._arrays = {}
     for name in ARRAYS + (PACKED_ARRAYS if packed else ()):
-      spec = {"driver": "zarr3", "kvstore": _kvstore(os.path.join(directory, split, name))}
+      # A chunk file that is not there is an error, not rows of the fill value (zeros).
+      spec = {"driver": "zarr3", "kvstore": _kvstore(os.path.join(directory, split, name)),
+              "fill_missing_data_reads": False}
       try:
         self._arrays[name] = ts.open(spec, read=True).result()
       except ValueError as e:
         raise StoreError(f"{os.path.join(directory, split, name)}: cannot open ({e})") from None
     self.num_examples = int(self._arrays["lengths"].shape[0])
     self.seq_length = int(self._arrays["input_ids"].shape[1])
+    for name, arr in self._arrays.items():
+      rows = int(arr.shape[0])
+      if expected_rows is not None and rows != expected_rows:
+        raise StoreError(f"{os.path.join(directory, split, name)}: {rows} rows, but "
+                         f"{MANIFEST} counts {expected_rows} {split} examples; the directory "
+                         "is damaged or was changed after `jaxpt prepare`")
 
   def __len__(self) -> int:
     return self.num_examples
@@ -170,5 +180,13 @@ class SplitReader:
     """Rows at `indices` (any order, repeats allowed), as int32 arrays."""
     unique, inverse = np.unique(indices, return_inverse=True)
     futures = {name: arr[unique].read() for name, arr in self._arrays.items()}
-    return {name: np.asarray(f.result())[inverse].astype(np.int32)
-            for name, f in futures.items()}
+    out = {}
+    for name, f in futures.items():
+      try:
+        out[name] = np.asarray(f.result())[inverse].astype(np.int32)
+      except ValueError as e:  # a missing or damaged chunk (tensorstore names it)
+        reason = " ".join(str(e).split())
+        raise StoreError(f"{os.path.join(self.directory, self.split, name)}: cannot read rows "
+                         f"{int(unique[0])}..{int(unique[-1])} ({reason[:300]}); the prepared "
+                         "directory is incomplete or damaged: prepare it again") from None
+    return out

@@ -1,16 +1,26 @@
-"""Orbax checkpoints of the train state, with the config and the data position beside it.
+"""Orbax checkpoints of the train state and loop state; the workdir lock; repair on resume.
 
 Each checkpoint step directory holds three items: `state` (parameters, optimizer state, step;
-restored straight into the target shardings), `data` (the next batch index and the tokenizer
-hash) and `config` (the run's config, for humans and for mismatch checks). Orbax writes into a
-temporary directory and renames it when complete, so an interrupted save is never restored.
+restored straight into the target shardings), `data` (the loop's state: next step, seed, best
+metric, schedule history, and the task's data identity) and `config` (the run's config, for
+humans and for the resume check). Orbax writes into a temporary directory and renames it when
+complete, so an interrupted save is never restored.
+
+One writer per workdir: `WorkdirLock` holds an exclusive `flock` on WORKDIR/.lock for the life
+of a run. The kernel drops it when the holder dies, so a stale lock is taken over. flock works
+on local disks; on NFS it depends on the server, and object stores (gs://) have no locks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import glob
 import logging
 import os
+import shutil
+import socket
+import time
 
 import jax
 import numpy as np
@@ -39,11 +49,55 @@ with _quiet_absl():
       override=True)
 
 
+class LockError(RuntimeError):
+  """Another process holds the workdir; the message names it."""
+
+
+class WorkdirLock:
+  """An exclusive lock on WORKDIR/.lock, holding "pid host" of the holder."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, ".lock")
+    self._fd = None
+
+  def acquire(self) -> str | None:
+    """Takes the lock; returns a note when it took over a dead process's lock."""
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+      os.close(fd)
+      who = f"pid {holder[0]} on {holder[1]}" if len(holder) >= 2 else "another process"
+      raise LockError(f"{os.path.dirname(self.path)} is in use by {who}; one run per workdir "
+                      "(wait for it, stop it, or use another --workdir)") from None
+    previous = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+    self._fd = fd
+    if len(previous) >= 2 and previous[0] != str(os.getpid()):
+      return (f"took over the lock of pid {previous[0]} on {previous[1]}, which no longer "
+              "holds it")
+    return None
+
+  def release(self) -> None:
+    if self._fd is not None:
+      os.ftruncate(self._fd, 0)
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+
 class Checkpointer:
   def __init__(self, directory: str, *, max_to_keep: int, async_save: bool = True):
     self.directory = os.path.abspath(directory)
+    # Two managers (checkpoints/ and best/) may commit the same step at once; Orbax names its
+    # cross-process barrier after the step, so each manager gets its own prefix.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=os.path.basename(self.directory)))
     # Handlers named up front, so that a fresh process can read metadata before restoring.
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
@@ -75,6 +129,13 @@ class Checkpointer:
                                       data=ocp.args.JsonRestore(),
                                       config=ocp.args.JsonRestore()))
     return restored.state, restored.data, restored.config
+
+  def delete(self, step: int) -> None:
+    self._manager.delete(step)
+
+  def reload(self) -> None:
+    """Re-reads the step list from disk (after steps were moved away)."""
+    self._manager.reload()
 
   def restore_metadata(self, step: int) -> tuple[dict, dict]:
     """(data, config) of a checkpoint, without touching the arrays."""
@@ -165,3 +226,26 @@ def _int_keys(tree):
     return tree
   return {int(k) if isinstance(k, str) and k.isdigit() else k: _int_keys(v)
           for k, v in tree.items()}
+
+
+def remove_partial_saves(directory: str) -> list[str]:
+  """Deletes the temporary directories of saves that never finished (a killed process)."""
+  removed = sorted(glob.glob(os.path.join(glob.escape(directory), "*.orbax-checkpoint-tmp*")))
+  for path in removed:
+    shutil.rmtree(path, ignore_errors=True)
+  return removed
+
+
+def set_aside(directory: str, step: int, workdir: str) -> str:
+  """Moves an unreadable step out of the checkpoint directory (kept, never deleted)."""
+  target = os.path.join(workdir, "unreadable",
+                        f"{os.path.basename(directory)}-{step}-{int(time.time())}")
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  os.replace(os.path.join(directory, str(step)), target)
+  return target
+
+
+def describe_error(e: BaseException) -> str:
+  """One line of an Orbax / tensorstore / JSON failure."""
+  text = " ".join(str(e).split()) or type(e).__name__
+  return text if len(text) <= 300 else text[:297] + "..."

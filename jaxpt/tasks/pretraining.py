@@ -1,0 +1,342 @@
+"""Pretraining: masked LM (with BERT's next-sentence prediction) on `jaxpt prepare` output.
+
+A batch is a dict of arrays, the leading axis the (global) batch:
+  input_ids, token_type_ids, attention_mask: int32 [batch, length]
+  masked_positions, masked_ids: int32 [batch, predictions]; masked_weights: float32 (0 = padding)
+  nsp_labels: int32 [batch] (0 = B follows A, 1 = B is random, HuggingFace's convention)
+  packed rows add segment_ids [batch, length] (1..K, 0 = padding) and cls_positions [batch, K]
+  (-1 = empty slot); nsp_labels is then [batch, K]
+
+Everything a user could get wrong (config, data directory, tokenizer, mesh, checkpoint) is
+checked before the first compile.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxpt import config as config_lib
+from jaxpt import hf, pretrained, sharding
+from jaxpt.config import Config, ConfigError
+from jaxpt.data import loader, store
+from jaxpt.models import bert
+from jaxpt.train import loop
+from jaxpt.train import metrics as metrics_lib
+from jaxpt.train.loop import TrainError
+from jaxpt.train.step import masked_cross_entropy, make_eval_step
+
+log = logging.getLogger("jaxpt")
+Batch = dict
+
+
+def nsp_weights(batch: Batch):
+  """1 per next-sentence prediction: one per row, or (packed rows) one per filled slot."""
+  if "cls_positions" in batch:
+    return (batch["cls_positions"] >= 0).astype(jnp.float32)
+  return jnp.ones(batch["nsp_labels"].shape, jnp.float32)
+
+
+def pretraining_sums(model, batch: Batch, *, deterministic: bool, rngs=None) -> dict:
+  """Sums over the batch, so that means can be formed over any number of batches or devices."""
+  mlm_logits, nsp_logits = model(
+      batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+      batch["masked_positions"], deterministic=deterministic, rngs=rngs,
+      segment_ids=batch.get("segment_ids"), cls_positions=batch.get("cls_positions"))
+  weights = batch["masked_weights"]
+  mlm_loss, mlm_correct = masked_cross_entropy(mlm_logits, batch["masked_ids"], weights)
+  sums = {"mlm_loss": mlm_loss, "mlm_correct": mlm_correct, "mlm_count": jnp.sum(weights)}
+  if nsp_logits is not None:  # RoBERTa has no next-sentence task
+    nsp_w = nsp_weights(batch)
+    nsp_loss, nsp_correct = masked_cross_entropy(nsp_logits, batch["nsp_labels"], nsp_w)
+    sums.update(nsp_loss=nsp_loss, nsp_correct=nsp_correct, nsp_count=jnp.sum(nsp_w))
+  return sums
+
+
+def means(sums: dict, prefix: str) -> dict:
+  """Turns `pretraining_sums` (possibly added over batches) into named means."""
+  mlm_count = jnp.maximum(sums["mlm_count"], 1.0)
+  mlm_loss = sums["mlm_loss"] / mlm_count
+  out = {f"{prefix}/loss": mlm_loss, f"{prefix}/mlm_loss": mlm_loss,
+         f"{prefix}/mlm_accuracy": sums["mlm_correct"] / mlm_count}
+  if "nsp_loss" in sums:
+    nsp_loss = sums["nsp_loss"] / sums["nsp_count"]
+    out.update({f"{prefix}/loss": mlm_loss + nsp_loss, f"{prefix}/nsp_loss": nsp_loss,
+                f"{prefix}/nsp_accuracy": sums["nsp_correct"] / sums["nsp_count"]})
+  return out
+
+
+class PretrainingObjective:
+  """Masked-LM loss per target token, plus the next-sentence loss per prediction (BERT)."""
+
+  sums = staticmethod(pretraining_sums)
+  means = staticmethod(means)
+
+  def normalizers(self, batch: Batch) -> dict:
+    return {"mlm": jnp.maximum(jnp.sum(batch["masked_weights"]), 1.0),
+            "nsp": jnp.maximum(jnp.sum(nsp_weights(batch)), 1.0)}
+
+  def loss(self, sums: dict, norms: dict):
+    loss = sums["mlm_loss"] / norms["mlm"]
+    if "nsp_loss" in sums:  # BERT; RoBERTa trains on masked LM alone
+      loss = loss + sums["nsp_loss"] / norms["nsp"]
+    return loss
+
+
+def check_data(cfg: Config, data: loader.PreparedData) -> None:
+  m = cfg.model
+  if data.vocab_size > m.vocab_size:
+    raise ConfigError(
+        f"config.model.vocab_size={m.vocab_size} is smaller than the tokenizer of "
+        f"{data.directory} ({data.vocab_size} tokens); set --config.model.vocab_size="
+        f"{data.vocab_size}")
+  if data.seq_length > m.max_position_embeddings:
+    raise ConfigError(
+        f"config.model.max_position_embeddings={m.max_position_embeddings} is shorter than "
+        f"the examples in {data.directory} (seq_length {data.seq_length})")
+  if data.num_examples("train") < 1:
+    raise TrainError(f"{data.directory}: the train split is empty")
+  if m.variant == "bert" and data.manifest.get("examples") == "full_sentences":
+    raise ConfigError(
+        f"{data.directory} holds FULL-SENTENCES examples (no sentence pairs), which have no "
+        "next-sentence labels; pretrain them with --config.model.variant=roberta, or prepare "
+        "with --examples=pairs")
+  pad = int(data.manifest["tokenizer"]["special_ids"]["pad"])
+  if m.variant == "roberta" and pad != m.pad_token_id:
+    raise ConfigError(
+        f"config.model.pad_token_id={m.pad_token_id} differs from the padding id of "
+        f"{data.directory}'s tokenizer ({pad}); RoBERTa's positions count from it: set "
+        f"--config.model.pad_token_id={pad}")
+
+
+class PretrainingTask:
+  """Masked-LM pretraining of a `bert.BertForPreTraining` on one prepared directory."""
+
+  command = "pretrain"
+  best_metric = "eval/loss"
+  higher_is_better = False
+
+  def __init__(self, cfg: Config, workdir: str | None = None, *, data=None):
+    config_lib.validate(cfg)
+    if data is None:
+      if not cfg.data.dir:
+        raise ConfigError("config.data.dir is empty: point it at a `jaxpt prepare` output")
+      data = loader.PreparedData.open(cfg.data.dir)
+    if not isinstance(data, _NoData):
+      check_data(cfg, data)
+    self.cfg, self.data, self.workdir = cfg, data, workdir
+    self.objective = PretrainingObjective()
+    self.num_steps = cfg.train.num_steps
+    self.eval_every_steps = cfg.train.eval_every_steps
+    self.spec = data.masking_spec(cfg.data)
+    self.tokens_per_step = cfg.train.batch_size * data.seq_length
+    self.flops_per_token = metrics_lib.flops_per_token(cfg.model, data.seq_length,
+                                                       self.spec.max_predictions)
+    self.tokenizer_hash = data.manifest["tokenizer"]["hash"]
+    self.description = (f"{data.num_examples('train')} train examples of {data.seq_length} "
+                        "tokens")
+    self._eval_set: list = []
+    self._eval_step = None
+
+  def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
+    return bert.BertForPreTraining(self.cfg.model, rngs=rngs)
+
+  def initial_params(self) -> dict | None:
+    """Host parameters to start from (`train.init_from`, or an import-hf workdir), checked
+    against the config and the data's tokenizer before anything compiles; None: random."""
+    cfg, workdir, data = self.cfg, self.workdir, self.data
+    source = cfg.train.init_from
+    if not source and workdir and os.path.exists(os.path.join(workdir, pretrained.MODEL_JSON)):
+      source = workdir  # `jaxpt import-hf --workdir` then `jaxpt pretrain --workdir`
+    if not source:
+      return None
+    try:
+      loaded = pretrained.load(source)
+      params = pretrained.adapt(loaded, cfg.model)
+    except (pretrained.SourceError, hf.HFError) as e:
+      raise TrainError(f"config.train.init_from: {e}") from None
+    data_tok = data.tokenizer()
+    if loaded.tokenizer is not None and loaded.tokenizer.get_vocab() != data_tok.get_vocab():
+      raise TrainError(f"{loaded.source}: its tokenizer's vocabulary differs from the one of "
+                       f"{data.directory}; prepare the data with --tokenizer from it")
+    if jax.process_index() == 0:
+      print(f"jaxpt pretrain: parameters from {loaded.source}"
+            + (f" (freshly initialised: {', '.join(loaded.missing)})" if loaded.missing else ""),
+            flush=True)
+    return params
+
+  def train_batches(self, start_step: int, first_example: int, rows):
+    c = self.cfg
+    return loader.batches(self.data.reader("train"), self.spec, batch_size=c.train.batch_size,
+                          seed=c.seed, start_step=start_step, first_example=first_example,
+                          read_threads=c.data.read_threads, prefetch=c.data.prefetch_batches,
+                          rows=rows)
+
+  def prepare_eval(self, program: loop.Program) -> None:
+    """The held-out batches, fixed for the whole run (same order and masks at every eval).
+
+    An eval batch is a training micro-batch: the size known to fit in memory.
+    """
+    cfg, data = self.cfg, self.data
+    batch_sh = program.batch_sharding
+    self._eval_step = jax.jit(make_eval_step(program.model.graphdef, self.objective),
+                              in_shardings=(program.state_shardings.params, batch_sh),
+                              out_shardings=sharding.replicated(program.mesh))
+    n = data.num_examples("validation")
+    if n == 0:
+      log.warning("%s has no validation split; evaluation is skipped", data.directory)
+      self._eval_set = []
+      return
+    size = cfg.train.batch_size // cfg.train.microbatches
+    count = min(cfg.train.eval_batches, max(1, n // size))
+    it = loader.batches(data.reader("validation"), self.spec, batch_size=size,
+                        seed=cfg.seed + 1, shuffle=False, read_threads=1, prefetch=1,
+                        rows=sharding.local_batch_rows(batch_sh, size))
+    with jax.set_mesh(program.mesh):
+      self._eval_set = [loop.to_device(next(it), batch_sh) for _ in range(count)]
+
+  def evaluate(self, params) -> dict:
+    if not self._eval_set:
+      return {}
+    total = None
+    for batch in self._eval_set:
+      sums = self._eval_step(params, batch)
+      total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+    out = {k: float(v) for k, v in means(loop.fetch(total), "eval").items()}
+    out["eval/perplexity"] = float(math.exp(min(out["eval/mlm_loss"], 50.0)))
+    return out
+
+  def data_identity(self) -> dict:
+    return {"tokenizer_hash": self.tokenizer_hash}
+
+  def check_resume(self, saved: dict, where: str) -> None:
+    if saved.get("tokenizer_hash") != self.tokenizer_hash:
+      raise TrainError(f"{where}: trained with tokenizer {saved.get('tokenizer_hash')}, "
+                       f"but {self.data.directory} uses {self.tokenizer_hash}")
+
+  def batch_shapes(self, length: int, packed_slots: int = 0) -> dict:
+    """Shapes and dtypes of one global batch (for compiling without data)."""
+    b = self.cfg.train.batch_size
+    preds = min(self.cfg.data.max_predictions_per_seq, length)
+    shapes = {"input_ids": (b, length), "token_type_ids": (b, length),
+              "attention_mask": (b, length), "masked_positions": (b, preds),
+              "masked_ids": (b, preds), "masked_weights": (b, preds), "nsp_labels": (b,)}
+    if packed_slots:
+      shapes.update(segment_ids=(b, length), cls_positions=(b, packed_slots),
+                    nsp_labels=(b, packed_slots))
+    return {k: (v, jnp.float32 if k == "masked_weights" else jnp.int32)
+            for k, v in shapes.items()}
+
+
+def build_program(cfg: Config, mesh) -> loop.Program:
+  """The compiled pretraining program of `cfg` on `mesh`, data or not (tests, benchmarks):
+  what `pretrain` runs."""
+  data = loader.PreparedData.open(cfg.data.dir) if cfg.data.dir else _NoData(
+      cfg.model.max_position_embeddings)
+  return loop.build_program(PretrainingTask(cfg, data=data), mesh)
+
+
+def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
+  """Trains to `cfg.train.num_steps`, resuming from the newest readable checkpoint in
+  `workdir`. Returns the last logged metrics (train and eval), plus `stopped` when the run
+  ended early ("preempted", "interrupted" or "early_stopping")."""
+  task = PretrainingTask(cfg, workdir)
+  is_main = jax.process_index() == 0
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+    _copy_tokenizer(task.data, workdir)
+  last = loop.run(task, workdir, progress=progress)
+  if is_main:
+    summary = ", ".join(f"{k}={last[k]:.4f}" for k in
+                        ("train/mlm_loss", "eval/mlm_loss", "eval/mlm_accuracy") if k in last)
+    why = {"early_stopping": f" (early stopping: no better eval/loss in "
+                             f"{cfg.train.early_stopping_patience} evaluations)"}.get(
+                                 last.get("stopped"), "")
+    print(f"jaxpt pretrain: step {last['step']}{why}: {summary}\n"
+          f"  metrics:     {os.path.join(workdir, 'metrics.jsonl')}\n"
+          f"  tensorboard: {os.path.join(workdir, 'tensorboard')}\n"
+          f"  checkpoints: {os.path.join(workdir, 'checkpoints')}; best eval/loss: "
+          f"{os.path.join(workdir, 'best')} (step {last.get('best_step')})", flush=True)
+  return last
+
+
+def _copy_tokenizer(data: loader.PreparedData, workdir: str) -> None:
+  """WORKDIR/tokenizer/: a workdir is self-contained for fill-mask, export and fine-tuning."""
+  out = os.path.join(workdir, "tokenizer")
+  if os.path.exists(os.path.join(out, "tokenizer.json")):
+    return
+  tmp = out + ".tmp"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  for name in ("tokenizer.json", "vocab.txt"):
+    content = store.read_bytes(data.directory, name)  # local, or gs://
+    if content is not None:
+      with open(os.path.join(tmp, name), "wb") as f:
+        f.write(content)
+  shutil.rmtree(out, ignore_errors=True)
+  os.replace(tmp, out)
+
+
+def dry_run(cfg: Config) -> dict:
+  """Compiles the sharded train step for the configured mesh, without data or parameters.
+
+  Sequence length: the prepared data's when `data.dir` is set, else
+  `model.max_position_embeddings` (the most memory the model can need). Reports parameters,
+  FLOPs per token and per-device memory of the compiled executable.
+  """
+  config_lib.validate(cfg)
+  slots = 0
+  if cfg.data.dir:
+    data = loader.PreparedData.open(cfg.data.dir)
+    check_data(cfg, data)
+    length = data.seq_length
+    if data.packed:
+      slots = int(data.manifest["options"]["max_sequences_per_row"])
+  else:
+    length = cfg.model.max_position_embeddings
+    data = _NoData(length)
+  task = PretrainingTask(cfg, data=data)
+  report = loop.dry_run(task, task.batch_shapes(length, slots))
+  report["seq_length"] = length
+  report["flops_per_token"] = task.flops_per_token
+  return report
+
+
+class _NoData:
+  """Stands in for prepared data when only shapes matter (`--dry_run` without data.dir)."""
+
+  def __init__(self, length: int):
+    self.seq_length, self.vocab_size, self.directory = length, 0, "(none)"
+    self.manifest = {"tokenizer": {"hash": None, "special_ids": {"pad": 0, "mask": 0}},
+                     "examples": "pairs"}
+    self.packed = False
+
+  def num_examples(self, split: str) -> int:
+    return 1
+
+  def masking_spec(self, cfg):
+    return loader.masking.MaskingSpec(
+        vocab_size=1, mask_id=0, special_ids=(0,), mask_prob=cfg.mask_prob,
+        mask_token_prob=cfg.mask_token_prob, random_token_prob=cfg.random_token_prob,
+        max_predictions=min(cfg.max_predictions_per_seq, self.seq_length),
+        continues_word=None)
+
+
+def format_dry_run(report: dict) -> str:
+  lines = [f"jaxpt pretrain --dry_run: compiled the train step in {report['compile_seconds']} s",
+           f"  devices:          {report['devices']}, mesh {report['mesh']}",
+           f"  parameters:       {report['parameters']:,} ({report['parameters'] / 1e6:.1f}M)",
+           f"  batch:            {report['batch_size']} x {report['seq_length']} tokens in "
+           f"{report['microbatches']} micro-batch(es)",
+           f"  FLOPs per token:  {report['flops_per_token'] / 1e6:.1f} MFLOP (training, matmuls)"]
+  for key, value in report.get("per_device_bytes", {}).items():
+    lines.append(f"  per device, {key + ':':<19} {value / 2**20:10.1f} MiB")
+  return "\n".join(lines)

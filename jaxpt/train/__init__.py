@@ -1,0 +1,1 @@
+"""The one training loop and what it stands on: the train step, checkpoints, metrics."""
