@@ -315,7 +315,7 @@ class ClassificationTask:
     self.abstract_state = program.abstract_state
     self.batch_sh = program.batch_sharding
     self.rows = sharding.local_batch_rows(self.batch_sh, self.cfg.train.batch_size)
-    graphdef = program.model.graphdef
+    graphdef = self.graphdef = program.model.graphdef
     self.predict_step = jax.jit(self.make_predict_step(graphdef),
                                 in_shardings=(self.param_sh, self.batch_sh),
                                 out_shardings=sharding.replicated(self.mesh))

@@ -520,7 +520,9 @@ def _train(task, workdir, mesh, say, progress, checkpointer, best_checkpointer) 
     schedule had `segments` and was to end at `previous` steps."""
     segments, previous, step = history if history else ([], task.num_steps, 0)
     segments = [list(s) for s in segments]
-    if previous and previous != task.num_steps and step < task.num_steps:
+    # A run stopped before its end continues its decay, stretched or shrunk to the new end; a
+    # finished run (its decay done) that is extended takes the new num_steps' schedule.
+    if previous and previous != task.num_steps and step < min(previous, task.num_steps):
       if not segments:
         segments.append([0, previous, previous])
       segments.append([step, previous, task.num_steps])
