@@ -40,7 +40,9 @@ def pretrain_args(data, workdir, vocab, steps, mesh):
           f"--config.model.vocab_size={vocab}", "--config.model.max_position_embeddings=32",
           "--config.model.hidden_size=32", "--config.model.intermediate_size=64",
           "--config.train.batch_size=16", "--config.train.log_every_steps=1",
-          "--config.train.eval_every_steps=0", "--config.train.eval_batches=1",
+          # Evaluation and checkpoints fall on the same steps (the last included): best/ and
+          # checkpoints/ save the same step at once, from every process.
+          "--config.train.eval_every_steps=5", "--config.train.eval_batches=1",
           "--config.checkpoint.every_steps=5", f"--config.train.num_steps={steps}",
           "--config.optim.learning_rate=1e-3", "--config.optim.warmup_steps=0",
           "--config.optim.end_learning_rate_fraction=1.0",  # constant: runs of any length agree

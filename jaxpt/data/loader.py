@@ -51,7 +51,8 @@ class PreparedData:
 
   def reader(self, split: str) -> store.SplitReader:
     return store.SplitReader(self.directory, split, packed=self.packed,
-                             expected_rows=self.num_examples(split))
+                             expected_rows=self.num_examples(split),
+                             all_chunks_stored=bool(self.manifest.get(store.ALL_CHUNKS_STORED)))
 
   @property
   def packed(self) -> bool:

@@ -25,6 +25,9 @@ import tensorstore as ts
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+# Set in manifests of directories whose arrays store every chunk (older ones skipped chunks
+# of zeros, which then read as the fill value).
+ALL_CHUNKS_STORED = "all_chunks_stored"
 ARRAYS = ("input_ids", "token_type_ids", "lengths", "nsp_labels")
 PACKED_ARRAYS = ("segment_ids", "cls_positions")  # only in packed datasets
 _ROWS_PER_CHUNK = 64  # inner chunk: a random read decompresses 64 rows
@@ -73,6 +76,8 @@ def _spec(path: str, row_shape: tuple[int, ...], dtype: np.dtype) -> dict:
   return {
       "driver": "zarr3",
       "kvstore": _kvstore(path),
+      # Every chunk is written, zeros included, so that a chunk missing on read is damage.
+      "store_data_equal_to_fill_value": True,
       "metadata": {
           "shape": [0, *row_shape],
           "data_type": np.dtype(dtype).name,
@@ -128,7 +133,8 @@ def write_manifest(directory: str, manifest: dict) -> None:
   path = os.path.join(directory, MANIFEST)
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
-    json.dump({"format_version": FORMAT_VERSION, **manifest}, f, indent=2, sort_keys=True)
+    json.dump({"format_version": FORMAT_VERSION, ALL_CHUNKS_STORED: True, **manifest}, f,
+              indent=2, sort_keys=True)
     f.write("\n")
   os.replace(tmp, path)
 
@@ -152,14 +158,14 @@ class SplitReader:
   """Random-access rows of one split; `read(indices)` returns a dict of numpy arrays."""
 
   def __init__(self, directory: str, split: str, packed: bool = False,
-               expected_rows: int | None = None):
+               expected_rows: int | None = None, all_chunks_stored: bool = False):
     self.split = split
     self.directory = directory
     self._arrays = {}
     for name in ARRAYS + (PACKED_ARRAYS if packed else ()):
       # A chunk file that is not there is an error, not rows of the fill value (zeros).
       spec = {"driver": "zarr3", "kvstore": _kvstore(os.path.join(directory, split, name)),
-              "fill_missing_data_reads": False}
+              "fill_missing_data_reads": not all_chunks_stored}
       try:
         self._arrays[name] = ts.open(spec, read=True).result()
       except ValueError as e:
