@@ -1,6 +1,7 @@
 # The two commands of the README. Both create or update .venv first.
 #   make pretrain   fetch Shakespeare, prepare it, pretrain BERT-tiny on it (~10 min on 2 CPU cores)
 #   make test       install the test extras and run the test suite
+#   make test-fast  the unit tier alone (no end-to-end runs)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +11,7 @@ DATA := $(WORKDIR)/data
 # One worker per core; a test file stays on one worker so its module fixtures run once.
 PYTEST_ARGS ?= -n auto --dist loadfile
 
-.PHONY: pretrain test install clean
+.PHONY: pretrain test test-fast install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +28,15 @@ pretrain: install
 	@test -f $(DATA)/manifest.json || \
 	  $(VENV)/bin/jaxpt prepare --recipe=shakespeare --output=$(DATA) --vocab_size=8192 \
 	    --validation_fraction=0.05
-	$(VENV)/bin/jaxpt pretrain --config=configs/shakespeare_tiny.py --workdir=$(WORKDIR) \
+	$(VENV)/bin/jaxpt pretrain --config=shakespeare_tiny --workdir=$(WORKDIR) \
 	  --config.data.dir=$(DATA)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The unit tier: no end-to-end runs (`slow`); a few minutes on 2 cores.
+test-fast: install
+	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow"
 
 clean:
 	rm -rf $(WORKDIR)

@@ -82,7 +82,7 @@ def run_one(args, task_name: str, start: str, seed: int, augment: bool) -> dict:
     return json.loads(result_path.read_text())
   init = {"scratch": "scratch", "jaxpt": args.jaxpt_workdir,
           "minilm": "hf:" + str(corpora.fetch_weights("all-minilm-l6-v2"))}[start]
-  cfg = config_lib.load(str(REPO / "configs" / "finetune.py"))
+  cfg = config_lib.load("finetune")
   cfg = dataclasses.replace(
       cfg, seed=seed,
       optim=dataclasses.replace(cfg.optim, learning_rate=args.learning_rate),

@@ -38,7 +38,7 @@ from jaxpt.models import bert
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 _PRESETS = flags.DEFINE_list("preset", ["bert_tiny", "bert_mini"],
-                             "Presets (names in configs/, or paths of config files).")
+                             "Presets (names in jaxpt/configs/, or paths of config files).")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Global batch (sequences).")
 _LENGTH = flags.DEFINE_integer("seq_len", 128, "Tokens per sequence.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (after 2 warm-up steps).")
@@ -61,7 +61,7 @@ _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s of one device, for 
 
 
 def _config(preset: str) -> config_lib.Config:
-  path = preset if preset.endswith(".py") else str(REPO / "configs" / f"{preset}.py")
+  path = preset
   cfg = config_lib.load(path)
   data, fsdp, tensor = (int(x) for x in _MESH.value.split(","))
   cfg = config_lib.with_model(cfg, dtype="bfloat16" if _PRECISION.value == "bf16" else "float32",

@@ -11,11 +11,12 @@ one line on stderr naming it and exit status 2, before anything is compiled.
 
 from __future__ import annotations
 
-import pathlib
 import sys
 import textwrap
 
 from absl import flags
+
+from jaxpt.config import ConfigError, resolve_preset
 
 COMMANDS = {
     "prepare": "clean text files, train a WordPiece tokenizer, write BERT examples (tensorstore)",
@@ -41,11 +42,10 @@ commands:
 
 `jaxpt COMMAND --help` describes a command's flags. Example, the `make pretrain` demo:
   jaxpt prepare --recipe=shakespeare --output=workdirs/shakespeare/data --vocab_size=8192
-  jaxpt pretrain --config=configs/shakespeare_tiny.py --workdir=workdirs/shakespeare
+  jaxpt pretrain --config=shakespeare_tiny --workdir=workdirs/shakespeare
 """
 
 
-_REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 class UsageError(Exception):
@@ -161,7 +161,8 @@ def _pretrain_flags() -> flags.FlagValues:
   from ml_collections import config_flags
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file(
-      "config", None, "A preset in configs/ (e.g. configs/bert_tiny.py); override fields with "
+      "config", None, "A preset name (bert_tiny, bert_base, ...: jaxpt/configs/) or a preset file; "
+      "override fields with "
       "--config.optim.learning_rate=3e-4 and the like.", flag_values=fv, lock_config=True)
   flags.DEFINE_string("workdir", None, "Run directory: checkpoints/, metrics.jsonl, "
                       "tensorboard/. Re-running with the same one resumes.", flag_values=fv)
@@ -199,7 +200,7 @@ def _load_config(fv: flags.FlagValues):
   from jaxpt.config import Config
   cfg = fv.config
   if cfg is None:
-    raise UsageError("--config is required (e.g. --config=configs/bert_tiny.py)")
+    raise UsageError("--config is required (e.g. --config=bert_tiny)")
   if not isinstance(cfg, Config):
     try:
       cfg.model  # an _ErrorConfig raises the deferred load error here
@@ -351,7 +352,7 @@ def _finetune_flags() -> flags.FlagValues:
   from jaxpt.data.labelled import RECIPES
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file(
-      "config", None, "A preset (default configs/finetune.py of this checkout); override "
+      "config", None, "A preset name or file (default: the packaged `finetune` preset); override "
       "fields with --config.optim.learning_rate=3e-5, --config.finetune.epochs=5 and the like.",
       flag_values=fv, lock_config=True)
   flags.DEFINE_string("workdir", None, "Run directory; re-running with the same one resumes.",
@@ -459,6 +460,13 @@ _FLAGS = {"prepare": (_prepare_flags, _run_prepare), "pretrain": (_pretrain_flag
 _POSITIONAL = {"fill-mask"}  # commands that take arguments besides flags
 
 
+def _resolve_config_flag(arg: str) -> str:
+  """--config=NAME -> --config=PATH of the packaged preset (a file path stays as it is)."""
+  if arg.startswith("--config="):
+    return "--config=" + resolve_preset(arg.split("=", 1)[1])
+  return arg
+
+
 def _usage() -> str:
   width = max(len(c) for c in COMMANDS)
   return USAGE.format(commands="\n".join(f"  {c:<{width}}  {h}" for c, h in COMMANDS.items()))
@@ -492,7 +500,12 @@ def main(argv: list[str] | None = None) -> int:
   if command == "finetune" and not any(a == "--config" or a.startswith("--config=")
                                        for a in rest):
     # The default preset; given as a flag so that --config.KEY=VALUE overrides apply to it.
-    rest = [f"--config={_REPO / 'configs' / 'finetune.py'}"] + rest
+    rest = ["--config=finetune"] + rest
+  try:
+    rest = [_resolve_config_flag(a) for a in rest]
+  except ConfigError as e:
+    print(f"jaxpt {command}: error: {e}", file=sys.stderr)
+    return 2
   fv = define()
   if any(a in ("-h", "--help", "--helpfull") for a in argv[2:]):
     print(f"usage: jaxpt {command} [--flag=value ...]\n\n{COMMANDS[command]}\n")

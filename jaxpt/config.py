@@ -7,6 +7,9 @@ after `validate` nothing changes them.
 
 import dataclasses
 import os
+import pathlib
+
+PRESETS = pathlib.Path(__file__).resolve().parent / "configs"
 
 
 class ConfigError(ValueError):
@@ -239,9 +242,25 @@ def to_dict(cfg: Config) -> dict:
   return dataclasses.asdict(cfg)
 
 
+def preset_names() -> list[str]:
+  return sorted(p.stem for p in PRESETS.glob("*.py") if not p.stem.startswith("_"))
+
+
+def resolve_preset(spec: str) -> str:
+  """A preset file's path: `spec` itself when it is a file, else the packaged preset it names
+  (`bert_base`, `bert_base.py` or `configs/bert_base.py`, from any directory)."""
+  if os.path.isfile(spec):
+    return spec
+  name = os.path.basename(spec).removesuffix(".py")
+  if os.path.dirname(spec) in ("", "configs", "jaxpt/configs") and (PRESETS / f"{name}.py").is_file():
+    return str(PRESETS / f"{name}.py")
+  raise ConfigError(f"--config={spec}: neither a file nor a preset ({', '.join(preset_names())})")
+
+
 def load(path: str) -> Config:
-  """`get_config()` of a preset file, as `--config=FILE` loads it (for scripts and tests)."""
+  """`get_config()` of a preset (a name or a file), as `--config` loads it (scripts, tests)."""
   import importlib.util
+  path = resolve_preset(path)
   spec = importlib.util.spec_from_file_location("jaxpt_preset", path)
   if spec is None or not os.path.exists(path):
     raise ConfigError(f"--config={path}: no such file")

@@ -2,7 +2,7 @@
 # One host, all its GPUs, one process: JAX sees every local GPU and the mesh spans them.
 #
 #   launch/gpu_single_host.sh [--dry_run] [jaxpt pretrain flags...]
-#   launch/gpu_single_host.sh --config=configs/bert_base.py --workdir=runs/base \
+#   launch/gpu_single_host.sh --config=bert_base --workdir=runs/base \
 #       --config.data.dir=data/mine --config.model.dtype=bfloat16 --config.mesh.fsdp=8
 #
 # Install once: pip install -e . 'jax[cuda13]'   (or the CUDA build matching your driver).

@@ -4,7 +4,7 @@
 # without any accelerator.
 #
 #   launch/local_multiprocess.sh [--dry_run] N [jaxpt pretrain flags...]
-#   launch/local_multiprocess.sh 2 --config=configs/shakespeare_tiny.py --workdir=runs/mp \
+#   launch/local_multiprocess.sh 2 --config=shakespeare_tiny --workdir=runs/mp \
 #       --config.mesh.data=2 --config.mesh.fsdp=4
 #
 # Env: DEVICES_PER_PROCESS (default 4), PORT (default: a free one), JAXPT (default: jaxpt).

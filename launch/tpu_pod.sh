@@ -4,7 +4,7 @@
 # checkpoints belong on gs:// so that every worker sees them.
 #
 #   TPU_NAME=my-v5e-64 ZONE=us-west4-a launch/tpu_pod.sh [--dry_run] \
-#       --config=configs/bert_large.py --workdir=gs://bucket/runs/large \
+#       --config=bert_large --workdir=gs://bucket/runs/large \
 #       --config.data.dir=gs://bucket/data/wiki --config.model.dtype=bfloat16
 #
 # Env: TPU_NAME, ZONE (required), PROJECT (optional), REMOTE_DIR (default ~/jaxpt).

@@ -32,6 +32,7 @@ def test_help_lists_commands():
   assert proc.returncode == 0 and "--workdir" in proc.stdout and "--config" in proc.stdout
 
 
+@pytest.mark.slow
 def test_prepare_then_pretrain_then_resume(corpus_dir, tmp_path):
   data = tmp_path / "data"
   proc = jaxpt("prepare", f"--input={corpus_dir}", f"--output={data}", "--vocab_size=128",
@@ -134,3 +135,20 @@ def test_plot_draws_a_png_and_refuses_an_empty_workdir(tmp_path):
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
   proc = jaxpt("plot", f"--workdir={tmp_path / 'nothing'}")
   one_line_error(proc, "no metrics to plot")
+
+
+@pytest.mark.slow
+def test_presets_by_name_from_any_directory(tmp_path):
+  # From a directory without configs/: the packaged preset, by name and by its old path.
+  for spec in ("bert_tiny", "configs/bert_tiny.py"):
+    proc = subprocess.run([sys.executable, "-m", "jaxpt", "pretrain", f"--config={spec}",
+                           "--dry_run", "--config.model.max_position_embeddings=32",
+                           "--config.train.batch_size=8"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=180,
+                          env=dict(os.environ, XLA_FLAGS=""))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "compiled the train step" in proc.stdout
+  proc = subprocess.run([sys.executable, "-m", "jaxpt", "pretrain", "--config=bert_tiniest",
+                         "--dry_run"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+  err = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(err) == 1 and "bert_tiny," in err[0], proc.stderr

@@ -18,6 +18,8 @@ from jaxpt.models import bert
 
 from test_finetune import tiny, vocab_file, write_task  # noqa: F401 (a fixture)
 
+pytestmark = pytest.mark.slow  # subprocess runs and compiles: `make test` only
+
 INT8_REL_ERROR = 2e-2  # ||logits_int8 - logits_fp32|| / ||logits_fp32||, weights only
 W8A8_REL_ERROR = 5e-2  # int8 activations too
 

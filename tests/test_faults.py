@@ -14,6 +14,12 @@ from jaxpt.data import loader
 from jaxpt.train import checkpoint as ckpt_lib
 from test_resilience import command, losses, run, start, vocab  # noqa: F401 (a fixture)
 
+pytestmark = pytest.mark.slow  # subprocess runs and compiles: `make test` only
+
+
+# A constant learning rate: runs of any length agree step for step.
+CONSTANT = ("--config.optim.warmup_steps=0", "--config.optim.schedule=constant")
+
 
 def steps_on_disk(directory):
   return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
@@ -30,7 +36,8 @@ def uninterrupted(prepared_dir, vocab, tmp_path_factory):
   """8 steps, checkpoints every 2, evaluation every 2: the reference losses."""
   workdir = tmp_path_factory.mktemp("whole") / "w"
   proc = run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=8",
-                     "--config.checkpoint.every_steps=2", "--config.train.eval_every_steps=2"))
+                     "--config.checkpoint.every_steps=2", "--config.train.eval_every_steps=2",
+                     *CONSTANT))
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir
 
@@ -38,14 +45,14 @@ def uninterrupted(prepared_dir, vocab, tmp_path_factory):
 def _first_half(prepared_dir, vocab, workdir):
   proc = run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=4",
                      "--config.checkpoint.every_steps=2", "--config.train.eval_every_steps=2",
-                     "--config.checkpoint.max_to_keep=5"))
+                     "--config.checkpoint.max_to_keep=5", *CONSTANT))
   assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def _second_half(prepared_dir, vocab, workdir):
   return run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=8",
                      "--config.checkpoint.every_steps=2", "--config.train.eval_every_steps=2",
-                     "--config.checkpoint.max_to_keep=5"))
+                     "--config.checkpoint.max_to_keep=5", *CONSTANT))
 
 
 def test_a_second_run_on_a_workdir_refuses_and_the_first_is_untouched(prepared_dir, vocab,

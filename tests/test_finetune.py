@@ -18,6 +18,8 @@ from jaxpt import config as config_lib
 from jaxpt.data import corpora
 from jaxpt.data import tokenizer as tok_lib
 
+pytestmark = pytest.mark.slow  # subprocess runs and compiles: `make test` only
+
 WORDS = ("the a king queen castle sword river forest night day sun moon walks rides speaks "
          "old young brave dark bright").split()
 CUES = ("apple", "banana", "cherry")

@@ -246,6 +246,7 @@ class _Exploit:
     return (print, ("this would have run on load",))
 
 
+@pytest.mark.slow
 def test_workdir_export_fill_mask_import_and_continue(prepared_dir, tmp_path, capsys):
   """pretrain -> export-hf -> transformers logits; fill-mask; import-hf -> continued pretrain."""
   vocab = json.loads((prepared_dir / "manifest.json").read_text())["tokenizer"]["vocab_size"]

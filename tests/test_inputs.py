@@ -160,6 +160,7 @@ def test_full_sentences_packing():
   assert np.all(out.token_type_ids == 0) and np.all(out.nsp_labels == 0)
 
 
+@pytest.mark.slow
 def test_roberta_data_prepares_and_pretrains(corpus_dir, tmp_path):
   m = prepare([str(corpus_dir)], str(tmp_path / "roberta"),
               PrepareOptions(vocab_size=300, seq_length=32, tokenizer_type="bpe",
@@ -194,6 +195,7 @@ def test_roberta_data_prepares_and_pretrains(corpus_dir, tmp_path):
   assert "train/nsp_loss" not in rows[-1]
 
 
+@pytest.mark.slow
 def test_packed_data_prepares_and_pretrains(corpus_dir, tmp_path):
   from test_cli import jaxpt
   m = prepare([str(corpus_dir)], str(tmp_path / "packed"),

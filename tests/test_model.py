@@ -20,7 +20,7 @@ PRESETS = {"bert_tiny": (2, 128), "bert_mini": (4, 256), "bert_small": (4, 512),
 
 
 def load_preset(name: str) -> config_lib.Config:
-  return config_lib.load(str(REPO / "configs" / f"{name}.py"))
+  return config_lib.load(name)
 
 
 def abstract_model(cfg: config_lib.ModelConfig):

@@ -19,6 +19,8 @@ import pytest
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # subprocess runs and compiles: `make test` only
+
 TIMEOUT = 240
 
 

@@ -24,6 +24,8 @@ from jaxpt.tasks import pretraining
 from jaxpt.train.loop import TrainError
 from test_sharding import batches, tiny_config
 
+pytestmark = pytest.mark.slow  # subprocess runs and compiles: `make test` only
+
 
 @pytest.fixture(scope="module")
 def vocab(prepared_dir):
@@ -155,7 +157,7 @@ def test_nonfinite_loss_aborts_with_its_step_and_saves_nothing_bad(trained, prep
   assert saved and max(saved) < bad_step
   # The last checkpoint on disk is finite.
   from jaxpt.train import checkpoint as ckpt_lib
-  cfg = config_lib.with_model(config_lib.load(str(REPO / "configs/bert_tiny.py")),
+  cfg = config_lib.with_model(config_lib.load("bert_tiny"),
                               vocab_size=vocab, max_position_embeddings=32, hidden_size=32,
                               intermediate_size=64)
   mesh = sharding.make_mesh(cfg.mesh)

@@ -12,6 +12,8 @@ from jaxpt import sharding
 from jaxpt.tasks import pretraining
 from jaxpt.config import ConfigError
 
+pytestmark = pytest.mark.slow  # subprocess runs and compiles: `make test` only
+
 STEPS = 5
 
 

@@ -39,6 +39,7 @@ def _batch(cfg, b=4, length=32, preds=5, seed=0):
           "nsp_labels": jnp.asarray(rng.integers(0, 2, b), jnp.int32)}
 
 
+@pytest.mark.slow
 def test_masked_only_head_equals_the_full_head():
   with nnx.use_eager_sharding(False):
     graphdef, params = nnx.split(bert.BertForPreTraining(CFG, rngs=nnx.Rngs(0)))
@@ -88,6 +89,7 @@ def test_flops_formula_matches_a_hand_count_and_xla():
   assert analysis["flops"] == pytest.approx(formula, rel=0.10)
 
 
+@pytest.mark.slow
 def test_throughput_script_emits_valid_json(tmp_path):
   env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")  # one CPU device
   proc = subprocess.run(
