@@ -36,7 +36,7 @@ import qwix
 from flax import nnx, traverse_util
 
 from jaxpt import config as config_lib
-from jaxpt import pretrained, sharding
+from jaxpt import sharding
 from jaxpt.files import atomic_directory
 from jaxpt.models import bert
 from jaxpt.tasks import classification
@@ -328,7 +328,7 @@ def compress(workdir: str, out: str, opts: Options, *, progress: bool = True) ->
 
 def _place(params, runner: classification.ClassificationTask):
   with jax.set_mesh(runner.mesh):
-    return pretrained.place(params, runner.param_sh)
+    return sharding.place(params, runner.param_sh)
 
 
 def _recover(runner: classification.ClassificationTask, params, info: dict, steps: int,

@@ -10,8 +10,6 @@ import dataclasses
 import json
 import pathlib
 
-import jax
-import numpy as np
 
 from jaxpt.train import checkpoint as ckpt_lib
 from jaxpt import files
@@ -106,14 +104,6 @@ def adapt(pretrained: Pretrained, cfg: ModelConfig, *, allow_missing: tuple[str,
     raise SourceError(f"{pretrained.source} does not fit the config: "
                       + "; ".join(problems[:3]) + more)
   return hf.unflatten({k: v for k, v in flat.items() if k in want}, cfg)
-
-
-def place(params: dict, shardings: dict) -> dict:
-  """Host arrays -> global arrays with `shardings`; each process supplies only its shards."""
-  def put(x, s):
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, s, lambda index: x[index])
-  return jax.tree.map(put, params, shardings)
 
 
 def write_imported(directory: str, imported: hf.Imported) -> pathlib.Path:

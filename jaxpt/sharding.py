@@ -154,3 +154,11 @@ def constrain(x, axes: tuple[str | None, ...]):
   if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
     return x
   return jax.lax.with_sharding_constraint(x, P(*(_RULES.get(a) if a else None for a in axes)))
+
+
+def place(params: dict, shardings: dict) -> dict:
+  """Host arrays -> global arrays with `shardings`; each process supplies only its shards."""
+  def put(x, s):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, s, lambda index: x[index])
+  return jax.tree.map(put, params, shardings)

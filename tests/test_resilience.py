@@ -21,7 +21,6 @@ from conftest import REPO
 from jaxpt import config as config_lib
 from jaxpt import optim, sharding
 from jaxpt.tasks import pretraining
-from jaxpt.train.loop import TrainError
 from test_sharding import batches, tiny_config
 
 pytestmark = pytest.mark.slow  # subprocess runs and compiles: `make test` only

@@ -17,11 +17,9 @@ import logging
 import math
 import os
 import shutil
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jaxpt import config as config_lib

@@ -181,7 +181,7 @@ def build_program(task: Task, mesh, schedule_segments=()) -> Program:
         compiled_init[None] = jax.jit(lambda: fresh(random_params()), out_shardings=state_sh)
       return compiled_init[None]()
     given_sh = _subtree(model.param_shardings, given)
-    placed = _place(given, given_sh)
+    placed = sharding.place(given, given_sh)
     init = jax.jit(lambda g: fresh(_merge(random_params(), g)), in_shardings=(given_sh,),
                    out_shardings=state_sh)
     return init(placed)
@@ -194,14 +194,6 @@ def build_program(task: Task, mesh, schedule_segments=()) -> Program:
                                          cfg.train.microbatches),
                          in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep),
                          donate_argnums=0))
-
-
-def _place(params: dict, shardings: dict) -> dict:
-  """Host arrays -> global arrays with `shardings`; each process supplies only its shards."""
-  def put(x, s):
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, s, lambda index: x[index])
-  return jax.tree.map(put, params, shardings)
 
 
 def resumed_schedule(base: optax.Schedule, segments) -> optax.Schedule:
@@ -373,8 +365,9 @@ class Resumed:
   config: dict
 
 
-def _read_latest(task: Task, program_for, checkpointer, workdir: str, say) -> tuple:
-  """(program, Resumed) from the newest readable checkpoint, or (program, None) for none.
+def _read_latest(task: Task, mesh, checkpointer, workdir: str, say) -> tuple:
+  """(program, Resumed, schedule segments) from the newest readable checkpoint, or
+  (program, None, []) for none.
 
   An unreadable step is set aside (moved to WORKDIR/unreadable/) once an older one has been
   read; with no readable step nothing is touched and the run stops.
@@ -391,8 +384,9 @@ def _read_latest(task: Task, program_for, checkpointer, workdir: str, say) -> tu
       unreadable.append((step, ckpt_lib.describe_error(e)))
       say(f"{where} is unreadable: {unreadable[-1][1]}")
       continue
-    program = program_for((data.get("schedule_segments", []), int(data.get("num_steps", 0)),
-                           step))
+    segments = schedule_segments(data.get("schedule_segments", []),
+                                 int(data.get("num_steps", 0)), step, task.num_steps)
+    program = build_program(task, mesh, segments)
     problems = checkpointer.mismatches(step, program.abstract_state)
     if problems:
       changed = [f"{section}.{k}" for section in ("model", "optim")
@@ -419,17 +413,30 @@ def _read_latest(task: Task, program_for, checkpointer, workdir: str, say) -> tu
       _sync("jaxpt_set_aside_done")
       checkpointer.reload()
       say(f"resuming from {where}, the newest readable checkpoint")
-    return program, Resumed(state, data, saved)
+    return program, Resumed(state, data, saved), segments
   if unreadable:
     raise TrainError(f"{checkpointer.directory}: no readable checkpoint ("
                      + "; ".join(f"step {s}: {r}" for s, r in unreadable)
                      + "); nothing was changed. Move them away to start from scratch")
-  return program_for(()), None
+  return build_program(task, mesh), None, []
 
 
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+def schedule_segments(saved: list, previous: int, step: int, num_steps: int) -> list:
+  """The schedule history of a run resumed at `step`, whose checkpoint had `saved` segments
+  and was to end at `previous` steps, now to end at `num_steps` (see `resumed_schedule`)."""
+  segments = [list(s) for s in saved]
+  # A run stopped before its end continues its decay, stretched or shrunk to the new end; a
+  # finished run (its decay done) that is extended takes the new num_steps' schedule.
+  if previous and previous != num_steps and step < min(previous, num_steps):
+    if not segments:
+      segments.append([0, previous, previous])
+    segments.append([step, previous, num_steps])
+  return segments
 
 
 def _check_config(task: Task, saved: dict, data: dict, where: str) -> None:
@@ -458,7 +465,6 @@ def run(task: Task, workdir: str, *, progress: bool = True) -> dict:
   `workdir`. Returns the last logged metrics, plus `step`, `best_step` and `stopped` when the
   run ended early ("preempted", "interrupted" or "early_stopping")."""
   cfg = task.cfg
-  t, ck = cfg.train, cfg.checkpoint
   is_main = jax.process_index() == 0
   mesh = sharding.make_mesh(cfg.mesh)
   sharding.check_fits(cfg, mesh)
@@ -490,8 +496,7 @@ def run(task: Task, workdir: str, *, progress: bool = True) -> dict:
 
 
 def _run_locked(task: Task, workdir: str, mesh, say, progress: bool) -> dict:
-  cfg = task.cfg
-  t, ck = cfg.train, cfg.checkpoint
+  ck = task.cfg.checkpoint
   is_main = jax.process_index() == 0
   ckpt_dir, best_dir = os.path.join(workdir, "checkpoints"), os.path.join(workdir, "best")
   if is_main:
@@ -515,22 +520,7 @@ def _train(task, workdir, mesh, say, progress, checkpointer, best_checkpointer) 
   is_main = jax.process_index() == 0
   init_params = task.initial_params() if checkpointer.latest_step() is None else None
 
-  def program_for(history):
-    """The program for a fresh run (history ()) or a resume at `step` of a run whose
-    schedule had `segments` and was to end at `previous` steps."""
-    segments, previous, step = history if history else ([], task.num_steps, 0)
-    segments = [list(s) for s in segments]
-    # A run stopped before its end continues its decay, stretched or shrunk to the new end; a
-    # finished run (its decay done) that is extended takes the new num_steps' schedule.
-    if previous and previous != task.num_steps and step < min(previous, task.num_steps):
-      if not segments:
-        segments.append([0, previous, previous])
-      segments.append([step, previous, task.num_steps])
-    program_for.segments = segments
-    return build_program(task, mesh, segments)
-
-  program, resumed = _read_latest(task, program_for, checkpointer, workdir, say)
-  segments = program_for.segments
+  program, resumed, segments = _read_latest(task, mesh, checkpointer, workdir, say)
   saved = resumed.data if resumed else {}
   with jax.set_mesh(mesh):
     state = resumed.state if resumed else program.init_state(init_params)
