@@ -39,7 +39,8 @@ def predict(model, tokenizer, texts: list[str], top_k: int = 5) -> list[list[lis
 
   @jax.jit
   def probabilities(state, ids, types, attention):
-    logits = nnx.merge(graphdef, state).mlm_logits(ids, types, attention)
+    logits = nnx.merge(graphdef, state).mlm_logits(ids, attention_mask=attention,
+                                                   token_type_ids=types)
     return jax.nn.softmax(logits, axis=-1)
 
   probs = np.asarray(probabilities(state, jnp.asarray(ids), jnp.asarray(types),

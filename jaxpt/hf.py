@@ -378,6 +378,28 @@ def load_bert(directory: str | os.PathLike, *, dtype: str = "float32", seed: int
   return build(imported.config, imported.params), imported
 
 
+def load_model(directory: str | os.PathLike, *, dtype: str = "float32", seed: int = 0):
+  """(model, info) from a HuggingFace directory of any supported architecture (BERT and
+  RoBERTa, with or without heads). `model.encode(input_ids, attention_mask, token_type_ids)`
+  gives the last hidden states and `model.mlm_logits(...)` the masked-LM logits; `info`
+  holds the config, the parameters as numpy arrays, the tokenizer (or None), and the heads
+  that were freshly initialised (`info.missing`) because the checkpoint had none."""
+  return load_bert(directory, dtype=dtype, seed=seed)
+
+
+def save_model(directory: str | os.PathLike, model_or_params, config: ModelConfig,
+               tokenizer=None, architecture: str | None = None, *,
+               overwrite: bool = False) -> pathlib.Path:
+  """Writes a model (an nnx module from `load_model`, or its pure parameter dict) as a
+  HuggingFace directory for `architecture` (default: every head the model has)."""
+  params = model_or_params
+  if isinstance(model_or_params, nnx.Module):
+    params = nnx.state(model_or_params, nnx.Param).to_pure_dict()
+  params = jax.tree.map(np.asarray, params)
+  return save_bert(directory, params, config, tokenizer, architecture=architecture,
+                   overwrite=overwrite)
+
+
 def build(cfg: ModelConfig, params: dict) -> bert.BertForPreTraining:
   """A BertForPreTraining module holding `params` (a pure dict)."""
   with nnx.use_eager_sharding(False):

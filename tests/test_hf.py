@@ -30,7 +30,7 @@ def encode(model, ids, types, mask):
 
 @nnx.jit
 def mlm_logits(model, ids, types, mask):
-  return model.mlm_logits(ids, types, mask)
+  return model.mlm_logits(ids, attention_mask=mask, token_type_ids=types)
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",

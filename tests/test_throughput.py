@@ -49,8 +49,8 @@ def test_masked_only_head_equals_the_full_head():
     return pretraining_sums(nnx.merge(graphdef, p), batch, deterministic=True)["mlm_loss"]
 
   def full(p):  # the head on every position, then the same positions picked from its logits
-    logits = nnx.merge(graphdef, p).mlm_logits(batch["input_ids"], batch["token_type_ids"],
-                                               batch["attention_mask"])
+    logits = nnx.merge(graphdef, p).mlm_logits(batch["input_ids"], batch["attention_mask"],
+                                               batch["token_type_ids"])
     picked = jnp.take_along_axis(logits, batch["masked_positions"][..., None], axis=1)
     losses = optax.softmax_cross_entropy_with_integer_labels(picked, batch["masked_ids"])
     return jnp.sum(losses * batch["masked_weights"])

@@ -298,8 +298,15 @@ class BertForPreTraining(nnx.Module):
       pooled = jnp.tanh(self.bert.pooler(cls))  # [batch, K, embed]
     return mlm_logits, self.nsp(pooled).astype(jnp.float32)
 
-  def mlm_logits(self, input_ids, token_type_ids=None, attention_mask=None):
-    """Masked-LM logits at every position `[batch, length, vocab]` (fill-mask, parity checks)."""
+  # The public API: deterministic (no dropout), padding given by `attention_mask` (1 = real
+  # token), segments A/B by `token_type_ids` (default all A).
+
+  def encode(self, input_ids, attention_mask=None, token_type_ids=None):
+    """Last hidden states `[batch, length, embed]` (HuggingFace's `last_hidden_state`)."""
+    return self.bert.encode(input_ids, token_type_ids, attention_mask)
+
+  def mlm_logits(self, input_ids, attention_mask=None, token_type_ids=None):
+    """Masked-LM logits at every position `[batch, length, vocab]`, float32."""
     hidden = self.bert.encode(input_ids, token_type_ids, attention_mask)
     return self.mlm(hidden, self.bert.embeddings.word)
 
