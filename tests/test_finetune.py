@@ -8,7 +8,6 @@ import pathlib
 
 import numpy as np
 import pytest
-from sklearn import metrics as skm
 
 from jaxpt import cli, evaluation
 from jaxpt.data import augment
@@ -108,22 +107,32 @@ def test_planted_task_is_learned_and_shuffled_labels_are_not(tmp_path, vocab_fil
   assert report["accuracy"] < 0.6 and report["f1_macro"] < 0.6
 
 
-def test_metrics_equal_scikit_learn():
-  rng = np.random.default_rng(0)
-  labels = rng.integers(0, 4, 500)
-  predictions = np.where(rng.random(500) < 0.7, labels, rng.integers(0, 4, 500))
-  names = ["a", "b", "c", "d"]
-  report = evaluation.classification_report(labels, predictions, names)
-  assert report["accuracy"] == pytest.approx(skm.accuracy_score(labels, predictions))
-  assert report["f1_macro"] == pytest.approx(skm.f1_score(labels, predictions, average="macro"))
-  assert report["precision_macro"] == pytest.approx(
-      skm.precision_score(labels, predictions, average="macro"))
-  assert report["recall_macro"] == pytest.approx(
-      skm.recall_score(labels, predictions, average="macro"))
-  assert report["mcc"] == pytest.approx(skm.matthews_corrcoef(labels, predictions))
-  assert report["confusion_matrix"] == skm.confusion_matrix(labels, predictions).tolist()
-  binary = evaluation.classification_report(labels % 2, predictions % 2, ["ham", "spam"])
-  assert binary["f1_binary"] == pytest.approx(skm.f1_score(labels % 2, predictions % 2))
+def from_confusion(matrix):
+  """(labels, predictions) whose confusion matrix (rows: true, columns: predicted) is `matrix`."""
+  pairs = [(t, p) for t, row in enumerate(matrix) for p, n in enumerate(row) for _ in range(n)]
+  return np.array([t for t, _ in pairs]), np.array([p for _, p in pairs])
+
+
+def test_metrics_equal_a_hand_count():
+  matrix = [[5, 1, 0], [2, 3, 1], [0, 0, 4]]
+  labels, predictions = from_confusion(matrix)
+  report = evaluation.classification_report(labels, predictions, ["a", "b", "c"])
+  assert report["confusion_matrix"] == matrix
+  assert report["num_examples"] == 16 and report["accuracy"] == pytest.approx(12 / 16)
+  precision = [5 / 7, 3 / 4, 4 / 5]  # diagonal over column sums (7, 4, 5)
+  recall = [5 / 6, 3 / 6, 4 / 4]  # diagonal over row sums (6, 6, 4)
+  f1 = [10 / 13, 3 / 5, 8 / 9]  # 2pr / (p + r) per class
+  assert report["precision_macro"] == pytest.approx(sum(precision) / 3)
+  assert report["recall_macro"] == pytest.approx(sum(recall) / 3)
+  assert report["f1_macro"] == pytest.approx(sum(f1) / 3)
+  # Gorodkin's multi-class MCC: (correct * n - sum(pred_k * true_k)) /
+  # sqrt((n^2 - sum(pred_k^2)) * (n^2 - sum(true_k^2))) = (192 - 86) / sqrt(166 * 168).
+  assert report["mcc"] == pytest.approx(106 / (166 * 168) ** 0.5)
+  labels, predictions = from_confusion([[7, 2], [1, 5]])  # ham, spam (positive)
+  binary = evaluation.classification_report(labels, predictions, ["ham", "spam"])
+  assert binary["precision_binary"] == pytest.approx(5 / 7)
+  assert binary["recall_binary"] == pytest.approx(5 / 6)
+  assert binary["f1_binary"] == pytest.approx(10 / 13)
   # Entity-level F1 on BIO tags, by hand: one of two gold entities found, one spurious.
   true = [["B-PER", "I-PER", "O", "B-LOC"]]
   pred = [["B-PER", "I-PER", "O", "O"], ]
