@@ -36,6 +36,11 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype: float32 | bfloat16; parameters stay float32
   remat: str = "none"  # recompute in the backward pass: none | full | save_dots (keep matmuls)
   scan_layers: bool = False  # one layer compiled and applied by nnx.scan: faster compiles
+  # Layer code: "custom" = jaxpt/models/ops.py (hand-written gradients that keep less for
+  # backward, dropout masks from 16-bit draws, the vocab-bias gradient as a matvec), measured
+  # to help on CPU only; "plain" = the plain JAX expressions (jax.nn.gelu, nnx.LayerNorm,
+  # nnx.Dropout, autodiff), the default until measured on GPU/TPU; "auto" = custom on CPU.
+  kernels: str = "auto"  # auto | custom | plain
 
   @property
   def head_dim(self) -> int:
@@ -176,6 +181,8 @@ def validate_model(m: ModelConfig) -> ModelConfig:
          "must be 'float32' or 'bfloat16'")
   _check(m.remat in ("none", "full", "save_dots"), "model.remat", m.remat,
          "must be 'none', 'full' or 'save_dots'")
+  _check(m.kernels in ("auto", "custom", "plain"), "model.kernels", m.kernels,
+         "must be 'auto', 'custom' or 'plain'")
   return m
 
 

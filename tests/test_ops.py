@@ -111,3 +111,45 @@ def test_attention_matches_autodiff_of_the_plain_formula(packed):
   _close(out_o, out_p, 1e-6)
   _close(g_o, g_p, 1e-5)
   assert float(jnp.abs(g_o[0]).max()) > 0  # the check is not vacuous
+
+
+def _grad_jaxpr_and_values(kernels: str, dropout: float):
+  from jaxpt.config import ModelConfig
+  from jaxpt.models import bert
+  from jaxpt.tasks.pretraining import pretraining_sums
+  cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+                    intermediate_size=64, max_position_embeddings=16, hidden_dropout=dropout,
+                    attention_dropout=dropout, kernels=kernels)
+  with nnx.use_eager_sharding(False):
+    graphdef, params = nnx.split(bert.BertForPreTraining(cfg, rngs=nnx.Rngs(0)))
+  rng = np.random.default_rng(0)
+  batch = {"input_ids": jnp.asarray(rng.integers(4, 64, (2, 16)), jnp.int32),
+           "token_type_ids": jnp.zeros((2, 16), jnp.int32),
+           "attention_mask": jnp.ones((2, 16), jnp.int32).at[1, 10:].set(0),
+           "masked_positions": jnp.asarray([[1, 3, 5], [2, 4, 6]], jnp.int32),
+           "masked_ids": jnp.asarray([[7, 8, 9], [10, 11, 12]], jnp.int32),
+           "masked_weights": jnp.ones((2, 3), jnp.float32), "nsp_labels": jnp.zeros(2, jnp.int32)}
+
+  def loss(p):
+    sums = pretraining_sums(nnx.merge(graphdef, p), batch, deterministic=False,
+                            rngs=nnx.Rngs(dropout=1))
+    return sums["mlm_loss"] + sums["nsp_loss"]
+
+  grad = jax.value_and_grad(loss)
+  return str(jax.make_jaxpr(grad)(params)), jax.jit(grad)(params)
+
+
+def test_the_kernel_switch_chooses_the_code_not_the_function():
+  # Without dropout (the masks are drawn differently) custom and plain are the same function.
+  custom_jaxpr, (custom_loss, custom_grads) = _grad_jaxpr_and_values("custom", 0.0)
+  plain_jaxpr, (plain_loss, plain_grads) = _grad_jaxpr_and_values("plain", 0.0)
+  assert "custom_vjp" in custom_jaxpr and "custom_vjp" not in plain_jaxpr
+  np.testing.assert_allclose(float(custom_loss), float(plain_loss), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(custom_grads), jax.tree.leaves(plain_grads)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+  # With dropout the plain path is still plain JAX (nnx.Dropout, autodiff) and trains.
+  jaxpr, (loss, grads) = _grad_jaxpr_and_values("plain", 0.1)
+  assert "custom_vjp" not in jaxpr and np.isfinite(float(loss))
+  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+  from jaxpt.models import ops
+  assert ops.custom_kernels("auto") == (jax.default_backend() == "cpu")

@@ -29,9 +29,14 @@ def _zeros(axes: tuple[str | None, ...]):
 
 def _layer_norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
   return ops.LayerNorm(
-      cfg.hidden_size, epsilon=cfg.layer_norm_eps, dtype=_dtype(cfg),
+      cfg.hidden_size, custom=ops.custom_kernels(cfg.kernels), epsilon=cfg.layer_norm_eps,
+      dtype=_dtype(cfg),
       scale_init=nnx.with_partitioning(jax.nn.initializers.ones, ("norm",)),
       bias_init=_zeros(("norm",)), rngs=rngs)
+
+
+def _gelu(x, custom: bool):
+  return ops.gelu(x) if custom else jax.nn.gelu(x, approximate=False)
 
 
 def _dtype(cfg: ModelConfig):
@@ -53,7 +58,7 @@ class Embeddings(nnx.Module):
                                 embedding_init=nnx.with_partitioning(init, (None, "embed")),
                                 rngs=rngs)
     self.norm = _layer_norm(cfg, rngs)
-    self.dropout = ops.Dropout(cfg.hidden_dropout)
+    self.dropout = ops.Dropout(cfg.hidden_dropout, custom=ops.custom_kernels(cfg.kernels))
 
     self.variant, self.pad_token_id = cfg.variant, cfg.pad_token_id
 
@@ -104,7 +109,8 @@ class SelfAttention(nnx.Module):
     self.out = nnx.LinearGeneral((n, d), h, axis=(-2, -1),
                                  kernel_init=_dense_init(cfg, ("heads", "head_dim", "embed")),
                                  bias_init=_zeros(("embed",)), dtype=_dtype(cfg), rngs=rngs)
-    self.attention_dropout = ops.Dropout(cfg.attention_dropout)
+    self.custom = ops.custom_kernels(cfg.kernels)
+    self.attention_dropout = ops.Dropout(cfg.attention_dropout, custom=self.custom)
     self.scale = d ** -0.5
 
   def __call__(self, x, attention_mask, *, deterministic: bool, rngs):
@@ -123,7 +129,8 @@ class SelfAttention(nnx.Module):
       b, length, n, _ = q.shape
       keep, keep_prob = self.attention_dropout.keep_mask((b, n, length, k.shape[1]), rngs)
       keep_prob = jnp.asarray(keep_prob, jnp.float32)
-      y = ops.attention(q, k, v, mask, keep, keep_prob, self.scale)  # [batch, length, heads, head_dim]
+      attention = ops.attention if self.custom else ops.attention_plain
+      y = attention(q, k, v, mask, keep, keep_prob, self.scale)  # [batch, length, heads, head_dim]
     return self.out(y)  # [batch, length, embed]
 
 
@@ -135,9 +142,10 @@ class Mlp(nnx.Module):
     self.down = nnx.Linear(cfg.intermediate_size, cfg.hidden_size, dtype=_dtype(cfg),
                            kernel_init=_dense_init(cfg, ("mlp", "embed")),
                            bias_init=_zeros(("embed",)), rngs=rngs)
+    self.custom = ops.custom_kernels(cfg.kernels)
 
   def __call__(self, x):
-    return self.down(ops.gelu(self.up(x)))  # BERT's exact (erf) GELU
+    return self.down(_gelu(self.up(x), self.custom))  # BERT's exact (erf) GELU
 
 
 class EncoderLayer(nnx.Module):
@@ -148,7 +156,7 @@ class EncoderLayer(nnx.Module):
     self.attention_norm = _layer_norm(cfg, rngs)
     self.mlp = Mlp(cfg, rngs=rngs)
     self.mlp_norm = _layer_norm(cfg, rngs)
-    self.dropout = ops.Dropout(cfg.hidden_dropout)
+    self.dropout = ops.Dropout(cfg.hidden_dropout, custom=ops.custom_kernels(cfg.kernels))
 
   def __call__(self, x, attention_mask, *, deterministic: bool, rngs):
     y = self.attention(x, attention_mask, deterministic=deterministic, rngs=rngs)
@@ -231,11 +239,14 @@ class MlmHead(nnx.Module):
                                 bias_init=_zeros((None,)), rngs=rngs)
     self.norm = _layer_norm(cfg, rngs)
     self.bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.float32), out_sharding=("vocab",))
+    self.custom = ops.custom_kernels(cfg.kernels)
 
   def __call__(self, x, word_embeddings: nnx.Embed):
-    x = self.norm(ops.gelu(self.transform(x)))
-    logits = word_embeddings.attend(x)  # [..., vocab]
-    return add_vocab_bias(logits.astype(jnp.float32), self.bias[...])
+    x = self.norm(_gelu(self.transform(x), self.custom))
+    logits = word_embeddings.attend(x).astype(jnp.float32)  # [..., vocab]
+    if self.custom:
+      return add_vocab_bias(logits, self.bias[...])
+    return logits + self.bias[...]
 
 
 @jax.custom_vjp
@@ -335,7 +346,7 @@ class BertForClassification(nnx.Module):
                rngs: nnx.Rngs):
     self.kind = kind
     self.bert = Bert(cfg, rngs=rngs)
-    self.dropout = ops.Dropout(cfg.hidden_dropout)
+    self.dropout = ops.Dropout(cfg.hidden_dropout, custom=ops.custom_kernels(cfg.kernels))
     self.classifier = nnx.Linear(cfg.hidden_size, num_labels, dtype=_dtype(cfg),
                                  kernel_init=_dense_init(cfg, ("embed", None)),
                                  bias_init=_zeros((None,)), rngs=rngs)

@@ -75,13 +75,26 @@ def keep_mask(key, keep_prob: float, shape, out_sharding=None):
   return jnp.stack(quarters, axis=-1).reshape(shape), threshold / 65536  # [..., last / 4, 4]
 
 
+def custom_kernels(kernels: str) -> bool:
+  """`model.kernels` resolved: "auto" is the custom code on CPU (where it was measured)."""
+  if kernels == "auto":
+    return jax.default_backend() == "cpu"
+  return kernels == "custom"
+
+
 class Dropout(nnx.Dropout):
   """`nnx.Dropout` whose backward pass keeps only the boolean mask (`_dropout`), and whose
-  mask costs a quarter of the random bits (`keep_mask`)."""
+  mask costs a quarter of the random bits (`keep_mask`); with `custom=False`, nnx.Dropout's
+  own code (and `jax.random.bernoulli` masks)."""
+
+  def __init__(self, rate: float, *, custom: bool = True, **kwargs):
+    super().__init__(rate, **kwargs)
+    self.custom = custom
 
   def __call__(self, inputs, *, deterministic: bool | None = None, rngs=None):
     deterministic = self.deterministic if deterministic is None else deterministic
-    if self.rate == 0.0 or deterministic or self.broadcast_dims or self.rate == 1.0:
+    if (not self.custom or self.rate == 0.0 or deterministic or self.broadcast_dims
+        or self.rate == 1.0):
       return super().__call__(inputs, deterministic=deterministic, rngs=rngs)
     keep, keep_prob = self.keep_mask(inputs.shape, rngs,
                                      out_sharding=jax.typeof(inputs).sharding)
@@ -98,6 +111,8 @@ class Dropout(nnx.Dropout):
       raise ValueError("Dropout with deterministic=False needs `rngs`")
     else:
       key = rngs
+    if not self.custom:
+      return jax.random.bernoulli(key, 1.0 - self.rate, shape), 1.0 - self.rate
     return keep_mask(key, 1.0 - self.rate, shape, out_sharding)
 
 
@@ -140,10 +155,15 @@ layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 class LayerNorm(nnx.LayerNorm):
-  """`nnx.LayerNorm` over the last axis (same parameters and values) through `layer_norm`."""
+  """`nnx.LayerNorm` over the last axis (same parameters and values) through `layer_norm`;
+  with `custom=False`, nnx.LayerNorm's own code."""
+
+  def __init__(self, num_features: int, *, custom: bool = True, **kwargs):
+    super().__init__(num_features, **kwargs)
+    self.custom = custom
 
   def __call__(self, x, *, mask=None):
-    if (mask is not None or self.scale is None or self.bias is None or self.axis_name
+    if (not self.custom or mask is not None or self.scale is None or self.bias is None or self.axis_name
         or not self.use_fast_variance or self.reduction_axes not in (-1, (-1,))
         or self.feature_axes not in (-1, (-1,))):
       return super().__call__(x, mask=mask)
@@ -192,6 +212,11 @@ def attention(q, k, v, mask, keep, keep_prob, scale: float):
   `jax.nn.dot_product_attention`; its backward pass recomputes the dropped probabilities
   instead of keeping the logits, the exponentials and the dropped copy.
   """
+  return _attention_fwd(q, k, v, mask, keep, keep_prob, scale)[0]
+
+
+def attention_plain(q, k, v, mask, keep, keep_prob, scale: float):
+  """`attention`'s values, differentiated by autodiff (what `model.kernels=plain` runs)."""
   return _attention_fwd(q, k, v, mask, keep, keep_prob, scale)[0]
 
 

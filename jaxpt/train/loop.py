@@ -327,6 +327,7 @@ SAFE_TO_CHANGE = (
     # num_steps is made continuous, by `resumed_schedule`).
     "optim.learning_rate", "optim.warmup_steps", "optim.schedule", "optim.power",
     "optim.end_learning_rate_fraction", "optim.grad_clip_norm", "model.dtype", "model.remat",
+    "model.kernels",
     "data.dir", "data.prefetch_batches", "data.read_threads", "mesh.data", "mesh.fsdp",
     "mesh.tensor", "finetune.epochs", "finetune.eval_every_epochs", "finetune.too_long",
 )
