@@ -280,3 +280,54 @@ def test_prepare_memory_does_not_grow_with_the_text(tmp_path):
   added_peak = sizes[1200][1] - sizes[300][1]
   assert added_text > 3_500_000
   assert added_peak < 0.2 * added_text, (sizes, added_peak / added_text)
+
+
+def test_rows_that_are_not_text_are_counted_not_dropped_silently(tmp_path):
+  docs = [{"text": f"Document number {i} says something about the river and the king."}
+          for i in range(6)]
+  rows = docs + [{"text": 5}, {"text": None}, {"text": ["a", "list"]}]
+  (tmp_path / "in").mkdir()
+  (tmp_path / "in" / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  report = collections.Counter()
+  read = list(inputs.read_documents(str(tmp_path / "in" / "a.jsonl"), report=report))
+  assert len(read) == 6 and report["text_not_a_string"] == 3
+  manifest = prepare([str(tmp_path / "in")], str(tmp_path / "out"),
+                     PrepareOptions(vocab_size=100, seq_length=16, validation_fraction=0.0,
+                                    near_duplicate_threshold=0.0, progress=False))
+  assert manifest["cleaning"]["removed"]["text_not_a_string"] == 3
+
+
+def test_a_vocabulary_below_the_alphabet_is_reported_with_both_sizes(tmp_path, capsys):
+  # 300 distinct letters: WordPiece keeps each (and its "##" form), more than 100 tokens.
+  letters = [chr(0x4E00 + i) for i in range(300)]
+  text = "\n\n".join(" ".join(letters[i:i + 30]) + " and more words here"
+                     for i in range(0, 300, 30))
+  (tmp_path / "in").mkdir()
+  (tmp_path / "in" / "a.txt").write_text(text + "\n", encoding="utf-8")
+  manifest = prepare([str(tmp_path / "in")], str(tmp_path / "out"),
+                     PrepareOptions(vocab_size=100, seq_length=16, validation_fraction=0.0,
+                                    near_duplicate_threshold=0.0, progress=True))
+  size = manifest["tokenizer"]["vocab_size"]
+  assert size > 100 and manifest["vocab_size_requested"] == 100
+  said = "".join(capsys.readouterr())
+  assert "--vocab_size=100 is below" in said and f"{size:,} tokens" in said
+
+
+def test_a_killed_writers_temporary_directory_is_removed(tmp_path):
+  from jaxpt import files
+  dead = subprocess_pid_that_exited()
+  stale = tmp_path / f".out-{dead}-abc"
+  stale.mkdir()
+  (stale / "part").write_text("half written")
+  live = tmp_path / f".out-{os.getpid()}-def"  # a writer still running: left alone
+  live.mkdir()
+  with files.atomic_directory(tmp_path / "out") as tmp:
+    (tmp / "x").write_text("done")
+  assert not stale.exists() and live.exists() and (tmp_path / "out" / "x").exists()
+
+
+def subprocess_pid_that_exited() -> int:
+  import subprocess
+  proc = subprocess.Popen(["true"])
+  proc.wait()
+  return proc.pid

@@ -161,6 +161,8 @@ def _jsonl_documents(path, column, on_bad_input, report):
                        "--text_column")
     if isinstance(row[column], str):
       yield row[column]
+    else:  # a number, a list, null: not a document, and counted as such
+      report["text_not_a_string"] += 1
 
 
 def _csv_documents(path, column, delimiter, on_bad_input, report):
@@ -176,7 +178,15 @@ def _csv_documents(path, column, delimiter, on_bad_input, report):
       yield row[column]
 
 
-def _parquet_documents(path, column):
+def _strings(values, report):
+  for t in values:
+    if isinstance(t, str):
+      yield t
+    else:
+      report["text_not_a_string"] += 1
+
+
+def _parquet_documents(path, column, report):
   import pyarrow.parquet as pq
   try:
     f = pq.ParquetFile(path)
@@ -187,10 +197,10 @@ def _parquet_documents(path, column):
     raise InputError(f"{path}: no column {column!r} (has: {', '.join(names)}); set "
                      "--text_column")
   for batch in f.iter_batches(columns=[column], batch_size=1024):
-    yield from (t for t in batch.column(0).to_pylist() if isinstance(t, str))
+    yield from _strings(batch.column(0).to_pylist(), report)
 
 
-def _datasets_documents(path, column):
+def _datasets_documents(path, column, report):
   import datasets
   loaded = datasets.load_from_disk(path)
   parts = ([loaded[k] for k in sorted(loaded)] if isinstance(loaded, datasets.DatasetDict)
@@ -200,7 +210,7 @@ def _datasets_documents(path, column):
       raise InputError(f"{path}: no column {column!r} (has: {', '.join(part.column_names)}); "
                        "set --text_column")
     for batch in part.select_columns([column]).iter(batch_size=1024):
-      yield from (t for t in batch[column] if isinstance(t, str))
+      yield from _strings(batch[column], report)
 
 
 def read_documents(path: str, *, text_column: str = "text", on_bad_input: str = "error",
@@ -222,9 +232,9 @@ def read_documents(path: str, *, text_column: str = "text", on_bad_input: str = 
     docs = _csv_documents(path, text_column, "," if fmt == "csv" else "\t", on_bad_input,
                           report)
   elif fmt == "parquet":
-    docs = _parquet_documents(path, text_column)
+    docs = _parquet_documents(path, text_column, report)
   else:
-    docs = _datasets_documents(path, text_column)
+    docs = _datasets_documents(path, text_column, report)
   any_text = False
   for doc in docs:
     if doc.strip():

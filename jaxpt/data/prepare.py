@@ -199,6 +199,11 @@ def _prepare_in(tmp: str, docs: clean.DocumentSpill, files, input_specs, opts: P
     tok = tokenizer.train_bpe(train_lines, opts.vocab_size)
   else:
     tok = tokenizer.train_wordpiece(train_lines, opts.vocab_size, lowercase=opts.lowercase)
+  if tok_given is None and tok.get_vocab_size() > opts.vocab_size:
+    # WordPiece keeps every character of the text (and its "##" form): a small vocabulary
+    # cannot hold a large alphabet.
+    say(f"warning: --vocab_size={opts.vocab_size} is below what this text's alphabet needs; "
+        f"the vocabulary has {tok.get_vocab_size():,} tokens")
   ids = tokenizer.special_ids(tok)
   lap("train tokenizer")
 
@@ -258,6 +263,7 @@ def _prepare_in(tmp: str, docs: clean.DocumentSpill, files, input_specs, opts: P
       "packed": opts.pack,
       "token_dtype": store.token_dtype(tok.get_vocab_size()).name,
       "cleaning": report.to_dict(),
+      "vocab_size_requested": opts.vocab_size,
       "splits": split_info,
       "options": {k: v for k, v in dataclasses.asdict(opts).items()
                   if k not in ("overwrite", "progress")},
