@@ -4,6 +4,7 @@ the latest, an unreadable latest checkpoint, and a changed config on resume."""
 import json
 import os
 import shutil
+import subprocess
 import time
 
 import numpy as np
@@ -221,3 +222,46 @@ def test_resumed_schedule_is_continuous_and_ends_at_the_new_last_step():
   again = resumed_schedule(base, [[0, 100, 100], [40, 100, 200], [120, 200, 140]])
   assert float(again(120)) == pytest.approx(float(longer(120)))
   assert float(again(140)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 1.5 MB tmpfs (the tests run as root, as CI does): room for two tiny checkpoints."""
+  mount = tmp_path / "disk"
+  mount.mkdir()
+  subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(mount)], check=True)
+  yield mount
+  subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_in_one_line_and_keeps_the_last_checkpoint(prepared_dir, vocab,
+                                                                    small_disk, tmp_path):
+  workdir = small_disk / "w"
+  proc = run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=40",
+                     "--config.checkpoint.every_steps=1", "--config.checkpoint.max_to_keep=100",
+                     *CONSTANT))
+  message = one_line(proc)
+  assert "No space left on device" in message and str(workdir / "checkpoints") in message
+  saved = steps_on_disk(workdir / "checkpoints")
+  assert saved and f"last complete checkpoint: {workdir / 'checkpoints'}/{saved[-1]}" in message
+  assert not [p for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]
+  # Nothing lost: on a disk with room, the run resumes from that checkpoint.
+  moved = tmp_path / "w"
+  shutil.copytree(workdir, moved)
+  proc = run(command(prepared_dir, moved, vocab, f"--config.train.num_steps={saved[-1] + 2}",
+                     "--config.checkpoint.every_steps=1", "--config.checkpoint.max_to_keep=100",
+                     *CONSTANT))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"resuming at step {saved[-1]}" in proc.stdout
+
+
+def test_a_read_only_workdir_is_one_line(prepared_dir, vocab, small_disk):
+  workdir = small_disk / "w"
+  args = ("--config.checkpoint.every_steps=1", *CONSTANT)
+  assert run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=1",
+                     *args)).returncode == 0
+  subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+  message = one_line(run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=3",
+                                 *args)))
+  assert "Read-only file system" in message and str(workdir) in message, message
+  assert steps_on_disk(workdir / "checkpoints") == [1]

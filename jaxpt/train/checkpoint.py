@@ -32,18 +32,20 @@ import orbax.checkpoint as ocp
 # LayerNorm scales (100+ compiles, ~20 s, for a tiny model on 8 devices). Below 4 MiB per
 # slice, one replica writes the whole shard.
 @contextlib.contextmanager
-def _quiet_absl():
-  """Orbax logs benign warnings through absl (a handler override; a composite's metadata)."""
+def quiet_absl(level: int = logging.ERROR):
+  """Orbax logs benign warnings through absl (a handler override; a composite's metadata),
+  and a failed background save as pages of ERROR tracebacks before `SaveError` says it in a
+  line (the loop raises `level` to CRITICAL)."""
   logger = logging.getLogger("absl")
-  level = logger.level
-  logger.setLevel(logging.ERROR)
+  previous = logger.level
+  logger.setLevel(level)
   try:
     yield
   finally:
-    logger.setLevel(level)
+    logger.setLevel(previous)
 
 
-with _quiet_absl():
+with quiet_absl():
   ocp.type_handlers.register_type_handler(
       jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=4 << 20),
       override=True)
@@ -89,6 +91,10 @@ class WorkdirLock:
       self._fd = None
 
 
+class SaveError(RuntimeError):
+  """A checkpoint could not be written (disk full, permissions, ...); one line naming where."""
+
+
 class Checkpointer:
   def __init__(self, directory: str, *, max_to_keep: int, async_save: bool = True):
     self.directory = os.path.abspath(directory)
@@ -98,6 +104,7 @@ class Checkpointer:
         max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
         multiprocessing_options=ocp.options.MultiprocessingOptions(
             barrier_sync_key_prefix=os.path.basename(self.directory)))
+    self._closed = False
     # Handlers named up front, so that a fresh process can read metadata before restoring.
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
@@ -111,12 +118,20 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
+  def _failed(self, e: BaseException) -> SaveError:
+    return SaveError(f"{self.directory}: a checkpoint could not be written "
+                     f"({describe_error(e)})")
+
   def save(self, step: int, state, *, data: dict, config: dict, force: bool = False) -> bool:
-    return self._manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                      data=ocp.args.JsonSave(data),
-                                      config=ocp.args.JsonSave(config)),
-        force=force)
+    """Starts (async) or writes a save; an earlier async save's failure surfaces here too."""
+    try:
+      return self._manager.save(
+          step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        data=ocp.args.JsonSave(data),
+                                        config=ocp.args.JsonSave(config)),
+          force=force)
+    except Exception as e:  # noqa: BLE001 (Orbax and tensorstore raise ValueError, OSError...)
+      raise self._failed(e) from None
 
   def restore(self, step: int, abstract_state):
     """Restores `step` into the shapes, dtypes and shardings of `abstract_state`.
@@ -166,11 +181,20 @@ class Checkpointer:
     return problems
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise self._failed(e) from None
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for the last save, then releases the manager (again: nothing to do)."""
+    if self._closed:
+      return
+    try:
+      self.wait()
+    finally:
+      self._closed = True
+      self._manager.close()
 
 
 def _key_name(key) -> str:
@@ -208,7 +232,7 @@ def restore_params(path: str) -> dict:
   """
   path = os.path.abspath(path)
   checkpointer = ocp.PyTreeCheckpointer()
-  with _quiet_absl():
+  with quiet_absl():
     metadata = checkpointer.metadata(path)
   tree = getattr(metadata, "item_metadata", None)
   tree = getattr(tree, "tree", tree) if tree is not None else metadata
@@ -248,4 +272,5 @@ def set_aside(directory: str, step: int, workdir: str) -> str:
 def describe_error(e: BaseException) -> str:
   """One line of an Orbax / tensorstore / JSON failure."""
   text = " ".join(str(e).split()) or type(e).__name__
-  return text if len(text) <= 300 else text[:297] + "..."
+  # Long messages name a file first and the OS's reason last: keep both ends.
+  return text if len(text) <= 400 else text[:180] + " ... " + text[-215:]

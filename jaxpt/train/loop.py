@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import logging
 import math
 import os
 import signal
@@ -469,7 +470,6 @@ def run(task: Task, workdir: str, *, progress: bool = True) -> dict:
   is_main = jax.process_index() == 0
   mesh = sharding.make_mesh(cfg.mesh)
   sharding.check_fits(cfg, mesh)
-  os.makedirs(workdir, exist_ok=True)
 
   def say(message: str) -> None:
     if is_main:
@@ -479,11 +479,14 @@ def run(task: Task, workdir: str, *, progress: bool = True) -> dict:
   failure = ""
   if is_main:
     try:
+      os.makedirs(workdir, exist_ok=True)
       note = lock.acquire()
       if note:
         say(note)
     except ckpt_lib.LockError as e:
       failure = str(e)
+    except OSError as e:  # a read-only or missing parent, no permission
+      failure = f"{e.filename or workdir}: {e.strerror or e}; a run needs a writable workdir"
   if jax.process_count() > 1:
     held = multihost_utils.broadcast_one_to_all(np.int32(0 if failure else 1))
     if not int(held):
@@ -508,11 +511,27 @@ def _run_locked(task: Task, workdir: str, mesh, say, progress: bool) -> dict:
   checkpointer = ckpt_lib.Checkpointer(ckpt_dir, max_to_keep=ck.max_to_keep,
                                        async_save=ck.async_save)
   best_checkpointer = ckpt_lib.Checkpointer(best_dir, max_to_keep=1, async_save=ck.async_save)
+  managers = (checkpointer, best_checkpointer)
   try:
-    return _train(task, workdir, mesh, say, progress, checkpointer, best_checkpointer)
+    with ckpt_lib.quiet_absl(logging.CRITICAL):  # save failures are reported as SaveError
+      result = _train(task, workdir, mesh, say, progress, checkpointer, best_checkpointer)
+      for manager in managers:
+        manager.close()  # waits for the last save to commit
+    return result
+  except ckpt_lib.SaveError as e:
+    # Orbax's abandoned write tasks repeat the same failure when garbage-collected, through
+    # asyncio's logger, as the process ends: the one line below has said it.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    raise TrainError(f"{e}; stopped (last complete checkpoint: {_latest(checkpointer)})") from None
   finally:
-    checkpointer.close()  # waits for the last save to commit
-    best_checkpointer.close()
+    for manager in managers:  # after an error: release, without hiding it
+      try:
+        manager.close()
+      except ckpt_lib.SaveError:
+        pass
+    if is_main:  # a failed save leaves its temporary directory
+      for directory in (ckpt_dir, best_dir):
+        ckpt_lib.remove_partial_saves(directory)
 
 
 def _train(task, workdir, mesh, say, progress, checkpointer, best_checkpointer) -> dict:

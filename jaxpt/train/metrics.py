@@ -37,8 +37,13 @@ class MetricWriter:
       self._tb.flush()
 
   def close(self) -> None:
+    """Flushes TensorBoard's mirror. A write that fails here (a full disk) is dropped: the
+    rows are in metrics.jsonl, whose own write failures stop the run."""
     if self._tb is not None:
-      self._tb.close()
+      try:
+        self._tb.close()
+      except OSError:
+        pass
 
 
 def _plain(v):
