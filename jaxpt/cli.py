@@ -17,7 +17,8 @@ import textwrap
 
 from absl import flags
 
-from jaxpt.config import ConfigError, resolve_preset
+from jaxpt.config import resolve_preset
+from jaxpt.errors import UserError
 
 COMMANDS = {
     "prepare": "clean text files, train a WordPiece tokenizer, write BERT examples (tensorstore)",
@@ -49,23 +50,13 @@ commands:
 
 
 
-class UsageError(Exception):
+class UsageError(UserError):
   pass
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-  from jaxpt.config import ConfigError
-  from jaxpt.data.clean import InputError
-  from jaxpt.data.corpora import FetchError
-  from jaxpt.data.store import StoreError
-  from jaxpt.data.tokenizer import TokenizerError
-  from jaxpt.fill_mask import FillMaskError
-  from jaxpt.hf import HFError
-  from jaxpt.pretrained import SourceError
-  from jaxpt.data.labelled import TaskError
-  from jaxpt.train.loop import TrainError
-  return (UsageError, ConfigError, InputError, StoreError, TokenizerError, HFError,
-          SourceError, FillMaskError, TaskError, TrainError, FetchError, flags.Error)
+  """Every mistake a user can fix derives from `jaxpt.errors.UserError`; flags adds its own."""
+  return (UsageError, UserError, flags.Error)
 
 
 def _prepare_flags() -> flags.FlagValues:
@@ -445,10 +436,7 @@ def _run_compress(fv: flags.FlagValues, args: list[str]) -> int:
   from jaxpt import compress
   opts = compress.Options(prune=fv.prune, scheme=fv.scheme, recover_steps=fv.recover_steps,
                           quantize=fv.quantize, overwrite=fv.overwrite)
-  try:
-    record = compress.compress(fv.workdir, fv.out, opts, progress=fv.progress)
-  except compress.CompressError as e:
-    raise UsageError(str(e)) from None
+  record = compress.compress(fv.workdir, fv.out, opts, progress=fv.progress)
   s = record["sparsity"]
   print(f"jaxpt compress: {fv.out}: sparsity {s['sparsity']:.3f} of {s['prunable_weights']:,} "
         f"prunable weights; quantize {record['quantize']}; weights "
@@ -508,11 +496,6 @@ def main(argv: list[str] | None = None) -> int:
                                        for a in rest):
     # The default preset; given as a flag so that --config.KEY=VALUE overrides apply to it.
     rest = ["--config=finetune"] + rest
-  try:
-    rest = [_resolve_config_flag(a) for a in rest]
-  except ConfigError as e:
-    print(f"jaxpt {command}: error: {e}", file=sys.stderr)
-    return 2
   fv = define()
   if any(a in ("-h", "--help", "--helpfull") for a in argv[2:]):
     print(f"usage: jaxpt {command} [--flag=value ...]\n\n{COMMANDS[command]}\n")
@@ -520,15 +503,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   # ml_collections' config_flags reads the --config.KEY overrides from sys.argv while parsing:
   # make it this command line (main() is also called with an explicit argv, as in tests).
-  saved_argv, sys.argv = sys.argv, [f"jaxpt {command}"] + rest
+  saved_argv = sys.argv
   try:
+    rest = [_resolve_config_flag(a) for a in rest]
+    sys.argv = [f"jaxpt {command}"] + rest
     args = _parse(fv, [f"jaxpt {command}"] + rest, command in _POSITIONAL)
     return run(fv, args)
-  except _user_errors() as e:
+  except _user_errors() as e:  # the one place user errors are reported
     print(f"jaxpt {command}: error: {e}", file=sys.stderr)
     return 2
-  except KeyboardInterrupt:
-    print(f"jaxpt {command}: interrupted", file=sys.stderr)
+  except KeyboardInterrupt as e:
+    print(f"jaxpt {command}: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
     return 130
   finally:
     sys.argv = saved_argv

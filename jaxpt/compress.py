@@ -37,6 +37,7 @@ from flax import nnx, traverse_util
 
 from jaxpt import config as config_lib
 from jaxpt import sharding
+from jaxpt.errors import UserError
 from jaxpt.files import atomic_directory
 from jaxpt.models import bert
 from jaxpt.tasks import classification
@@ -51,7 +52,7 @@ _TABLES = tuple(("bert", "embeddings", name, "embedding")
                 for name in ("word", "position", "token_type"))
 
 
-class CompressError(ValueError):
+class CompressError(UserError, ValueError):
   """Bad arguments or a workdir that cannot be compressed; the message names which."""
 
 

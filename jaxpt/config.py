@@ -9,10 +9,12 @@ import dataclasses
 import os
 import pathlib
 
+from jaxpt.errors import UserError
+
 PRESETS = pathlib.Path(__file__).resolve().parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
   """A configuration value that cannot work; the message names the field."""
 
 

@@ -8,9 +8,10 @@ import numpy as np
 from flax import nnx
 
 from jaxpt.data import tokenizer as tok_lib
+from jaxpt.errors import UserError
 
 
-class FillMaskError(ValueError):
+class FillMaskError(UserError, ValueError):
   pass
 
 

@@ -24,6 +24,7 @@ from safetensors.numpy import load_file, save_file
 from jaxpt import files
 from jaxpt.config import ModelConfig, validate_model
 from jaxpt.data import tokenizer as tok_lib
+from jaxpt.errors import UserError
 from jaxpt.models import bert
 
 CONFIG = "config.json"
@@ -33,7 +34,7 @@ TORCH_WEIGHTS = "pytorch_model.bin"
 _UNSAFE = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 
 
-class HFError(ValueError):
+class HFError(UserError, ValueError):
   """A HuggingFace directory jaxpt cannot use; the message names the file and the field."""
 
 

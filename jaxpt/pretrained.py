@@ -10,17 +10,17 @@ import dataclasses
 import json
 import pathlib
 
-
-from jaxpt.train import checkpoint as ckpt_lib
 from jaxpt import files
 from jaxpt import hf
 from jaxpt.config import ModelConfig, validate_model
 from jaxpt.data import tokenizer as tok_lib
+from jaxpt.errors import UserError
+from jaxpt.train import checkpoint as ckpt_lib
 
 MODEL_JSON = "model.json"  # the model config and the import report of an imported directory
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
   """A pretrained source that does not exist or does not fit; the message names it."""
 
 

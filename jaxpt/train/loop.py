@@ -40,13 +40,14 @@ from jaxpt import config as config_lib
 from jaxpt import optim, sharding
 from jaxpt.config import Config
 from jaxpt.data.store import StoreError
+from jaxpt.errors import UserError
 from jaxpt.models import bert
 from jaxpt.train import checkpoint as ckpt_lib
 from jaxpt.train import metrics as metrics_lib
 from jaxpt.train.step import Objective, TrainState, make_train_step
 
 
-class TrainError(RuntimeError):
+class TrainError(UserError, RuntimeError):
   """A problem that stops a run before or during training; the message names the file, field
   or step."""
 
