@@ -34,17 +34,32 @@ from jaxpt.errors import UserError
 # LayerNorm scales (100+ compiles, ~20 s, for a tiny model on 8 devices). Below 4 MiB per
 # slice, one replica writes the whole shard.
 @contextlib.contextmanager
-def quiet_absl(level: int = logging.ERROR):
-  """Orbax logs benign warnings through absl (a handler override; a composite's metadata),
-  and a failed background save as pages of ERROR tracebacks before `SaveError` says it in a
-  line (the loop raises `level` to CRITICAL)."""
+def quiet_absl():
+  """Orbax logs benign warnings through absl (a handler override; a composite's metadata)."""
   logger = logging.getLogger("absl")
   previous = logger.level
-  logger.setLevel(level)
+  logger.setLevel(logging.ERROR)
   try:
     yield
   finally:
     logger.setLevel(previous)
+
+
+def _not_orbax(record: logging.LogRecord) -> bool:
+  return "orbax" not in record.pathname
+
+
+@contextlib.contextmanager
+def orbax_silenced():
+  """Drops Orbax's own log records (absl's logger; JAX's, such as the preemption sync point,
+  stay): a failed background save logs pages of tracebacks, which `SaveError` says in a
+  line."""
+  logger = logging.getLogger("absl")
+  logger.addFilter(_not_orbax)
+  try:
+    yield
+  finally:
+    logger.removeFilter(_not_orbax)
 
 
 with quiet_absl():

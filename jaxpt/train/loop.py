@@ -514,7 +514,7 @@ def _run_locked(task: Task, workdir: str, mesh, say, progress: bool) -> dict:
   best_checkpointer = ckpt_lib.Checkpointer(best_dir, max_to_keep=1, async_save=ck.async_save)
   managers = (checkpointer, best_checkpointer)
   try:
-    with ckpt_lib.quiet_absl(logging.CRITICAL):  # save failures are reported as SaveError
+    with ckpt_lib.orbax_silenced():  # save failures are reported as SaveError
       result = _train(task, workdir, mesh, say, progress, checkpointer, best_checkpointer)
       for manager in managers:
         manager.close()  # waits for the last save to commit
