@@ -46,14 +46,14 @@ def quiet_absl():
 
 
 def _not_orbax(record: logging.LogRecord) -> bool:
-  return "orbax" not in record.pathname
+  return record.levelno < logging.ERROR or "orbax" not in record.pathname
 
 
 @contextlib.contextmanager
 def orbax_silenced():
-  """Drops Orbax's own log records (absl's logger; JAX's, such as the preemption sync point,
-  stay): a failed background save logs pages of tracebacks, which `SaveError` says in a
-  line."""
+  """Drops Orbax's ERROR records (absl's logger): a failed background save logs pages of
+  tracebacks, which `SaveError` says in a line. Its information (the preemption sync point)
+  and everyone else's records stay."""
   logger = logging.getLogger("absl")
   logger.addFilter(_not_orbax)
   try:
