@@ -4,6 +4,7 @@ the latest, an unreadable latest checkpoint, and a changed config on resume."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 
@@ -59,7 +60,8 @@ def _second_half(prepared_dir, vocab, workdir):
 def test_a_second_run_on_a_workdir_refuses_and_the_first_is_untouched(prepared_dir, vocab,
                                                                       tmp_path):
   workdir = tmp_path / "w"
-  args = ["--config.train.num_steps=40", "--config.checkpoint.every_steps=10"]
+  # The first run goes on until told to stop, so it surely holds the lock meanwhile.
+  args = ["--config.train.num_steps=1000000", "--config.checkpoint.every_steps=10"]
   first = start(command(prepared_dir, workdir, vocab, *args))
   deadline = time.time() + 180
   while not (workdir / "metrics.jsonl").exists():  # the first holds the lock by now
@@ -68,11 +70,13 @@ def test_a_second_run_on_a_workdir_refuses_and_the_first_is_untouched(prepared_d
   second = run(command(prepared_dir, workdir, vocab, *args))
   message = one_line(second)
   assert f"{workdir} is in use by pid {first.pid} on " in message, message
+  assert first.poll() is None  # still training
+  first.send_signal(signal.SIGTERM)
   _, err = first.communicate(timeout=180)
   assert first.returncode == 0, err[-3000:]
   steps = [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert steps == list(range(1, 41))  # every row once: the second run wrote nothing
-  assert steps_on_disk(workdir / "checkpoints") == [20, 30, 40]
+  assert steps == list(range(1, steps[-1] + 1))  # every row once: the second wrote nothing
+  assert steps_on_disk(workdir / "checkpoints")[-1] == steps[-1]
 
 
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
