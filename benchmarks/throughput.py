@@ -33,7 +33,7 @@ from jaxpt.tasks import pretraining
 from jaxpt.train import loop
 from jaxpt.train import metrics as metrics_lib
 from jaxpt.data import loader
-from jaxpt.models import bert
+from jaxpt.models import params as params_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -137,7 +137,7 @@ def measure(preset: str) -> dict:
   row = {
       "preset": pathlib.Path(preset).stem, "seq_len": _LENGTH.value,
       "batch_size": _BATCH.value, "precision": _PRECISION.value, "mesh": dict(mesh.shape),
-      "params": bert.count_params(program.model.abstract_params),
+      "params": params_lib.count(program.model.abstract_params),
       "compile_s": round(compile_s, 2), "step_time_s": step,
       "step_time_p90_s": float(np.percentile(times, 90)), "tokens_per_sec": tokens / step,
       "model_tflops_per_sec": flops / step / 1e12,

@@ -263,8 +263,8 @@ def _run_import(fv: flags.FlagValues, args: list[str]) -> int:
   from jaxpt import hf, pretrained
   imported = hf.import_params(source)
   out = pretrained.write_imported(fv.workdir, imported)
-  from jaxpt.models import bert
-  n = bert.count_params(imported.params)
+  from jaxpt.models import params as params_lib
+  n = params_lib.count(imported.params)
   print(f"jaxpt import-hf: {source} -> {out}: {imported.config.variant}, "
         f"{imported.config.num_layers} layers, hidden {imported.config.hidden_size}, "
         f"{n / 1e6:.2f}M parameters; tokenizer: "

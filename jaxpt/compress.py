@@ -1,7 +1,7 @@
 """`jaxpt compress`: pruning and int8 quantization of a fine-tuned classifier.
 
-Pruning acts on the kernels of the encoder layers' dense layers (`bert.prunable`: attention
-query/key/value/output, MLP up/down); embeddings, LayerNorms, biases, pooler and classifier stay.
+Pruning acts on the kernels of the encoder layers' dense layers (`params.prunable`: attention
+query/key/value/output, MLP up/gate/down); embeddings, LayerNorms, biases, pooler and classifier stay.
 - `magnitude`: global unstructured pruning, the `sparsity` fraction of those weights with the
   smallest |w| across all layers set to zero (exactly that many).
 - `heads`: structured pruning of attention heads, the `sparsity` fraction of all heads with the
@@ -39,7 +39,7 @@ from jaxpt import config as config_lib
 from jaxpt import sharding
 from jaxpt.errors import UserError
 from jaxpt.files import atomic_directory
-from jaxpt.models import bert
+from jaxpt.models import params as params_lib
 from jaxpt.tasks import classification
 from jaxpt.train import checkpoint as ckpt_lib
 from jaxpt.train.loop import TrainError
@@ -48,7 +48,7 @@ SCHEMES = ("magnitude", "heads")
 QUANTIZE = ("none", "int8", "w8a8")
 COMPRESSION_JSON = "compression.json"
 MODEL_DIR = "model"
-_TABLES = tuple(("bert", "embeddings", name, "embedding")
+_TABLES = tuple(("encoder", "embeddings", name, "embedding")
                 for name in ("word", "position", "token_type"))
 
 
@@ -82,26 +82,23 @@ def check_options(o: Options) -> None:
 # Pruning, on host (numpy) parameter trees.
 
 
-def _flat(params) -> dict[tuple, np.ndarray]:
-  return {k: np.array(v) for k, v in traverse_util.flatten_dict(params).items()}
+def _flat(params) -> dict[str, np.ndarray]:
+  """{dotted path: writable numpy copy}; stacked (scanned) layers stay stacked."""
+  return {k: np.array(v) for k, v in params_lib.flatten(params).items()}
 
 
-def _layers(flat: dict, path: tuple) -> list[tuple[str, np.ndarray]]:
-  """(name, array) per encoder layer of a parameter: slices of a scanned (stacked) one."""
-  keys = [str(k) for k in path]
-  i = keys.index("layers")
-  if i + 1 < len(keys) and keys[i + 1].isdigit():  # a Python loop of layers
-    return [(f"layer{keys[i + 1]}/" + "/".join(keys[i + 2:-1]), flat[path])]
-  return [(f"layer{l}/" + "/".join(keys[i + 1:-1]), a) for l, a in enumerate(flat[path])]
+def _layers(flat: dict, name: str) -> list[tuple[int, str, np.ndarray]]:
+  return params_lib.layer_slices(name, flat[name])
 
 
 def sparsity_report(params) -> dict:
   """Zeros per prunable kernel and layer, and over all of them."""
   flat = _flat(params)
   per_layer, zeros, total = {}, 0, 0
-  for path in sorted((p for p in flat if bert.prunable(p)), key=str):
-    for name, a in _layers(flat, path):
-      per_layer[name] = round(float(np.mean(a == 0)), 4)
+  for name in sorted(p for p in flat if params_lib.prunable(p)):
+    for layer, sub, a in _layers(flat, name):
+      per_layer[f"layer{layer}/" + sub.rsplit(".", 1)[0].replace(".", "/")] = round(
+          float(np.mean(a == 0)), 4)
       zeros, total = zeros + int(np.sum(a == 0)), total + a.size
   return {"prunable_weights": total, "zeros": zeros,
           "sparsity": zeros / max(total, 1), "per_layer": per_layer}
@@ -111,7 +108,7 @@ def magnitude_prune(params, sparsity: float):
   """Global unstructured pruning: exactly round(sparsity * n) of the n prunable weights, those
   of smallest magnitude over all layers together, set to zero. Returns a new tree."""
   flat = _flat(params)
-  paths = [p for p in flat if bert.prunable(p)]
+  paths = [p for p in flat if params_lib.prunable(p)]
   magnitudes = np.concatenate([np.abs(flat[p]).ravel() for p in paths])
   k = int(round(sparsity * magnitudes.size))
   keep = np.ones(magnitudes.size, bool)
@@ -122,38 +119,28 @@ def magnitude_prune(params, sparsity: float):
     n = flat[p].size
     flat[p] = np.where(keep[offset:offset + n].reshape(flat[p].shape), flat[p], 0)
     offset += n
-  return traverse_util.unflatten_dict(flat)
+  return params_lib.unflatten(flat)
 
 
-def _attention_paths(flat: dict, module: str, leaf: str) -> list[tuple]:
-  """Paths of an attention parameter, in layer order (a scanned model has one)."""
-  def order(path):
-    return [int(k) for k in path if str(k).isdigit()]
-  return sorted((p for p in flat if len(p) >= 3 and p[-3:] == ("attention", module, leaf)
-                 and p[0] == "bert"), key=order)
-
-
-def _scanned(paths: list[tuple]) -> bool:
-  """Whether `_attention_paths` found one stacked parameter (scanned layers)."""
-  return len(paths) == 1 and not any(str(k).isdigit() for k in paths[0])
-
-
-def _stacked(flat: dict, module: str, leaf: str) -> np.ndarray:
-  """[layers, ...] of an attention parameter, whether layers are scanned or looped."""
-  paths = _attention_paths(flat, module, leaf)
-  if _scanned(paths):
-    return flat[paths[0]]
-  return np.stack([flat[p] for p in paths])
+def _attention_slices(flat: dict, module: str, leaf: str) -> list[np.ndarray]:
+  """Per layer, in order, a view of an attention parameter (edits reach `flat`)."""
+  suffix = f".attention.{module}.{leaf}"
+  found = [(layer, a) for name in flat
+           if name.startswith(params_lib.LAYERS) and name.endswith(suffix)
+           for layer, _, a in _layers(flat, name)]
+  return [a for _, a in sorted(found, key=lambda item: item[0])]
 
 
 def head_importance(runner: classification.ClassificationTask, params,
                     split: str = "validation") -> np.ndarray:
   """[layers, heads]: |sum over batches of sum(W_out[h] * dL/dW_out[h])| (Michel et al. 2019)."""
   scores = 0.0
-  w = _stacked(_flat(jax.device_get(params)), "out", "kernel")  # [L, heads, head_dim, embed]
+  w = np.stack(_attention_slices(_flat(jax.device_get(params)), "out", "kernel"))
+  # w: [layers, heads, head_dim, embed]
   with jax.set_mesh(runner.mesh):
     for batch, _ in runner.eval_batches(split):
-      g = _stacked(_flat(jax.device_get(runner.grad_step(params, batch))), "out", "kernel")
+      g = np.stack(_attention_slices(_flat(jax.device_get(runner.grad_step(params, batch))),
+                                     "out", "kernel"))
       scores = scores + np.sum(w * g, axis=(2, 3))
   return np.abs(scores)
 
@@ -167,19 +154,15 @@ def head_prune(params, importance: np.ndarray, fraction: float):
   removed = removed.reshape(importance.shape)
   flat = _flat(params)
   # The head axis: q/k/v kernels [embed, heads, head_dim], their biases [heads, head_dim], the
-  # output kernel [heads, head_dim, embed]; one more leading axis when layers are scanned.
+  # output kernel [heads, head_dim, embed].
   for module, leaf, axis in (("query", "kernel", 1), ("key", "kernel", 1),
                              ("value", "kernel", 1), ("query", "bias", 0), ("key", "bias", 0),
                              ("value", "bias", 0), ("out", "kernel", 0)):
-    paths = _attention_paths(flat, module, leaf)
-    scanned = _scanned(paths)
-    for l in range(removed.shape[0]):
-      path = paths[0] if scanned else paths[l]
-      a = flat[path][l] if scanned else flat[path]
+    for l, a in enumerate(_attention_slices(flat, module, leaf)):
       index = [slice(None)] * a.ndim
       index[axis] = removed[l]
-      a[tuple(index)] = 0  # a view into flat[path]: edits in place
-  return traverse_util.unflatten_dict(flat), removed
+      a[tuple(index)] = 0  # a view into flat: edits in place
+  return params_lib.unflatten(flat), removed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +171,7 @@ def head_prune(params, importance: np.ndarray, fraction: float):
 
 def _rules(mode: str) -> list:
   act = jnp.int8 if mode == "w8a8" else None
-  pattern = r"bert/layers/.*(" + "|".join(bert.PRUNABLE) + ")$"
+  pattern = r"encoder/layers/.*(" + "|".join(params_lib.PRUNABLE) + ")$"
   return [qwix.QuantizationRule(module_path=pattern, weight_qtype=jnp.int8, act_qtype=act)]
 
 
@@ -212,9 +195,7 @@ def _unscan(params, cfg) -> dict:
   """Stacked (scanned) layer parameters -> one entry per layer, as a loop of layers has."""
   if not cfg.model.scan_layers:
     return params
-  layers = params["bert"]["layers"]
-  looped = {i: jax.tree.map(lambda a, i=i: a[i], layers) for i in range(cfg.model.num_layers)}
-  return dict(params, bert=dict(params["bert"], layers=looped))
+  return params_lib.unstack_tree(params, cfg.model.num_layers)
 
 
 def quantized_model(runner: classification.ClassificationTask, params, mode: str) -> nnx.Module:
@@ -309,7 +290,7 @@ def compress(workdir: str, out: str, opts: Options, *, progress: bool = True) ->
       qmodel = quantized_model(runner, params, opts.quantize)
       saved = nnx.to_pure_dict(nnx.state(qmodel))
       saved = traverse_util.flatten_dict(saved)
-      for table in _TABLES:
+      for table in (t for t in _TABLES if t in saved):
         saved[table] = quantize_rows(saved[table])  # a {qvalue, scale} dict in its place
       saved = traverse_util.unflatten_dict(saved)
     else:
@@ -371,7 +352,7 @@ def load(workdir: str, task_spec: str | None = None) -> Loaded:
   if record["quantize"] == "none":
     return Loaded(runner, _place(saved, runner), None, record, info)
   flat = traverse_util.flatten_dict(saved)
-  for table in _TABLES:
+  for table in (t for t in _TABLES if t + ("qvalue",) in flat):
     flat[table] = dequantize_rows({k[-1]: flat.pop(k) for k in list(flat) if k[:4] == table})
   params = jax.device_put(traverse_util.unflatten_dict(flat), sharding.replicated(runner.mesh))
   return Loaded(runner, params, quantized_predict_step(runner, record["quantize"]), record, info)

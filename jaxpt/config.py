@@ -22,7 +22,10 @@ class ConfigError(UserError, ValueError):
 class ModelConfig:
   """BERT architecture. Defaults are BERT-base (Devlin et al. 2019)."""
 
-  variant: str = "bert"  # bert | roberta (no NSP head, positions offset after the padding id)
+  # The family, which picks the HuggingFace name table and the conventions the block fields
+  # do not cover: bert (an NSP head) | roberta (no NSP head; learned positions offset after
+  # the padding id) | modernbert (no NSP head).
+  variant: str = "bert"
   vocab_size: int = 30522  # bert-base-uncased WordPiece vocabulary
   pad_token_id: int = 0  # [PAD] in BERT's vocabulary; RoBERTa's <pad> is 1
   hidden_size: int = 768
@@ -43,6 +46,28 @@ class ModelConfig:
   # to help on CPU only; "plain" = the plain JAX expressions (jax.nn.gelu, nnx.LayerNorm,
   # nnx.Dropout, autodiff), the default until measured on GPU/TPU; "auto" = custom on CPU.
   kernels: str = "auto"  # auto | custom | plain
+  # The block, field by field (defaults: BERT). See jaxpt/models/transformer.py.
+  norm_position: str = "post"  # post: norm after each residual add (BERT) | pre: before each
+  #                              sublayer, plus a final norm after the last layer
+  norm: str = "layernorm"  # layernorm | rmsnorm
+  norm_bias: bool = True  # LayerNorm with a bias (RMSNorm has none)
+  embedding_norm: bool = True  # a norm after the embeddings
+  attention_bias: bool = True  # biases on q, k, v and the attention output
+  mlp_bias: bool = True  # biases on the MLP's dense layers
+  head_bias: bool = True  # bias on the MLM head's transform
+  mlp: str = "gelu"  # gelu (exact erf, BERT) | gelu_tanh | geglu | swiglu (gated: a `gate` too)
+  positions: str = "learned"  # learned: a table of max_position_embeddings | rope (rotary)
+  rope_theta: float = 10_000.0  # rotary base of the global layers
+  rope_theta_local: float = 10_000.0  # rotary base of the local layers
+  attention_kind: str = "bidirectional"  # bidirectional (encoders) | causal (decoders)
+  # Local layers attend within a window of this many tokens in all: half on each side when
+  # bidirectional (ModernBERT: 128 = 64 + 64), all on the left when causal. 0: all global.
+  local_window: int = 0
+  global_every: int = 1  # layer i is global when i % global_every == 0 (ModernBERT: 3)
+  pooler: bool = True  # BERT's tanh pooler over [CLS] (NSP and sequence classification)
+  # Pre-LN: whether layer 0 norms its input before attention (ModernBERT: no, the embeddings
+  # were just normed).
+  first_attention_norm: bool = True
 
   @property
   def head_dim(self) -> int:
@@ -168,15 +193,31 @@ def _check(ok: bool, field: str, value, why: str) -> None:
 def validate_model(m: ModelConfig) -> ModelConfig:
   """Checks a model config alone (HF imports use it too); returns `m`."""
   for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-               "max_position_embeddings", "type_vocab_size"):
+               "max_position_embeddings", "global_every"):
     _check(getattr(m, name) > 0, f"model.{name}", getattr(m, name), "must be positive")
+  _check(m.type_vocab_size >= 0, "model.type_vocab_size", m.type_vocab_size,
+         "must be >= 0 (0: no token-type embeddings)")
+  _check(m.local_window >= 0, "model.local_window", m.local_window, "must be >= 0")
+  for name, allowed in (("norm_position", ("post", "pre")), ("norm", ("layernorm", "rmsnorm")),
+                        ("mlp", ("gelu", "gelu_tanh", "geglu", "swiglu")),
+                        ("positions", ("learned", "rope")),
+                        ("attention_kind", ("bidirectional", "causal"))):
+    _check(getattr(m, name) in allowed, f"model.{name}", getattr(m, name),
+           "must be one of " + ", ".join(allowed))
+  if m.positions == "rope":
+    _check(m.head_dim % 2 == 0, "model.num_heads", m.num_heads,
+           f"rotary positions need an even head_dim (hidden_size / num_heads = {m.head_dim})")
+    for name in ("rope_theta", "rope_theta_local"):
+      _check(getattr(m, name) > 0, f"model.{name}", getattr(m, name), "must be positive")
+  _check(m.variant != "bert" or m.pooler, "model.pooler", m.pooler,
+         "BERT's next-sentence head reads the pooler: keep it with model.variant='bert'")
   _check(m.hidden_size % m.num_heads == 0, "model.num_heads", m.num_heads,
          f"must divide model.hidden_size={m.hidden_size}")
   for name in ("hidden_dropout", "attention_dropout"):
     _check(0.0 <= getattr(m, name) < 1.0, f"model.{name}", getattr(m, name),
            "must be in [0, 1)")
-  _check(m.variant in ("bert", "roberta"), "model.variant", m.variant,
-         "must be 'bert' or 'roberta'")
+  _check(m.variant in ("bert", "roberta", "modernbert"), "model.variant", m.variant,
+         "must be 'bert', 'roberta' or 'modernbert'")
   _check(0 <= m.pad_token_id < m.vocab_size, "model.pad_token_id", m.pad_token_id,
          f"must be a token id below model.vocab_size={m.vocab_size}")
   _check(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype,

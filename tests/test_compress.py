@@ -14,7 +14,7 @@ from jaxpt.train import checkpoint as ckpt_lib
 from jaxpt import cli, compress
 from jaxpt.tasks import classification
 from jaxpt import config as config_lib
-from jaxpt.models import bert
+from jaxpt.models import params as params_lib
 
 from test_finetune import tiny, vocab_file, write_task  # noqa: F401 (a fixture)
 
@@ -42,7 +42,7 @@ def _saved(out) -> dict:
 
 
 def _prunable(flat: dict) -> dict:
-  return {k: np.asarray(v) for k, v in flat.items() if bert.prunable(k)}
+  return {k: np.asarray(v) for k, v in flat.items() if params_lib.prunable(k)}
 
 
 def test_magnitude_pruning_reaches_the_sparsity_and_recovery_keeps_the_mask(trained):
@@ -82,7 +82,7 @@ def test_head_pruning_removes_whole_heads(trained):
   pruned, removed = compress.head_prune(params, importance, 0.25)
   assert removed.sum() == round(0.25 * layers * heads)
   assert importance[removed].max() <= importance[~removed].min()
-  attention = pruned["bert"]["layers"]["attention"]  # scanned: [layers, ...]
+  attention = pruned["encoder"]["layers"]["attention"]  # scanned: [layers, ...]
   for l, h in zip(*np.nonzero(removed)):
     for name in ("query", "key", "value"):
       assert np.all(attention[name]["kernel"][l, :, h] == 0)
@@ -94,7 +94,7 @@ def test_head_pruning_removes_whole_heads(trained):
   # those with only its output rows zeroed.
   only_out = jax.tree.map(np.array, params)
   for l, h in zip(*np.nonzero(removed)):
-    only_out["bert"]["layers"]["attention"]["out"]["kernel"][l, h] = 0
+    only_out["encoder"]["layers"]["attention"]["out"]["kernel"][l, h] = 0
   batch = next(iter(runner.eval_batches("test")))[0]
   def logits(p):
     m = nnx.merge(runner.graphdef, p)

@@ -25,7 +25,7 @@ transformers.logging.set_verbosity_error()
 
 @nnx.jit
 def encode(model, ids, types, mask):
-  return model.bert.encode(ids, types, mask)
+  return model.encoder(ids, types, mask)
 
 
 @nnx.jit
@@ -197,7 +197,7 @@ def test_bad_hf_directories_are_clear_errors(tmp_path, minilm):
   gpt = tmp_path / "gpt"
   gpt.mkdir()
   (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": 10}))
-  with pytest.raises(hf.HFError, match="model_type='gpt2' is not a BERT"):
+  with pytest.raises(hf.HFError, match="model_type='gpt2' is not one jaxpt reads"):
     hf.import_params(gpt)
 
   torch.manual_seed(0)
@@ -308,7 +308,7 @@ def test_workdir_export_fill_mask_import_and_continue(prepared_dir, tmp_path, ca
   # Weights of another architecture are refused before anything compiles.
   wrong = dataclasses.replace(config_lib.with_model(cont, hidden_size=64),
                               train=cont.train)
-  with pytest.raises(TrainError, match=r"bert\.embeddings\.norm\.bias: pretrained "
+  with pytest.raises(TrainError, match=r"encoder\.embeddings\.norm\.bias: pretrained "
                                                r"\(32,\), config \(64,\)"):
     pretraining.pretrain(wrong, str(tmp_path / "wrong"), progress=False)
 

@@ -255,6 +255,7 @@ def _peak_python_bytes(fn) -> int:
     tracemalloc.stop()
 
 
+@pytest.mark.slow
 def test_prepare_memory_does_not_grow_with_the_text(tmp_path):
   """Documents stream through: texts wait in a file, not in memory, and examples are appended
   to the stored arrays shard by shard. Preparing 4x the text (1.2 -> 5 MB) must raise the peak

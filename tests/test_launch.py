@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -47,6 +49,7 @@ def test_tpu_pod_needs_its_name():
   assert proc.returncode != 0 and "TPU_NAME" in proc.stderr
 
 
+@pytest.mark.slow
 def test_pretrain_dry_run_reports_memory_per_device():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
   proc = subprocess.run(

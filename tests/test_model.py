@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from jaxpt import config as config_lib
-from jaxpt.models import bert
+from jaxpt.models import heads, params as params_lib
 from jaxpt.tasks.pretraining import pretraining_sums
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -25,7 +25,7 @@ def load_preset(name: str) -> config_lib.Config:
 
 def abstract_model(cfg: config_lib.ModelConfig):
   with nnx.use_eager_sharding(False):
-    return nnx.eval_shape(lambda: bert.BertForPreTraining(cfg, rngs=nnx.Rngs(0)))
+    return nnx.eval_shape(lambda: heads.EncoderForPreTraining(cfg, rngs=nnx.Rngs(0)))
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -36,7 +36,7 @@ def test_preset_output_shapes(name):
   model = abstract_model(cfg)
   ids = jax.ShapeDtypeStruct((batch, length), jnp.int32)
   pos = jax.ShapeDtypeStruct((batch, preds), jnp.int32)
-  hidden = nnx.eval_shape(lambda m, x: m.bert.encode(x, x, x), model, ids)
+  hidden = nnx.eval_shape(lambda m, x: m.encoder(x, x, x), model, ids)
   assert hidden.shape == (batch, length, cfg.hidden_size)
   mlm, nsp = nnx.eval_shape(lambda m, x, p: m(x, x, x, p), model, ids, pos)
   assert mlm.shape == (batch, preds, cfg.vocab_size) and mlm.dtype == jnp.float32
@@ -54,8 +54,8 @@ def test_preset_output_shapes(name):
 def test_published_parameter_counts(name, encoder, total):
   _, state = nnx.split(abstract_model(load_preset(name).model))
   params = state.to_pure_dict()
-  assert bert.count_params(params["bert"]) == encoder
-  assert bert.count_params(params) == total
+  assert params_lib.count([params["encoder"], params["pooler"]]) == encoder  # BertModel
+  assert params_lib.count(params) == total
 
 
 def tiny_config(**changes) -> config_lib.ModelConfig:
@@ -84,10 +84,11 @@ def random_batch(cfg, batch=8, length=16, preds=3, seed=0):
   }
 
 
+@pytest.mark.slow
 def test_overfits_one_batch():
   cfg = tiny_config(hidden_dropout=0.0, attention_dropout=0.0)
   with nnx.use_eager_sharding(False):
-    graphdef, state = nnx.split(bert.BertForPreTraining(cfg, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(heads.EncoderForPreTraining(cfg, rngs=nnx.Rngs(0)))
   params = state.to_pure_dict()
   tx = optax.adam(3e-3)
   opt_state = tx.init(params)
@@ -115,45 +116,45 @@ def test_padding_does_not_change_real_positions():
   """Keys masked out by attention_mask must not influence the other positions' outputs."""
   cfg = tiny_config()
   with nnx.use_eager_sharding(False):
-    model = bert.BertForPreTraining(cfg, rngs=nnx.Rngs(1)).bert
+    model = heads.EncoderForPreTraining(cfg, rngs=nnx.Rngs(1)).encoder
   ids = jnp.asarray(np.random.default_rng(0).integers(5, 128, (1, 12)), jnp.int32)
   mask = jnp.asarray([[1] * 8 + [0] * 4], jnp.int32)
-  a = model.encode(ids, None, mask)
-  b = model.encode(ids.at[:, 8:].set(7), None, mask)  # different padding tokens
+  a = model(ids, None, mask)
+  b = model(ids.at[:, 8:].set(7), None, mask)  # different padding tokens
   np.testing.assert_allclose(a[:, :8], b[:, :8], atol=1e-6)
 
 
 def test_dropout_is_off_when_deterministic_and_on_in_training():
   cfg = tiny_config()
   with nnx.use_eager_sharding(False):
-    model = bert.BertForPreTraining(cfg, rngs=nnx.Rngs(2)).bert
+    model = heads.EncoderForPreTraining(cfg, rngs=nnx.Rngs(2)).encoder
   ids = jnp.ones((2, 8), jnp.int32) * 9
-  a = model.encode(ids)
-  np.testing.assert_array_equal(a, model.encode(ids))
-  t1 = model.encode(ids, deterministic=False, rngs=nnx.Rngs(dropout=0))
-  t2 = model.encode(ids, deterministic=False, rngs=nnx.Rngs(dropout=1))
+  a = model(ids)
+  np.testing.assert_array_equal(a, model(ids))
+  t1 = model(ids, deterministic=False, rngs=nnx.Rngs(dropout=0))
+  t2 = model(ids, deterministic=False, rngs=nnx.Rngs(dropout=1))
   assert not np.allclose(t1, t2)
 
 
 def stack_layers(params, num_layers):
   """Loop-model parameters -> scan-model parameters (a leading `layers` axis)."""
   out = dict(params)
-  out["bert"] = dict(params["bert"])
-  layers = [params["bert"]["layers"][i] for i in range(num_layers)]
-  out["bert"]["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+  out["encoder"] = dict(params["encoder"])
+  layers = [params["encoder"]["layers"][i] for i in range(num_layers)]
+  out["encoder"]["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
   return out
 
 
 def test_scan_over_layers_computes_the_same_function():
   cfg = tiny_config(num_layers=3)
   with nnx.use_eager_sharding(False):
-    loop_def, loop_state = nnx.split(bert.BertForPreTraining(cfg, rngs=nnx.Rngs(0)))
-    scan_def, scan_state = nnx.split(bert.BertForPreTraining(
+    loop_def, loop_state = nnx.split(heads.EncoderForPreTraining(cfg, rngs=nnx.Rngs(0)))
+    scan_def, scan_state = nnx.split(heads.EncoderForPreTraining(
         dataclasses.replace(cfg, scan_layers=True), rngs=nnx.Rngs(0)))
   params = loop_state.to_pure_dict()
   stacked = stack_layers(params, 3)
   assert (jax.tree.structure(stacked) == jax.tree.structure(scan_state.to_pure_dict()))
-  assert stacked["bert"]["layers"]["attention"]["query"]["kernel"].shape == (3, 32, 2, 16)
+  assert stacked["encoder"]["layers"]["attention"]["query"]["kernel"].shape == (3, 32, 2, 16)
   batch = random_batch(cfg)
   loop = pretraining_sums(nnx.merge(loop_def, params), batch, deterministic=True)
   scan = pretraining_sums(nnx.merge(scan_def, stacked), batch, deterministic=True)
@@ -162,6 +163,6 @@ def test_scan_over_layers_computes_the_same_function():
   # With dropout the scanned model still trains: different keys give different outputs.
   model = nnx.merge(scan_def, stacked)
   ids = batch["input_ids"]
-  a = model.bert.encode(ids, deterministic=False, rngs=nnx.Rngs(dropout=0))
-  b = model.bert.encode(ids, deterministic=False, rngs=nnx.Rngs(dropout=1))
+  a = model.encoder(ids, deterministic=False, rngs=nnx.Rngs(dropout=0))
+  b = model.encoder(ids, deterministic=False, rngs=nnx.Rngs(dropout=1))
   assert not np.allclose(a, b)

@@ -115,13 +115,13 @@ def test_attention_matches_autodiff_of_the_plain_formula(packed):
 
 def _grad_jaxpr_and_values(kernels: str, dropout: float):
   from jaxpt.config import ModelConfig
-  from jaxpt.models import bert
+  from jaxpt.models import heads
   from jaxpt.tasks.pretraining import pretraining_sums
   cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
                     intermediate_size=64, max_position_embeddings=16, hidden_dropout=dropout,
                     attention_dropout=dropout, kernels=kernels)
   with nnx.use_eager_sharding(False):
-    graphdef, params = nnx.split(bert.BertForPreTraining(cfg, rngs=nnx.Rngs(0)))
+    graphdef, params = nnx.split(heads.EncoderForPreTraining(cfg, rngs=nnx.Rngs(0)))
   rng = np.random.default_rng(0)
   batch = {"input_ids": jnp.asarray(rng.integers(4, 64, (2, 16)), jnp.int32),
            "token_type_ids": jnp.zeros((2, 16), jnp.int32),
@@ -139,6 +139,7 @@ def _grad_jaxpr_and_values(kernels: str, dropout: float):
   return str(jax.make_jaxpr(grad)(params)), jax.jit(grad)(params)
 
 
+@pytest.mark.slow
 def test_the_kernel_switch_chooses_the_code_not_the_function():
   # Without dropout (the masks are drawn differently) custom and plain are the same function.
   custom_jaxpr, (custom_loss, custom_grads) = _grad_jaxpr_and_values("custom", 0.0)

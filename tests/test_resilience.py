@@ -187,9 +187,9 @@ def test_skip_mode_leaves_parameters_unchanged_and_counts():
 
 @pytest.mark.parametrize("change,path", [
     ("--config.model.hidden_size=64",
-     "params.bert.embeddings.position.embedding: checkpoint (32, 32), model (32, 64)"),
-    ("--config.model.num_layers=3", "params.bert.layers.2"),
-    ("--config.model.max_position_embeddings=64", "params.bert.embeddings.position.embedding"),
+     "params.encoder.embeddings.position.embedding: checkpoint (32, 32), model (32, 64)"),
+    ("--config.model.num_layers=3", "params.encoder.layers.2"),
+    ("--config.model.max_position_embeddings=64", "params.encoder.embeddings.position.embedding"),
 ])
 def test_restoring_into_a_different_model_names_the_parameter(trained, prepared_dir, vocab,
                                                               change, path):

@@ -79,14 +79,14 @@ def test_sharded_training_equals_one_device(reference, shape):
 
   # Every parameter and optimizer moment is laid out as the rules say.
   expected = {
-      ("bert", "embeddings", "word", "embedding"): P("tensor", "fsdp"),
-      ("bert", "embeddings", "position", "embedding"): P(None, "fsdp"),
-      ("bert", "layers", 0, "attention", "query", "kernel"): P("fsdp", "tensor", None),
-      ("bert", "layers", 0, "attention", "query", "bias"): P("tensor", None),
-      ("bert", "layers", 1, "attention", "out", "kernel"): P("tensor", None, "fsdp"),
-      ("bert", "layers", 1, "mlp", "up", "kernel"): P("fsdp", "tensor"),
-      ("bert", "layers", 1, "mlp", "down", "kernel"): P("tensor", "fsdp"),
-      ("bert", "layers", 0, "mlp_norm", "scale"): P(None),
+      ("encoder", "embeddings", "word", "embedding"): P("tensor", "fsdp"),
+      ("encoder", "embeddings", "position", "embedding"): P(None, "fsdp"),
+      ("encoder", "layers", 0, "attention", "query", "kernel"): P("fsdp", "tensor", None),
+      ("encoder", "layers", 0, "attention", "query", "bias"): P("tensor", None),
+      ("encoder", "layers", 1, "attention", "out", "kernel"): P("tensor", None, "fsdp"),
+      ("encoder", "layers", 1, "mlp", "up", "kernel"): P("fsdp", "tensor"),
+      ("encoder", "layers", 1, "mlp", "down", "kernel"): P("tensor", "fsdp"),
+      ("encoder", "layers", 0, "mlp_norm", "scale"): P(None),
       ("mlm", "bias"): P("tensor"),
   }
   mu, nu = state.opt_state[1][0].mu, state.opt_state[1][0].nu  # (clip, adamw(scale_by_adam, ...))
@@ -100,7 +100,7 @@ def test_sharded_training_equals_one_device(reference, shape):
   for p, m in zip(jax.tree.leaves(state.params), jax.tree.leaves(mu)):
     assert m.sharding.is_equivalent_to(p.sharding, p.ndim)
   # FSDP: no device holds the whole word-embedding matrix.
-  word = state.params["bert"]["embeddings"]["word"]["embedding"]
+  word = state.params["encoder"]["embeddings"]["word"]["embedding"]
   shard = word.addressable_shards[0].data.shape
   assert shard == (128 // shape[2], 32 // shape[1])
 
@@ -158,7 +158,7 @@ def test_scanned_layers_shard_and_train_like_one_device():
   mesh = sharding.make_mesh(config_lib.MeshConfig(2, 2, 2))
   losses, state, _ = run(cfg, mesh, batches(cfg))
   np.testing.assert_allclose(losses, ref, rtol=1e-5)
-  kernel = state.params["bert"]["layers"]["attention"]["query"]["kernel"]  # [layers, embed, ...]
+  kernel = state.params["encoder"]["layers"]["attention"]["query"]["kernel"]  # [layers, embed, ...]
   assert kernel.sharding.is_equivalent_to(
       NamedSharding(mesh, P(None, "fsdp", "tensor", None)), kernel.ndim)
 

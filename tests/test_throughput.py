@@ -16,7 +16,7 @@ from flax import nnx
 
 from jaxpt.train import metrics
 from jaxpt.config import ModelConfig
-from jaxpt.models import bert
+from jaxpt.models import heads
 from jaxpt.tasks.pretraining import pretraining_sums
 
 from test_cli import REPO
@@ -42,7 +42,7 @@ def _batch(cfg, b=4, length=32, preds=5, seed=0):
 @pytest.mark.slow
 def test_masked_only_head_equals_the_full_head():
   with nnx.use_eager_sharding(False):
-    graphdef, params = nnx.split(bert.BertForPreTraining(CFG, rngs=nnx.Rngs(0)))
+    graphdef, params = nnx.split(heads.EncoderForPreTraining(CFG, rngs=nnx.Rngs(0)))
   batch = _batch(CFG)
 
   def masked_only(p):  # the training path: the head runs on the gathered positions
@@ -76,7 +76,7 @@ def test_flops_formula_matches_a_hand_count_and_xla():
                     intermediate_size=1024, max_position_embeddings=128, hidden_dropout=0.0,
                     attention_dropout=0.0)
   with nnx.use_eager_sharding(False):
-    graphdef, params = nnx.split(bert.BertForPreTraining(cfg, rngs=nnx.Rngs(0)))
+    graphdef, params = nnx.split(heads.EncoderForPreTraining(cfg, rngs=nnx.Rngs(0)))
   batch = _batch(cfg, b=8, length=128, preds=20)
   batch["masked_weights"] = jnp.ones_like(batch["masked_weights"])
 
@@ -108,12 +108,13 @@ def test_throughput_script_emits_valid_json(tmp_path):
   assert row["tokens_per_sec"] == pytest.approx(4 * 32 / row["step_time_s"])
 
 
+@pytest.mark.slow
 def test_packed_sequences_do_not_attend_across_their_boundaries():
   # Two examples alone, each in its own padded row, and the same two packed into one row:
   # every real position's hidden state, and the MLM / NSP logits, are the same.
   cfg = CFG
   with nnx.use_eager_sharding(False):
-    model = bert.BertForPreTraining(cfg, rngs=nnx.Rngs(1))
+    model = heads.EncoderForPreTraining(cfg, rngs=nnx.Rngs(1))
   rng = np.random.default_rng(0)
   a = [2, *rng.integers(5, 300, 9), 3, *rng.integers(5, 300, 6), 3]  # [CLS] A [SEP] B [SEP]
   b = [2, *rng.integers(5, 300, 7), 3, *rng.integers(5, 300, 4), 3]
@@ -131,7 +132,7 @@ def test_packed_sequences_do_not_attend_across_their_boundaries():
   mask = jnp.asarray([r[2] for r in alone], jnp.int32)
   positions = jnp.asarray([[1, 12], [1, 10]], jnp.int32)
   mlm_alone, nsp_alone = model(ids, types, mask, positions)
-  h_alone = model.bert.encode(ids, types, mask)
+  h_alone = model.encoder(ids, types, mask)
 
   p_ids, p_types, p_mask = row(a + b, ta + tb)
   segments = [1] * len(a) + [2] * len(b) + [0] * (length - len(a) - len(b))
@@ -140,7 +141,7 @@ def test_packed_sequences_do_not_attend_across_their_boundaries():
   mlm_packed, nsp_packed = model(
       jnp.asarray([p_ids]), jnp.asarray([p_types]), jnp.asarray([p_mask]),
       jnp.asarray([[1, 12, len(a) + 1, len(a) + 10]], jnp.int32), **packed)
-  h_packed = model.bert.encode(jnp.asarray([p_ids]), jnp.asarray([p_types]),
+  h_packed = model.encoder(jnp.asarray([p_ids]), jnp.asarray([p_types]),
                                jnp.asarray([p_mask]), segment_ids=packed["segment_ids"])
   np.testing.assert_allclose(h_packed[0, :len(a)], h_alone[0, :len(a)], atol=2e-5)
   np.testing.assert_allclose(h_packed[0, len(a):len(a) + len(b)], h_alone[1, :len(b)],
@@ -148,7 +149,7 @@ def test_packed_sequences_do_not_attend_across_their_boundaries():
   np.testing.assert_allclose(mlm_packed[0], mlm_alone.reshape(4, -1), atol=2e-4)
   np.testing.assert_allclose(nsp_packed[0, :2], nsp_alone, atol=2e-5)
   # Without the segment ids the packed row mixes the two: the check can fail.
-  h_mixed = model.bert.encode(jnp.asarray([p_ids]), jnp.asarray([p_types]),
+  h_mixed = model.encoder(jnp.asarray([p_ids]), jnp.asarray([p_types]),
                               jnp.asarray([p_mask]))
   assert np.abs(h_mixed[0, len(a):len(a) + len(b)] - h_alone[1, :len(b)]).max() > 1e-2
 

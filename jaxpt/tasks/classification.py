@@ -29,7 +29,7 @@ from jaxpt.data import augment as augment_lib
 from jaxpt.data import corpora
 from jaxpt.data import labelled
 from jaxpt.data import tokenizer as tok_lib
-from jaxpt.models import bert
+from jaxpt.models import heads
 from jaxpt.train import checkpoint as ckpt_lib
 from jaxpt.train import loop
 from jaxpt.train.loop import TrainError, fetch
@@ -133,7 +133,7 @@ class ClassificationObjective:
 
 def create_classifier(cfg: config_lib.ModelConfig, num_labels: int, kind: str, seed: int):
   with nnx.use_eager_sharding(False):
-    return bert.BertForClassification(cfg, num_labels, kind, rngs=nnx.Rngs(params=seed))
+    return heads.EncoderForClassification(cfg, num_labels, kind, rngs=nnx.Rngs(params=seed))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,8 +147,8 @@ class Setup:
   cfg: Config
   task: labelled.Task
   tokenizer: object
-  # Host arrays: the encoder's (bert.*; the classifier starts fresh), or a whole classifier's
-  # (bert.* and classifier.*; `jaxpt compress` recovering a pruned model); None: random.
+  # Host arrays: the encoder's and pooler's (encoder.*, pooler.*; the classifier starts
+  # fresh), or a whole classifier's (`jaxpt compress` recovering a pruned model); None: random.
   init_params: dict | None
   init_source: str
 
@@ -188,7 +188,8 @@ def setup(cfg: Config, task_spec: str | labelled.Task, init: str,
                                attention_dropout=m.attention_dropout, dtype=m.dtype,
                                remat=m.remat, scan_layers=m.scan_layers)
     cfg = dataclasses.replace(cfg, model=arch)
-    params = pretrained.adapt(loaded, arch, allow_missing=("mlm.", "nsp."))["bert"]
+    adapted = pretrained.adapt(loaded, arch, allow_missing=("mlm.", "nsp.", "pooler."))
+    params = {k: v for k, v in adapted.items() if k in ("encoder", "pooler")}
     source = loaded.source
   if tokenizer.get_vocab_size() > cfg.model.vocab_size:
     raise TrainError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens, more than "
@@ -246,14 +247,11 @@ class ClassificationTask:
     self.program = None
 
   def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
-    return bert.BertForClassification(self.cfg.model, len(self.setup.task.labels),
-                                      self.setup.task.kind, rngs=rngs)
+    return heads.EncoderForClassification(self.cfg.model, len(self.setup.task.labels),
+                                          self.setup.task.kind, rngs=rngs)
 
   def initial_params(self) -> dict | None:
-    given = self.setup.init_params
-    if given is None or "classifier" in given:
-      return given
-    return {"bert": given}
+    return self.setup.init_params
 
   def data_identity(self) -> dict:
     return {"labels": self.setup.task.labels, "metric": self.cfg.finetune.metric}

@@ -26,7 +26,7 @@ from jaxpt import config as config_lib
 from jaxpt import hf, pretrained, sharding
 from jaxpt.config import Config, ConfigError
 from jaxpt.data import loader, store
-from jaxpt.models import bert
+from jaxpt.models import heads
 from jaxpt.train import loop
 from jaxpt.train import metrics as metrics_lib
 from jaxpt.train.loop import TrainError
@@ -116,7 +116,7 @@ def check_data(cfg: Config, data: loader.PreparedData) -> None:
 
 
 class PretrainingTask:
-  """Masked-LM pretraining of a `bert.BertForPreTraining` on one prepared directory."""
+  """Masked-LM pretraining of a `heads.EncoderForPreTraining` on one prepared directory."""
 
   command = "pretrain"
   best_metric = "eval/loss"
@@ -145,7 +145,7 @@ class PretrainingTask:
     self._eval_step = None
 
   def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
-    return bert.BertForPreTraining(self.cfg.model, rngs=rngs)
+    return heads.EncoderForPreTraining(self.cfg.model, rngs=rngs)
 
   def initial_params(self) -> dict | None:
     """Host parameters to start from (`train.init_from`, or an import-hf workdir), checked

@@ -27,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxpt.errors import UserError
+from jaxpt.models import params as params_lib
 
 
 # Orbax's replica-parallel save splits each replicated array across its replicas, compiling a
@@ -178,8 +179,8 @@ class Checkpointer:
 
   def mismatches(self, step: int, abstract_state, limit: int = 3) -> list[str]:
     """Parameters whose saved shape differs from `abstract_state`'s (or that one side lacks)."""
-    saved = _shapes(self._manager.item_metadata(step)["state"])
-    wanted = _shapes(abstract_state)
+    saved = params_lib.shapes(self._manager.item_metadata(step)["state"])
+    wanted = params_lib.shapes(abstract_state)
     problems = []
     for name in sorted(set(saved) | set(wanted)):
       if not name.startswith("params."):
@@ -212,19 +213,6 @@ class Checkpointer:
     finally:
       self._closed = True
       self._manager.close()
-
-
-def _key_name(key) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
-def _shapes(tree) -> dict[str, tuple[int, ...]]:
-  """Dotted path -> shape, for arrays, abstract arrays and Orbax array metadata alike."""
-  return {".".join(_key_name(k) for k in path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def abstract_like(tree, shardings):

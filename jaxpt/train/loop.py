@@ -41,7 +41,7 @@ from jaxpt import optim, sharding
 from jaxpt.config import Config
 from jaxpt.data.store import StoreError
 from jaxpt.errors import UserError
-from jaxpt.models import bert
+from jaxpt.models import params as params_lib
 from jaxpt.train import checkpoint as ckpt_lib
 from jaxpt.train import metrics as metrics_lib
 from jaxpt.train.step import Objective, TrainState, make_train_step
@@ -166,7 +166,7 @@ def build_program(task: Task, mesh, schedule_segments=()) -> Program:
   schedule = resumed_schedule(optim.learning_rate_schedule(cfg.optim, first_num_steps),
                               schedule_segments)
   tx = optim.make_optimizer(cfg.optim, schedule, skip_nonfinite=cfg.train.nonfinite == "skip",
-                            prunable=bert.prunable)
+                            prunable=params_lib.prunable)
   state_sh = state_shardings(model, tx, mesh)
   batch_sh = sharding.batch_sharding(mesh)
   rep = sharding.replicated(mesh)

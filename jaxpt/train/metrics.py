@@ -8,6 +8,7 @@ import os
 import time
 
 from jaxpt.config import ModelConfig
+from jaxpt.models import transformer
 
 
 class MetricWriter:
@@ -64,13 +65,20 @@ def read_metrics(workdir: str) -> list[dict]:
 def flops_per_token(cfg: ModelConfig, seq_length: int, predictions_per_seq: int) -> float:
   """Training FLOPs per input token (forward + backward = 3x forward), matmuls only.
 
-  Encoder matmuls: 2 * 12 * H^2 per token per layer (QKV, output, MLP at 4H), attention
-  scores and values 2 * 2 * L * H; the MLM head runs only on the predicted positions.
+  Per token and layer: 2 * 4 * H^2 for q, k, v and the output, 2 * H * I per MLP matrix (two,
+  or three when gated), and 2 * 2 * K * H for the attention scores and values over the K keys
+  a token sees (the length, or the window on a local layer); the MLM head runs only on the
+  predicted positions.
   """
-  h, layers, i = cfg.hidden_size, cfg.num_layers, cfg.intermediate_size
-  per_layer = 2 * (4 * h * h + 2 * h * i) + 2 * 2 * seq_length * h
+  h, i = cfg.hidden_size, cfg.intermediate_size
+  mlp_matrices = 3 if cfg.mlp in ("geglu", "swiglu") else 2
+  window = min(seq_length, cfg.local_window + 1)
+  total = 0.0
+  for local in transformer.local_layers(cfg):
+    keys = window if local else seq_length
+    total += 2 * (4 * h * h + mlp_matrices * h * i) + 2 * 2 * keys * h
   head = predictions_per_seq / seq_length * 2 * (h * h + h * cfg.vocab_size)
-  return 3.0 * (layers * per_layer + head)
+  return 3.0 * (total + head)
 
 
 # Dense bf16 peak FLOP/s per chip, from the vendors' data sheets, matched against

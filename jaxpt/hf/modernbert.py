@@ -1,0 +1,153 @@
+"""The ModernBERT name table (`ModernBertModel`, `ModernBertForMaskedLM`) and its
+`config.json` fields (transformers 5.x names, and the older `global_attn_every_n_layers`,
+`global_rope_theta`, `local_rope_theta`)."""
+
+from __future__ import annotations
+
+from jaxpt.config import ModelConfig
+from jaxpt.hf.layouts import Entry, HFError
+
+MODEL_TYPES = ("modernbert",)
+ARCHITECTURES = {"modernbert": ("ModernBertForMaskedLM", "ModernBertModel")}
+BARE = ("ModernBertModel",)
+TIED = {"decoder.weight"}
+DUPLICATES: set[str] = set()
+_GLOBAL, _LOCAL = "full_attention", "sliding_attention"
+
+# The fixed choices of the family: what makes a ModelConfig a ModernBERT.
+FAMILY = dict(variant="modernbert", norm_position="pre", norm="layernorm", norm_bias=False,
+              embedding_norm=True, attention_bias=False, mlp_bias=False, mlp="geglu",
+              positions="rope", attention_kind="bidirectional", type_vocab_size=0,
+              pooler=False, first_attention_norm=False)
+
+
+def prefix(cfg: ModelConfig) -> str:
+  return "model."
+
+
+def table(cfg: ModelConfig) -> list[tuple[str, Entry]]:
+  """(HF name, jaxpt entry) pairs; a fused tensor appears once per part."""
+  out = [("model.embeddings.tok_embeddings.weight",
+          Entry("encoder.embeddings.word.embedding", "same")),
+         ("model.embeddings.norm.weight", Entry("encoder.embeddings.norm.scale", "same"))]
+  for i in range(cfg.num_layers):
+    hf, j = f"model.layers.{i}.", f"encoder.layers.{i}."
+    if i > 0:  # layer 0 has no attention norm (an identity)
+      out.append((hf + "attn_norm.weight", Entry(j + "attention_norm.scale", "same")))
+    for index, name in enumerate(("query", "key", "value")):
+      out.append((hf + "attn.Wqkv.weight",
+                  Entry(j + f"attention.{name}.kernel", "qkv_kernel", (index, 3))))
+    out.append((hf + "attn.Wo.weight", Entry(j + "attention.out.kernel", "out_kernel")))
+    out.append((hf + "mlp_norm.weight", Entry(j + "mlp_norm.scale", "same")))
+    # Wi's rows are the GeGLU's input (activated: jaxpt's `gate`), then its gate (`up`).
+    out.append((hf + "mlp.Wi.weight", Entry(j + "mlp.gate.kernel", "linear", (0, 2))))
+    out.append((hf + "mlp.Wi.weight", Entry(j + "mlp.up.kernel", "linear", (1, 2))))
+    out.append((hf + "mlp.Wo.weight", Entry(j + "mlp.down.kernel", "linear")))
+  out += [("model.final_norm.weight", Entry("encoder.final_norm.scale", "same")),
+          ("head.dense.weight", Entry("mlm.transform.kernel", "linear")),
+          ("head.norm.weight", Entry("mlm.norm.scale", "same")),
+          ("decoder.bias", Entry("mlm.bias", "same"))]
+  return out
+
+
+def heads(cfg: ModelConfig) -> set[str]:
+  return {"head.dense.weight", "head.norm.weight", "decoder.bias"} | TIED
+
+
+def exported(architecture: str, hf_name: str) -> bool:
+  return architecture != "ModernBertModel" or hf_name.startswith("model.")
+
+
+def _layer_pattern(hf: dict, layers: int, source: str) -> int:
+  """global_every from `layer_types` (or `global_attn_every_n_layers`); other patterns are
+  refused by name."""
+  kinds = hf.get("layer_types")
+  if kinds is None:
+    return int(hf.get("global_attn_every_n_layers", 3))
+  unknown = sorted(set(kinds) - {_GLOBAL, _LOCAL})
+  if unknown:
+    raise HFError(f"{source}: layer_types has {unknown[0]!r}; jaxpt knows {_GLOBAL!r} and "
+                  f"{_LOCAL!r}")
+  if len(kinds) != layers:
+    raise HFError(f"{source}: layer_types has {len(kinds)} entries for "
+                  f"num_hidden_layers={layers}")
+  for every in range(1, layers + 1):
+    if kinds == [_LOCAL if i % every else _GLOBAL for i in range(layers)]:
+      return every
+  if all(k == _GLOBAL for k in kinds):
+    return 1
+  raise HFError(f"{source}: layer_types={kinds}: jaxpt's layers are global every n-th "
+                "layer from layer 0 (global_every), which this pattern is not")
+
+
+def _theta(hf: dict, kind: str, old: str, default: float, source: str) -> float:
+  params = (hf.get("rope_parameters") or {}).get(kind) or {}
+  rope_type = params.get("rope_type", "default")
+  if rope_type != "default":
+    raise HFError(f"{source}: rope_parameters[{kind!r}].rope_type={rope_type!r}; only "
+                  "'default' rotary embeddings are supported")
+  return float(params.get("rope_theta", hf.get(old, default)))
+
+
+def config_from_hf(hf: dict, source: str) -> ModelConfig:
+  for field, want in (("hidden_activation", "gelu"), ("classifier_activation", "gelu"),
+                      ("tie_word_embeddings", True), ("decoder_bias", True)):
+    if hf.get(field, want) != want:
+      raise HFError(f"{source}: {field}={hf[field]!r}; jaxpt's ModernBERT has {want!r}")
+  if float(hf.get("mlp_dropout", 0.0)) != float(hf.get("embedding_dropout", 0.0)):
+    raise HFError(f"{source}: mlp_dropout={hf['mlp_dropout']} differs from embedding_dropout="
+                  f"{hf.get('embedding_dropout', 0.0)}; jaxpt has one rate for both "
+                  "(model.hidden_dropout)")
+  try:
+    layers = int(hf["num_hidden_layers"])
+    local = int(hf.get("local_attention", 128))
+    every = _layer_pattern(hf, layers, source)
+    return ModelConfig(
+        **dict(FAMILY, norm_bias=bool(hf.get("norm_bias", False)),
+               attention_bias=bool(hf.get("attention_bias", False)),
+               mlp_bias=bool(hf.get("mlp_bias", False))),
+        vocab_size=int(hf["vocab_size"]), hidden_size=int(hf["hidden_size"]),
+        num_layers=layers, num_heads=int(hf["num_attention_heads"]),
+        intermediate_size=int(hf["intermediate_size"]),
+        max_position_embeddings=int(hf.get("max_position_embeddings", 8192)),
+        hidden_dropout=float(hf.get("embedding_dropout", 0.0)),
+        attention_dropout=float(hf.get("attention_dropout", 0.0)),
+        layer_norm_eps=float(hf.get("norm_eps", 1e-5)),
+        initializer_range=float(hf.get("initializer_range", 0.02)),
+        head_bias=bool(hf.get("classifier_bias", False)),
+        rope_theta=_theta(hf, _GLOBAL, "global_rope_theta", 160_000.0, source),
+        rope_theta_local=_theta(hf, _LOCAL, "local_rope_theta", 10_000.0, source),
+        local_window=local if every > 1 else 0, global_every=every,
+        pad_token_id=int(hf.get("pad_token_id", 50283)))
+  except KeyError as e:
+    raise HFError(f"{source}: missing field {e.args[0]!r}") from None
+
+
+def config_to_hf(cfg: ModelConfig, architecture: str) -> dict:
+  kinds = [_LOCAL if local else _GLOBAL for local in
+           (cfg.local_window > 0 and i % cfg.global_every != 0 for i in range(cfg.num_layers))]
+  return {
+      "architectures": [architecture], "model_type": "modernbert",
+      "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
+      "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+      "intermediate_size": cfg.intermediate_size, "hidden_activation": "gelu",
+      "max_position_embeddings": cfg.max_position_embeddings,
+      "initializer_range": cfg.initializer_range, "norm_eps": cfg.layer_norm_eps,
+      "norm_bias": cfg.norm_bias, "attention_bias": cfg.attention_bias,
+      "mlp_bias": cfg.mlp_bias, "classifier_bias": cfg.head_bias, "decoder_bias": True,
+      "embedding_dropout": cfg.hidden_dropout, "mlp_dropout": cfg.hidden_dropout,
+      "attention_dropout": cfg.attention_dropout,
+      "local_attention": cfg.local_window or 128, "layer_types": kinds,
+      "rope_parameters": {_GLOBAL: {"rope_type": "default", "rope_theta": cfg.rope_theta},
+                          _LOCAL: {"rope_type": "default", "rope_theta": cfg.rope_theta_local}},
+      "pad_token_id": cfg.pad_token_id, "tie_word_embeddings": True,
+  }
+
+
+def check_exportable(cfg: ModelConfig) -> None:
+  for name, want in FAMILY.items():
+    if name in ("norm_bias", "attention_bias", "mlp_bias"):
+      continue
+    if getattr(cfg, name) != want:
+      raise HFError(f"model.{name}={getattr(cfg, name)!r}: HuggingFace's ModernBERT has "
+                    f"{want!r}")

@@ -1,0 +1,93 @@
+"""Attention: the masks every layer kind needs, and the one function that applies them.
+
+Shapes: `q` `[batch, length, heads, head_dim]`, `k` and `v` `[batch, keys, kv_heads, head_dim]`
+(`kv_heads` divides `heads`: grouped queries); masks are boolean, True where a query may see a
+key, `[batch, 1, queries, keys]`. A window `(left, right)` lets the query at i see keys j with
+i - left <= j <= i + right.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxpt.models import ops
+
+
+def mask(length: int, *, key_mask=None, segment_ids=None, causal: bool = False,
+         window: tuple[int, int] | None = None):
+  """`[batch or 1, 1, length or 1, length]` boolean mask.
+
+  `key_mask` `[batch, length]` (1 = a real token) hides padding keys. `segment_ids`
+  `[batch, length]` (packed rows: 1..K per sequence, 0 at padding) keeps each query within its
+  own sequence; a padding query sees the real keys of its row (its output is never read, and a
+  row it could see nothing in would divide by zero in the softmax's backward pass).
+  """
+  if not causal and window is None and segment_ids is None:  # padding only: [batch, 1, 1, keys]
+    if key_mask is None:
+      return jnp.ones((1, 1, length, length), bool)
+    return (key_mask > 0)[:, None, None, :]
+  i = jnp.arange(length)[:, None]
+  j = jnp.arange(length)[None, :]
+  allowed = jnp.ones((length, length), bool)
+  if causal:
+    allowed = allowed & (j <= i)
+  if window is not None:
+    left, right = window
+    allowed = allowed & (j >= i - left) & (j <= i + right)
+  allowed = allowed[None]  # [1, queries, keys]
+  if segment_ids is not None:
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    pad_query = (segment_ids == 0)[:, :, None]
+    real_key = (segment_ids != 0)[:, None, :]
+    allowed = allowed & (same | (pad_query & real_key))
+  if key_mask is not None:
+    allowed = allowed & (key_mask[:, None, :] > 0)
+  return allowed[:, None]  # [batch or 1, 1, queries, keys]
+
+
+def dot_product(q, k, v, mask, *, scale: float, keep=None, keep_prob=None,
+                custom: bool = False):
+  """softmax(q k^T * scale, where `mask`) v `[batch, length, heads, head_dim]`.
+
+  `keep` (a boolean `[batch, heads, queries, keys]` dropout mask, kept entries scaled by
+  1 / `keep_prob`) is dropout on the probabilities, which needs them materialised: then the
+  scores are computed here (`custom`: with ops.attention's hand-written backward pass);
+  otherwise `jax.nn.dot_product_attention` runs.
+  """
+  if keep is None:
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale)
+  groups = q.shape[2] // k.shape[2]
+  if groups > 1:  # grouped queries: each key/value head serves `groups` query heads
+    k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+  keep_prob = jnp.asarray(keep_prob, jnp.float32)
+  kernel = ops.attention if custom else ops.attention_plain
+  return kernel(q, k, v, mask, keep, keep_prob, scale)
+
+
+def attention(q, k, v, *, segment_ids=None, causal: bool = False,
+              window: tuple[int, int] | None = None, dropout_rate: float = 0.0,
+              dropout_rng=None, scale: float | None = None, implementation: str = "auto"):
+  """Self-attention of `q, k, v` `[batch, length, heads, head_dim]` under one contract.
+
+  `segment_ids` `[batch, length]` (0 = padding) keeps packed sequences apart; `causal` hides
+  later keys; `window=(left, right)` limits each query to a band of keys; `dropout_rate` with
+  `dropout_rng` drops attention probabilities; `scale` defaults to 1/sqrt(head_dim).
+  `implementation`: "xla" (the reference: scores materialised, any combination) or "auto"
+  (today the same). Returns `[batch, length, heads, head_dim]` in q's dtype.
+  """
+  if implementation not in ("auto", "xla"):
+    raise ValueError(f"implementation={implementation!r}: must be 'auto' or 'xla'")
+  if q.shape[2] % k.shape[2]:
+    raise ValueError(f"key/value heads ({k.shape[2]}) must divide query heads ({q.shape[2]})")
+  if not 0.0 <= dropout_rate < 1.0:
+    raise ValueError(f"dropout_rate={dropout_rate}: must be in [0, 1)")
+  scale = q.shape[-1] ** -0.5 if scale is None else scale
+  m = mask(q.shape[1], segment_ids=segment_ids, causal=causal, window=window)
+  if dropout_rate == 0.0:
+    return dot_product(q, k, v, m, scale=scale)
+  if dropout_rng is None:
+    raise ValueError("dropout_rate > 0 needs dropout_rng")
+  shape = (q.shape[0], q.shape[2], q.shape[1], k.shape[1])  # [batch, heads, queries, keys]
+  keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, shape)
+  return dot_product(q, k, v, m, scale=scale, keep=keep, keep_prob=1.0 - dropout_rate)

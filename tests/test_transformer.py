@@ -1,0 +1,299 @@
+"""The stack's block choices on small shapes: norms, biases, MLP kinds, rotary positions, and
+the attention each layer gets (causal, local windows, packed rows)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxpt import config as config_lib
+from jaxpt.models import attention, heads, params as params_lib, transformer
+from jaxpt.train import metrics
+
+MODERN = dict(norm_position="pre", norm_bias=False, attention_bias=False, mlp_bias=False,
+              head_bias=False, mlp="geglu", positions="rope", type_vocab_size=0,
+              rope_theta=160_000.0, rope_theta_local=10_000.0, variant="roberta",
+              pooler=False, pad_token_id=1)
+
+
+def tiny(**changes) -> config_lib.ModelConfig:
+  base = config_lib.ModelConfig(vocab_size=96, hidden_size=32, num_layers=3, num_heads=2,
+                                intermediate_size=48, max_position_embeddings=64,
+                                hidden_dropout=0.0, attention_dropout=0.0)
+  return config_lib.validate_model(dataclasses.replace(base, **changes))
+
+
+def encoder(cfg, seed=0):
+  with nnx.use_eager_sharding(False):
+    return heads.EncoderForPreTraining(cfg, rngs=nnx.Rngs(seed))
+
+
+def ids(batch=2, length=24, seed=0, low=5, high=96):
+  return jnp.asarray(np.random.default_rng(seed).integers(low, high, (batch, length)),
+                     jnp.int32)
+
+
+def flat_params(model):
+  return params_lib.flatten(nnx.state(model, nnx.Param).to_pure_dict())
+
+
+# ---- parameters follow the fields ----
+
+
+def test_biases_norms_and_positions_follow_the_config():
+  bert = flat_params(encoder(tiny()))
+  modern = flat_params(encoder(tiny(**MODERN)))
+  layer = "encoder.layers.0."
+  assert layer + "attention.query.bias" in bert and layer + "mlp.up.bias" in bert
+  assert "encoder.embeddings.position.embedding" in bert and "encoder.final_norm.scale" not in bert
+  # no biases anywhere in the encoder, no position or token-type tables, a gate, a final norm
+  assert not [k for k in modern if k.startswith("encoder.") and k.endswith(".bias")]
+  assert "encoder.embeddings.position.embedding" not in modern
+  assert "encoder.embeddings.token_type.embedding" not in modern
+  assert modern[layer + "mlp.gate.kernel"].shape == (32, 48)
+  assert "encoder.final_norm.scale" in modern and "pooler.kernel" not in modern
+  assert "mlm.transform.bias" not in modern and "mlm.bias" in modern  # the decoder's bias stays
+  rms = flat_params(encoder(tiny(norm="rmsnorm")))
+  assert layer + "mlp_norm.scale" in rms and layer + "mlp_norm.bias" not in rms
+
+
+@pytest.mark.parametrize("field,value", [("norm", "batchnorm"), ("mlp", "relu"),
+                                         ("positions", "alibi"), ("norm_position", "sandwich"),
+                                         ("attention_kind", "prefix"), ("local_window", -2),
+                                         ("global_every", 0)])
+def test_unknown_choices_are_refused_by_name(field, value):
+  with pytest.raises(config_lib.ConfigError, match=f"model.{field}"):
+    tiny(**{field: value})
+
+
+def test_layer_kinds_follow_global_every():
+  cfg = tiny(num_layers=7, local_window=8, global_every=3)
+  assert transformer.local_layers(cfg) == [False, True, True, False, True, True, False]
+  assert transformer.local_window(cfg) == (4, 4)
+  assert transformer.local_window(tiny(local_window=8, attention_kind="causal")) == (8, 0)
+  assert not any(transformer.local_layers(tiny(global_every=3)))  # no window: all global
+
+
+# ---- masks ----
+
+
+def test_mask_against_a_loop_over_query_key_pairs():
+  length = 10
+  segments = np.array([[1, 1, 1, 2, 2, 2, 2, 3, 0, 0]])
+  key_mask = (segments > 0).astype(np.int32)
+  for causal in (False, True):
+    for window in (None, (2, 1), (3, 0)):
+      got = np.asarray(attention.mask(length, key_mask=jnp.asarray(key_mask),
+                                      segment_ids=jnp.asarray(segments), causal=causal,
+                                      window=window))[0, 0]
+      for i in range(length):
+        for j in range(length):
+          ok = key_mask[0, j] == 1
+          if segments[0, i]:  # a real query: its own sequence, the order, the band
+            ok = ok and segments[0, i] == segments[0, j]
+            ok = ok and (not causal or j <= i)
+            if window:
+              ok = ok and i - window[0] <= j <= i + window[1]
+          else:  # a padding query: the real keys it is allowed by order and band
+            ok = ok and (not causal or j <= i) and (
+                not window or i - window[0] <= j <= i + window[1])
+          assert got[i, j] == ok, (causal, window, i, j)
+
+
+# ---- what each position can see, measured on the model's outputs ----
+
+
+def _changed(model, base, position):
+  """Positions whose output changes when the token at `position` changes."""
+  other = base.at[:, position].set((base[:, position] + 7) % 90 + 5)
+  a, b = np.asarray(model.encode(base)), np.asarray(model.encode(other))
+  return set(np.nonzero(np.abs(a - b).max(axis=(0, 2)) > 1e-6)[0].tolist())
+
+
+def test_causal_layers_never_see_later_tokens():
+  model = encoder(tiny(**MODERN, attention_kind="causal", local_window=4, global_every=2))
+  x = ids(batch=1, length=16)
+  for position in (0, 5, 15):
+    assert _changed(model, x, position) == set(range(position, 16))
+
+
+def test_local_layers_see_only_their_window():
+  cfg = tiny(**MODERN, num_layers=2, local_window=4, global_every=2)  # layer 1: (2, 2)
+  model = encoder(cfg)
+  x = ids(batch=1, length=20)
+  kinds = model.encoder._masks_and_ropes(x, jnp.ones_like(x), None)
+  assert np.asarray(kinds["local"][0])[0, 0, 10].nonzero()[0].tolist() == [8, 9, 10, 11, 12]
+  assert np.asarray(kinds["global"][0]).all()
+  # Layer 0 is global, so token 10 reaches every position through it...
+  assert _changed(model, x, 10) == set(range(20))
+  # ...while the local layer alone, given the hidden states, lets position 10 reach 8..12.
+  layer = model.encoder.layers[1]
+  h = jnp.asarray(np.random.default_rng(3).standard_normal((1, 20, 32)), jnp.float32)
+  a = layer(h, *kinds["local"], deterministic=True, rngs=None)
+  bump = jnp.asarray(np.random.default_rng(4).standard_normal(32), jnp.float32)
+  b = layer(h.at[:, 10].add(bump), *kinds["local"], deterministic=True, rngs=None)
+  changed = np.nonzero(np.abs(np.asarray(a - b)).max(axis=(0, 2)) > 1e-6)[0].tolist()
+  assert changed == [8, 9, 10, 11, 12]
+
+
+def test_scanned_layers_pick_each_layers_kind():
+  cfg = tiny(**MODERN, num_layers=4, local_window=4, global_every=2)
+  loop = encoder(cfg)
+  scan = encoder(dataclasses.replace(cfg, scan_layers=True))
+  params = nnx.state(loop, nnx.Param).to_pure_dict()
+  stacked = params_lib.unflatten(params_lib.flatten(params), scanned=False)
+  stacked = params_lib.unflatten(
+      params_lib.stack_layers(params_lib.flatten(stacked), cfg.num_layers))
+  state = nnx.state(scan, nnx.Param)
+  state.replace_by_pure_dict(stacked)
+  nnx.update(scan, state)
+  x = ids(batch=2, length=20)
+  np.testing.assert_allclose(scan.encode(x), loop.encode(x), rtol=1e-5, atol=1e-5)
+  # and the kinds matter: with every layer global the outputs differ
+  all_global = encoder(dataclasses.replace(cfg, local_window=0))
+  nnx.update(all_global, nnx.state(loop, nnx.Param))
+  assert not np.allclose(all_global.encode(x), loop.encode(x), atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("changes", [{}, MODERN, dict(MODERN, local_window=4, global_every=2)])
+def test_packed_sequences_equal_each_sequence_alone(changes):
+  cfg = tiny(**changes)
+  model = encoder(cfg)
+  a, b = ids(batch=1, length=7, seed=1), ids(batch=1, length=9, seed=2)
+  pad = jnp.full((1, 4), cfg.pad_token_id, jnp.int32)
+  packed = jnp.concatenate([a, b, pad], axis=1)
+  segments = jnp.asarray([[1] * 7 + [2] * 9 + [0] * 4])
+  hidden = model.encoder(packed, None, (segments > 0).astype(jnp.int32), segment_ids=segments)
+  np.testing.assert_allclose(hidden[:, :7], model.encode(a), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(hidden[:, 7:16], model.encode(b), rtol=1e-5, atol=1e-5)
+
+
+# ---- rotary positions against transformers' implementation ----
+
+
+def test_rope_equals_transformers():
+  torch = pytest.importorskip("torch")
+  from transformers import ModernBertConfig
+  from transformers.models.modernbert import modeling_modernbert as mb
+  hf_cfg = ModernBertConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=3,
+                            intermediate_size=32, vocab_size=64, pad_token_id=0,
+                            bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+  rotary = mb.ModernBertRotaryEmbedding(hf_cfg)
+  rng = np.random.default_rng(0)
+  q = rng.standard_normal((2, 12, 4, 16)).astype(np.float32)  # [batch, length, heads, head_dim]
+  positions = np.stack([np.arange(12), np.r_[np.arange(5), np.arange(7)]])
+  for layer_type, theta in (("full_attention", 160_000.0), ("sliding_attention", 10_000.0)):
+    assert hf_cfg.rope_parameters[layer_type]["rope_theta"] == theta
+    cos, sin = rotary(torch.tensor(q), torch.tensor(positions), layer_type)
+    want, _ = mb.apply_rotary_pos_emb(torch.tensor(q), torch.tensor(q), cos, sin,
+                                      unsqueeze_dim=2)
+    got = transformer.apply_rope(jnp.asarray(q), *transformer.rope_tables(
+        jnp.asarray(positions), 16, theta))
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_rope_scores_depend_only_on_the_distance():
+  rng = np.random.default_rng(1)
+  q, k = (jnp.asarray(rng.standard_normal((1, 1, 1, 16)), jnp.float32) for _ in range(2))
+
+  def score(i, j):
+    rq = transformer.apply_rope(q, *transformer.rope_tables(jnp.asarray([[i]]), 16, 1e4))
+    rk = transformer.apply_rope(k, *transformer.rope_tables(jnp.asarray([[j]]), 16, 1e4))
+    return float(jnp.sum(rq * rk))
+
+  assert score(3, 1) == pytest.approx(score(40, 38), rel=1e-4)
+  assert score(3, 1) != pytest.approx(score(3, 2), rel=1e-3)
+
+
+# ---- the public attention function ----
+
+
+def test_public_attention_matches_a_softmax_reference():
+  rng = np.random.default_rng(2)
+  q = jnp.asarray(rng.standard_normal((2, 10, 4, 8)), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((2, 10, 2, 8)), jnp.float32)  # grouped: 2 kv heads
+  v = jnp.asarray(rng.standard_normal((2, 10, 2, 8)), jnp.float32)
+  segments = jnp.asarray([[1] * 6 + [2] * 4, [1] * 10])
+  got = attention.attention(q, k, v, segment_ids=segments, causal=True, window=(3, 0))
+  kk, vv = np.repeat(np.asarray(k), 2, axis=2), np.repeat(np.asarray(v), 2, axis=2)
+  scores = np.einsum("bqnd,bknd->bnqk", np.asarray(q), kk) / np.sqrt(8)
+  i, j = np.arange(10)[:, None], np.arange(10)[None]
+  s = np.asarray(segments)
+  allowed = (s[:, :, None] == s[:, None, :]) & (j <= i) & (j >= i - 3)
+  scores = np.where(allowed[:, None], scores, -np.inf)
+  probs = np.exp(scores - scores.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  np.testing.assert_allclose(got, np.einsum("bnqk,bknd->bqnd", probs, vv), rtol=1e-5,
+                             atol=1e-5)
+  with pytest.raises(ValueError, match="implementation"):
+    attention.attention(q, k, v, implementation="splash")
+  dropped = attention.attention(q, k, v, dropout_rate=0.5, dropout_rng=jax.random.key(0))
+  assert not np.allclose(dropped, attention.attention(q, k, v))
+
+
+# ---- training: a modern block learns, and the FLOPs formula counts its matmuls ----
+
+
+@pytest.mark.slow
+def test_a_modern_block_overfits_one_batch():
+  import optax
+
+  from jaxpt.tasks.pretraining import pretraining_sums
+  cfg = tiny(**MODERN, num_layers=2, local_window=4, global_every=2)
+  graphdef, state = nnx.split(encoder(cfg))
+  params = state.to_pure_dict()
+  rng = np.random.default_rng(0)
+  x = rng.integers(5, cfg.vocab_size, (8, 16))
+  positions = np.stack([np.sort(rng.choice(16, 3, replace=False)) for _ in range(8)])
+  masked = x.copy()
+  np.put_along_axis(masked, positions, 4, axis=1)
+  batch = {"input_ids": jnp.asarray(masked, jnp.int32),
+           "token_type_ids": jnp.zeros((8, 16), jnp.int32),
+           "attention_mask": jnp.ones((8, 16), jnp.int32),
+           "masked_positions": jnp.asarray(positions, jnp.int32),
+           "masked_ids": jnp.asarray(np.take_along_axis(x, positions, 1), jnp.int32),
+           "masked_weights": jnp.ones((8, 3), jnp.float32)}
+  tx = optax.adam(3e-3)
+  opt = tx.init(params)
+
+  def loss_fn(p):
+    sums = pretraining_sums(nnx.merge(graphdef, p), batch, deterministic=True)
+    return sums["mlm_loss"] / sums["mlm_count"]
+
+  @jax.jit
+  def step(p, o):
+    loss, g = jax.value_and_grad(loss_fn)(p)
+    u, o = tx.update(g, o, p)
+    return optax.apply_updates(p, u), o, loss
+
+  first = float(step(params, opt)[2])
+  for _ in range(200):
+    params, opt, loss = step(params, opt)
+  assert first > 4.0 and float(loss_fn(params)) < 0.1
+
+
+def test_flops_formula_counts_the_gate():
+  from jaxpt.tasks.pretraining import pretraining_sums
+  cfg = tiny(**MODERN, hidden_size=256, num_heads=4, intermediate_size=512, vocab_size=512)
+  graphdef, state = nnx.split(encoder(cfg))
+  params = state.to_pure_dict()
+  b, length, p = 4, 64, 8
+  batch = {"input_ids": ids(batch=b, length=length), "token_type_ids": jnp.zeros((b, length), jnp.int32),
+           "attention_mask": jnp.ones((b, length), jnp.int32),
+           "masked_positions": jnp.tile(jnp.arange(p)[None], (b, 1)),
+           "masked_ids": jnp.ones((b, p), jnp.int32),
+           "masked_weights": jnp.ones((b, p), jnp.float32)}
+
+  def loss(params):
+    return pretraining_sums(nnx.merge(graphdef, params), batch, deterministic=True)["mlm_loss"]
+
+  analysis = jax.jit(jax.grad(loss)).lower(params).compile().cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, list) else analysis
+  formula = metrics.flops_per_token(cfg, length, p) * b * length
+  assert analysis["flops"] == pytest.approx(formula, rel=0.10)
+  ungated = metrics.flops_per_token(dataclasses.replace(cfg, mlp="gelu"), length, p) * b * length
+  assert analysis["flops"] != pytest.approx(ungated, rel=0.10)
