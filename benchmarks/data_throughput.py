@@ -8,7 +8,7 @@ on host threads, the way the trainer consumes them. Writes a section of benchmar
   python benchmarks/data_throughput.py                      # the published configuration
   python benchmarks/data_throughput.py --recipe=shakespeare --loader_steps=50   # a quick look
 
-Targets (issue 4, this 2-core machine): prepare >= 300k tokens/s, loader >= 1M tokens/s.
+Targets (a 2-core CPU): prepare >= 300k tokens/s, loader >= 1M tokens/s.
 """
 
 from __future__ import annotations

@@ -58,11 +58,20 @@ class CompressError(UserError, ValueError):
 
 @dataclasses.dataclass
 class Options:
-  prune: float = 0.0  # fraction of prunable weights (magnitude) or of heads (heads) removed
-  scheme: str = "magnitude"
-  recover_steps: int = 0  # fine-tuning steps with the mask held; 0: none
-  quantize: str = "none"
-  overwrite: bool = False
+  """`jaxpt compress`'s options (each one a flag of the same name)."""
+
+  prune: float = config_lib.option(0.0, "Sparsity in [0, 1): the fraction of the encoder's "
+                                   "dense weights (magnitude) or of its attention heads "
+                                   "(heads) removed.")
+  scheme: str = config_lib.option("magnitude", "Pruning scheme: magnitude (global, "
+                                  "unstructured) or heads (attention heads by importance).",
+                                  SCHEMES)
+  recover_steps: int = config_lib.option(0, "Fine-tune this many steps after pruning with the "
+                                         "mask held (0: no recovery).")
+  quantize: str = config_lib.option("none", "none, int8 (int8 weights of the dense layers, "
+                                    "per output channel) or w8a8 (also int8 activations, "
+                                    "dynamic).", QUANTIZE)
+  overwrite: bool = config_lib.option(False, "Replace --out if it exists.")
 
 
 def check_options(o: Options) -> None:

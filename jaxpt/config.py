@@ -18,6 +18,12 @@ class ConfigError(UserError, ValueError):
   """A configuration value that cannot work; the message names the field."""
 
 
+def option(default, help: str, choices: tuple[str, ...] | None = None):
+  """A field of a command's options dataclass: its default, its help text and its allowed
+  values, declared once; `jaxpt.cli` turns each such field into a flag."""
+  return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclasses.dataclass
 class ModelConfig:
   """BERT architecture. Defaults are BERT-base (Devlin et al. 2019)."""
@@ -65,6 +71,8 @@ class ModelConfig:
   local_window: int = 0
   global_every: int = 1  # layer i is global when i % global_every == 0 (ModernBERT: 3)
   pooler: bool = True  # BERT's tanh pooler over [CLS] (NSP and sequence classification)
+  # What a sequence classifier reads: the [CLS] state (cls) or the mean over real tokens.
+  classifier_pooling: str = "cls"  # cls | mean
   # Pre-LN: whether layer 0 norms its input before attention (ModernBERT: no, the embeddings
   # were just normed).
   first_attention_norm: bool = True
@@ -201,7 +209,8 @@ def validate_model(m: ModelConfig) -> ModelConfig:
   for name, allowed in (("norm_position", ("post", "pre")), ("norm", ("layernorm", "rmsnorm")),
                         ("mlp", ("gelu", "gelu_tanh", "geglu", "swiglu")),
                         ("positions", ("learned", "rope")),
-                        ("attention_kind", ("bidirectional", "causal"))):
+                        ("attention_kind", ("bidirectional", "causal")),
+                        ("classifier_pooling", ("cls", "mean"))):
     _check(getattr(m, name) in allowed, f"model.{name}", getattr(m, name),
            "must be one of " + ", ".join(allowed))
   if m.positions == "rope":

@@ -24,7 +24,9 @@ def predict(model, tokenizer, texts: list[str], top_k: int = 5) -> list[list[lis
   for text, enc in zip(texts, encodings):
     if mask_id not in enc.ids:
       raise FillMaskError(f"{text!r}: no {mask_token} in the text")
-  max_len = model.encoder.embeddings.position.embedding.shape[0]
+  cfg = model.encoder.config
+  max_len = cfg.max_position_embeddings - (cfg.pad_token_id + 1 if cfg.variant == "roberta"
+                                           else 0)
   length = max(len(e.ids) for e in encodings)
   if length > max_len:
     raise FillMaskError(f"a text has {length} tokens; the model takes at most {max_len}")

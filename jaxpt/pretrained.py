@@ -18,6 +18,13 @@ from jaxpt.errors import UserError
 from jaxpt.train import checkpoint as ckpt_lib
 
 MODEL_JSON = "model.json"  # the model config and the import report of an imported directory
+TASK_JSON = "task.json"  # a fine-tuning workdir's task: name, source, kind, labels, init
+
+
+def task_info(source: str) -> dict | None:
+  """The task of a fine-tuning workdir (its task.json), or None for any other source."""
+  path = pathlib.Path(source) / TASK_JSON
+  return json.loads(path.read_text()) if path.is_file() else None
 
 
 class SourceError(UserError, ValueError):

@@ -152,3 +152,29 @@ def test_presets_by_name_from_any_directory(tmp_path):
                          "--dry_run"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
   err = proc.stderr.strip().splitlines()
   assert proc.returncode == 2 and len(err) == 1 and "bert_tiny," in err[0], proc.stderr
+
+
+def test_options_dataclasses_are_the_flags():
+  """Each field of an options dataclass is a flag of its command, declared once: same name,
+  default and help; parsed values land in the dataclass."""
+  import dataclasses
+
+  from absl import flags
+
+  from jaxpt.cli import compress as compress_cli
+  from jaxpt.cli import prepare as prepare_cli
+  from jaxpt.cli.common import options_from
+  from jaxpt.compress import Options
+  from jaxpt.data.prepare import PrepareOptions
+  for define, cls, argv, want in (
+      (prepare_cli.define, PrepareOptions, ["--vocab_size=777", "--pack", "--examples=x"],
+       dict(vocab_size=777, pack=True, examples="x")),
+      (compress_cli.define, Options, ["--prune=0.25", "--quantize=int8"],
+       dict(prune=0.25, quantize="int8"))):
+    fv = flags.FlagValues()
+    define(fv)
+    for field in dataclasses.fields(cls):
+      assert fv[field.name].default == field.default, field.name
+      assert fv[field.name].help.startswith(field.metadata["help"]), field.name
+    fv(["prog", *argv])
+    assert options_from(cls, fv) == cls(**want)

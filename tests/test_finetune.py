@@ -91,14 +91,36 @@ def test_planted_task_is_learned_and_shuffled_labels_are_not(tmp_path, vocab_fil
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == [12 * i for i in range(1, 7)]  # 384 / 32 steps an epoch
 
-  # Re-running a finished run resumes at its end and only re-evaluates.
-  capsys.readouterr()
+  # Re-running a finished run resumes at its end and only re-evaluates: no step is trained
+  # again (metrics.jsonl keeps its rows) and the checkpoints stay at step 72.
   assert cli.main(["jaxpt", "finetune", f"--workdir={workdir}", f"--task={task}",
                    f"--tokenizer={vocab_file}", "--noprogress", *overrides]) == 0
-  assert "resuming at step 72" in capsys.readouterr().out
+  again = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in again if "train/loss" in r] == [r["step"] for r in rows
+                                                             if "train/loss" in r]
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
+                if p.name.isdigit())[-1] == 72
+  capsys.readouterr()
   assert cli.main(["jaxpt", "evaluate", f"--workdir={workdir}", "--split=validation"]) == 0
   assert "f1_macro" in capsys.readouterr().out
   assert (workdir / "eval_validation.json").exists()
+
+  # Out to HuggingFace: transformers' BertForSequenceClassification, with the tokenizer and
+  # the labels, predicts the test split as jaxpt's best checkpoint does.
+  out = tmp_path / "hf"
+  assert cli.main(["jaxpt", "export-hf", f"--workdir={workdir}", f"--to={out}"]) == 0
+  import torch
+  import transformers
+  model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+  assert type(model).__name__ == "BertForSequenceClassification"
+  tok = transformers.AutoTokenizer.from_pretrained(out)
+  test = [json.loads(l) for l in (task / "test.jsonl").read_text().splitlines()]
+  enc = tok([r["text"] for r in test], padding=True, return_tensors="pt")
+  with torch.no_grad():
+    predicted = model(**enc).logits.argmax(-1).tolist()
+  accuracy = np.mean([model.config.id2label[p] == r["label"] for p, r in zip(predicted, test)])
+  assert accuracy == pytest.approx(report["accuracy"])
+  assert cli.main(["jaxpt", "fill-mask", f"--workdir={workdir}", "a [MASK]"]) == 2
 
   # The same model on shuffled training labels learns nothing that transfers.
   shuffled = write_task(tmp_path / "shuffled", shuffle_labels=True)

@@ -126,7 +126,7 @@ def test_roberta_equals_transformers_and_round_trips(tmp_path):
   got = np.asarray(mlm_logits(model, jnp.asarray(ids), None, jnp.asarray(mask)))
   assert np.abs(got - want).max() < 1e-4
 
-  hf.save_bert(tmp_path / "out", imported.params, imported.config)
+  hf.save_model(tmp_path / "out", imported.params, imported.config)
   back, info = transformers.RobertaForMaskedLM.from_pretrained(tmp_path / "out",
                                                                output_loading_info=True)
   assert not info["missing_keys"] and not info["unexpected_keys"]
@@ -143,7 +143,7 @@ def test_export_transformers_import_is_bit_identical(tmp_path, scan_layers):
   params = hf.flatten(hf._init_params(cfg, seed=3), cfg)
   params["mlm.bias"] = np.random.default_rng(0).normal(size=120).astype(np.float32)
   params = hf.unflatten(params, cfg)
-  hf.save_bert(tmp_path / "a", params, cfg)
+  hf.save_model(tmp_path / "a", params, cfg)
   model, info = transformers.BertForPreTraining.from_pretrained(tmp_path / "a",
                                                                 output_loading_info=True)
   assert not info["missing_keys"] and not info["unexpected_keys"]
@@ -236,7 +236,7 @@ def test_bad_hf_directories_are_clear_errors(tmp_path, minilm):
   (out / "keep.txt").write_text("mine")
   imported = hf.import_params(minilm)
   with pytest.raises(hf.HFError, match="exists and is not empty"):
-    hf.save_bert(out, imported.params, imported.config)
+    hf.save_model(out, imported.params, imported.config)
   assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
   assert (out / "keep.txt").read_text() == "mine"
 

@@ -168,3 +168,39 @@ def test_a_tiny_modernbert_pretrains_packed_and_its_held_out_loss_falls(corpus_d
   evals = [r["eval/mlm_loss"] for r in rows if "eval/mlm_loss" in r]
   assert len(evals) == 6 and evals[-1] < evals[0] - 0.5, evals
   assert not any("nsp" in k for r in rows for k in r)
+
+  # Out to HuggingFace: transformers loads the model and the tokenizer and computes the logits
+  # jaxpt computes; fill-mask runs on the workdir.
+  proc = jaxpt("export-hf", f"--workdir={tmp_path / 'run'}", f"--to={tmp_path / 'hf'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  from transformers import AutoTokenizer
+  tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+  reference = ModernBertForMaskedLM.from_pretrained(tmp_path / "hf").eval()
+  enc = tok(["the cat sat on the mat", "a dog"], padding=True, return_tensors="np")
+  with torch.no_grad():
+    want = reference(input_ids=torch.tensor(enc["input_ids"]),
+                     attention_mask=torch.tensor(enc["attention_mask"])).logits.numpy()
+  model, _ = hf.load_model(tmp_path / "hf")
+  got = np.asarray(model.mlm_logits(jnp.asarray(enc["input_ids"]),
+                                    jnp.asarray(enc["attention_mask"])))
+  real = enc["attention_mask"].astype(bool)
+  np.testing.assert_allclose(got[real], want[real], rtol=1e-4, atol=1e-4)
+  proc = jaxpt("fill-mask", f"--workdir={tmp_path / 'run'}", "the cat sat on the [MASK]")
+  assert proc.returncode == 0 and "mask 1:" in proc.stdout, proc.stderr[-3000:]
+
+  # Fine-tuning starts from the pretrained workdir (its classifier head from the MLM head's),
+  # and the fine-tuned classifier goes out as ModernBertForSequenceClassification.
+  from test_finetune import write_task
+  task = write_task(tmp_path / "task", sizes=(("train", 64), ("validation", 16), ("test", 16)))
+  proc = jaxpt("finetune", f"--workdir={tmp_path / 'ft'}", f"--task={task}",
+               f"--init={tmp_path / 'run'}", "--noprogress", "--config.finetune.max_length=24",
+               "--config.finetune.epochs=2", "--config.train.batch_size=16",
+               "--config.model.classifier_pooling=mean", timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads((tmp_path / "ft" / "eval.json").read_text())
+  assert report["num_examples"] == 16
+  proc = jaxpt("export-hf", f"--workdir={tmp_path / 'ft'}", f"--to={tmp_path / 'hf_ft'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  from transformers import ModernBertForSequenceClassification
+  classifier = ModernBertForSequenceClassification.from_pretrained(tmp_path / "hf_ft")
+  assert classifier.config.classifier_pooling == "mean" and classifier.config.num_labels == 3

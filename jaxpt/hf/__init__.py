@@ -35,8 +35,9 @@ TORCH_WEIGHTS = "pytorch_model.bin"
 _UNSAFE = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 _FAMILIES = (bert, modernbert)
 
-__all__ = ["HFError", "load_model", "save_model", "import_params", "export_tensors",
-           "config_from_hf", "config_to_hf", "flatten", "unflatten", "build"]
+__all__ = ["HFError", "load_model", "save_model", "save_classifier", "import_params",
+           "import_classifier", "export_tensors", "config_from_hf", "config_to_hf", "flatten",
+           "unflatten", "build", "build_classifier"]
 
 
 def family(variant: str):
@@ -129,17 +130,17 @@ def _read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:
 @dataclasses.dataclass
 class Imported:
   config: ModelConfig
-  params: dict  # pure dict of numpy arrays, shaped like EncoderForPreTraining's parameters
+  params: dict  # pure dict of numpy arrays, shaped like the jaxpt model's parameters
   tokenizer: object | None  # tokenizers.Tokenizer, when the directory has one
   missing: list[str]  # jaxpt parameters (HF names) not in the checkpoint: freshly initialised
   unexpected: list[str]  # checkpoint tensors jaxpt does not use
   source: str
+  labels: list[str] | None = None  # a classifier's labels, in id order
+  kind: str | None = None  # a classifier's kind: sequence | token
 
 
-def import_params(directory: str | os.PathLike, *, seed: int = 0,
-                  **config_changes) -> Imported:
-  """Reads a HuggingFace directory into jaxpt parameters (numpy), checking every shape."""
-  directory = pathlib.Path(directory)
+def _read(directory: pathlib.Path, config_changes: dict):
+  """(ModelConfig, the config.json dict, tensors, the weights file) of a HF directory."""
   config_path = directory / CONFIG
   if not directory.is_dir():
     raise HFError(f"{directory}: not a directory")
@@ -153,16 +154,14 @@ def import_params(directory: str | os.PathLike, *, seed: int = 0,
   if config_changes:
     cfg = validate_model(dataclasses.replace(cfg, **config_changes))
   tensors, weights_file = read_weights(directory)
-  table_of = family(cfg.variant)
+  return cfg, hf_config, tensors, weights_file
 
-  # Names may lack the encoder's prefix (a bare BertModel / ModernBertModel).
-  prefix, heads = table_of.prefix(cfg), table_of.heads(cfg)
-  tensors = {(k if k.startswith(prefix) or k in heads else prefix + k): v
-             for k, v in tensors.items()}
 
-  fresh = flatten(_init_params(cfg, seed), cfg)
+def _map_tensors(cfg: ModelConfig, tensors: dict, entries, fresh: dict, weights_file: str):
+  """(flat jaxpt params, missing HF names, used HF names): every entry's tensor checked for
+  shape and laid out; parameters the checkpoint lacks (or no entry names) stay `fresh`."""
   flat, missing, used = {}, set(), set()
-  for hf_name, entry in table_of.table(cfg):
+  for hf_name, entry in entries:
     want = fresh[entry.path].shape
     if hf_name not in tensors:
       missing.add(hf_name)
@@ -176,9 +175,42 @@ def import_params(directory: str | os.PathLike, *, seed: int = 0,
     flat[entry.path] = to_jaxpt(take_part(x, entry), entry.layout, cfg)
     used.add(hf_name)
   # Parameters no HF tensor maps to carry nothing: the unused layer-0 attention norm of a
-  # scanned ModernBERT (its layers are stacked, so layer 0 has one).
+  # scanned ModernBERT (its layers are stacked, so layer 0 has one), BERT's pooler in a token
+  # classifier.
   for path, value in fresh.items():
     flat.setdefault(path, value)
+  return flat, missing, used
+
+
+def _unexpected(tensors: dict, used: set) -> list[str]:
+  return sorted(k for k in tensors if k not in used and not k.endswith("position_ids")
+                and not k.endswith("token_type_ids"))
+
+
+def classifier_kind(architecture: str | None) -> str | None:
+  """'sequence' / 'token' for a transformers classification class, else None."""
+  for module in _FAMILIES:
+    if architecture in module.SEQUENCE.values():
+      return "sequence"
+    if architecture in module.TOKEN.values():
+      return "token"
+  return None
+
+
+def import_params(directory: str | os.PathLike, *, seed: int = 0,
+                  **config_changes) -> Imported:
+  """Reads a HuggingFace directory into jaxpt parameters (numpy), checking every shape: the
+  encoder and its pretraining heads (a classifier's directory gives its encoder; its
+  classifier is listed as unexpected; `import_classifier` reads it whole)."""
+  directory = pathlib.Path(directory)
+  cfg, _, tensors, weights_file = _read(directory, config_changes)
+  table_of = family(cfg.variant)
+  # Names may lack the encoder's prefix (a bare BertModel / ModernBertModel).
+  prefix, heads = table_of.prefix(cfg), table_of.heads(cfg)
+  named = {(k if k.startswith(prefix) or k in heads else prefix + k): k for k in tensors}
+  tensors = {k: tensors[original] for k, original in named.items()}
+  fresh = flatten(_init_params(cfg, seed), cfg)
+  flat, missing, used = _map_tensors(cfg, tensors, table_of.table(cfg), fresh, weights_file)
   word = flat["encoder.embeddings.word.embedding"]
   for name in table_of.TIED & set(tensors):
     used.add(name)
@@ -186,17 +218,54 @@ def import_params(directory: str | os.PathLike, *, seed: int = 0,
       raise HFError(f"{weights_file}: {name} differs from the word embeddings; jaxpt ties "
                     "the MLM decoder to them (tie_word_embeddings=false is not supported)")
   used |= table_of.DUPLICATES & set(tensors)
-  unexpected = sorted(k for k in tensors if k not in used and not k.endswith("position_ids")
-                      and not k.endswith("token_type_ids"))
   tokenizer = _load_tokenizer(directory, cfg)
-  return Imported(cfg, unflatten(flat, cfg), tokenizer, sorted(missing), unexpected,
-                  str(directory))
+  return Imported(cfg, unflatten(flat, cfg), tokenizer, sorted(missing),
+                  sorted(named[k] for k in _unexpected(tensors, used)), str(directory))
+
+
+def _labels(hf_config: dict, source: str) -> list[str]:
+  id2label = hf_config.get("id2label")
+  if not id2label:
+    n = int(hf_config.get("num_labels", 2))
+    return [f"LABEL_{i}" for i in range(n)]
+  try:
+    return [str(id2label[str(i)] if str(i) in id2label else id2label[i])
+            for i in range(len(id2label))]
+  except KeyError:
+    raise HFError(f"{source}: id2label keys are not 0..{len(id2label) - 1}") from None
+
+
+def import_classifier(directory: str | os.PathLike, *, seed: int = 0,
+                      **config_changes) -> Imported:
+  """A `*ForSequenceClassification` / `*ForTokenClassification` directory, classifier and
+  all, as jaxpt's EncoderForClassification parameters (`labels` and `kind` set)."""
+  directory = pathlib.Path(directory)
+  cfg, hf_config, tensors, weights_file = _read(directory, config_changes)
+  architecture = (hf_config.get("architectures") or [None])[0]
+  kind = classifier_kind(architecture)
+  if kind is None:
+    raise HFError(f"{directory / CONFIG}: architectures={architecture!r} is not a "
+                  "sequence or token classifier")
+  labels = _labels(hf_config, str(directory / CONFIG))
+  fresh = flatten(_init_classifier(cfg, len(labels), kind, seed), cfg)
+  table_of = family(cfg.variant)
+  flat, missing, used = _map_tensors(cfg, tensors, table_of.classifier_table(cfg, kind),
+                                     fresh, weights_file)
+  return Imported(cfg, unflatten(flat, cfg), _load_tokenizer(directory, cfg), sorted(missing),
+                  _unexpected(tensors, used), str(directory), labels, kind)
 
 
 def abstract_params(cfg: ModelConfig) -> dict:
   """The parameter tree of `cfg`'s model as ShapeDtypeStructs (nothing allocated)."""
   with nnx.use_eager_sharding(False):
     model = nnx.eval_shape(lambda: heads_lib.EncoderForPreTraining(cfg, rngs=nnx.Rngs(0)))
+  return nnx.state(model, nnx.Param).to_pure_dict()
+
+
+def _init_classifier(cfg: ModelConfig, num_labels: int, kind: str, seed: int) -> dict:
+  with nnx.use_eager_sharding(False):
+    model = heads_lib.EncoderForClassification(cfg, num_labels, kind,
+                                               rngs=nnx.Rngs(params=seed))
   return nnx.state(model, nnx.Param).to_pure_dict()
 
 
@@ -235,26 +304,26 @@ def load_bert(directory: str | os.PathLike, *, dtype: str = "float32", seed: int
 
 def load_model(directory: str | os.PathLike, *, dtype: str = "float32", seed: int = 0):
   """(model, info) from a HuggingFace directory of any supported architecture (BERT,
-  RoBERTa and ModernBERT, with or without heads). `model.encode(input_ids, attention_mask,
+  RoBERTa and ModernBERT, with or without heads, or a sequence / token classifier: then the
+  model is an EncoderForClassification and `info.labels` its labels). `model.encode(input_ids, attention_mask,
   token_type_ids)` gives the last hidden states and `model.mlm_logits(...)` the masked-LM
   logits; `info` holds the config, the parameters as numpy arrays, the tokenizer (or None),
   and the heads that were freshly initialised (`info.missing`) because the checkpoint had
   none. Heads missing from the checkpoint are initialised from `seed`."""
+  directory = pathlib.Path(directory)
+  architecture = None
+  if (directory / CONFIG).exists():
+    try:
+      architecture = (json.loads((directory / CONFIG).read_text()).get("architectures")
+                      or [None])[0]
+    except json.JSONDecodeError:
+      pass  # import_params names the file
+  if classifier_kind(architecture):
+    imported = import_classifier(directory, seed=seed, dtype=dtype)
+    return build_classifier(imported.config, imported.params, len(imported.labels),
+                            imported.kind), imported
   imported = import_params(directory, seed=seed, dtype=dtype)
   return build(imported.config, imported.params), imported
-
-
-def save_model(directory: str | os.PathLike, model_or_params, config: ModelConfig,
-               tokenizer=None, architecture: str | None = None, *,
-               overwrite: bool = False) -> pathlib.Path:
-  """Writes a model (an nnx module from `load_model`, or its pure parameter dict) as a
-  HuggingFace directory for `architecture` (default: every head the model has)."""
-  params = model_or_params
-  if isinstance(model_or_params, nnx.Module):
-    params = nnx.state(model_or_params, nnx.Param).to_pure_dict()
-  params = jax.tree.map(np.asarray, params)
-  return save_bert(directory, params, config, tokenizer, architecture=architecture,
-                   overwrite=overwrite)
 
 
 def build(cfg: ModelConfig, params: dict) -> heads_lib.EncoderForPreTraining:
@@ -267,36 +336,91 @@ def build(cfg: ModelConfig, params: dict) -> heads_lib.EncoderForPreTraining:
   return model
 
 
+def build_classifier(cfg: ModelConfig, params: dict, num_labels: int,
+                     kind: str) -> heads_lib.EncoderForClassification:
+  with nnx.use_eager_sharding(False):
+    model = nnx.eval_shape(lambda: heads_lib.EncoderForClassification(
+        cfg, num_labels, kind, rngs=nnx.Rngs(0)))
+  state = nnx.state(model, nnx.Param)
+  state.replace_by_pure_dict(jax.tree.map(jax.numpy.asarray, params))
+  nnx.update(model, state)
+  return model
+
+
+def _concatenate_parts(entries, flat: dict) -> dict[str, np.ndarray]:
+  """HF tensors from the jaxpt parameters their entries name (fused ones from their parts)."""
+  parts: dict[str, list] = {}
+  for hf_name, entry in entries:
+    parts.setdefault(hf_name, []).append(
+        ((entry.part or (0, 1))[0], to_hf(flat[entry.path], entry.layout)))
+  return {name: np.ascontiguousarray(
+      np.concatenate([x for _, x in sorted(pieces, key=lambda p: p[0])], axis=0), np.float32)
+          for name, pieces in parts.items()}
+
+
+def save_classifier(directory: str | os.PathLike, params: dict, cfg: ModelConfig,
+                    labels: list[str], kind: str, tokenizer=None, *,
+                    overwrite: bool = False) -> pathlib.Path:
+  """A fine-tuned classifier (EncoderForClassification parameters) as the family's
+  `*ForSequenceClassification` or `*ForTokenClassification` directory, labels included."""
+  directory = pathlib.Path(directory)
+  table_of = family(cfg.variant)
+  table_of.check_exportable(cfg)
+  architecture = (table_of.SEQUENCE if kind == "sequence" else table_of.TOKEN)[cfg.variant]
+  if directory.exists() and any(directory.iterdir()) and not overwrite:
+    raise HFError(f"{directory}: exists and is not empty (pass overwrite to replace it)")
+  params = jax.tree.map(np.asarray, params)
+  tensors = _concatenate_parts(table_of.classifier_table(cfg, kind), flatten(params, cfg))
+  hf_config = config_to_hf(cfg, architecture)
+  hf_config.update(num_labels=len(labels), id2label={str(i): l for i, l in enumerate(labels)},
+                   label2id={l: i for i, l in enumerate(labels)})
+  if kind == "sequence":
+    hf_config["problem_type"] = "single_label_classification"
+  _write(directory, hf_config, tensors, tokenizer, cfg)
+  return directory
+
+
+def _write(directory: pathlib.Path, hf_config: dict, tensors: dict, tokenizer,
+           cfg: ModelConfig) -> None:
+  with files.atomic_directory(directory) as tmp:
+    (tmp / CONFIG).write_text(json.dumps(hf_config, indent=2) + "\n")
+    save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+    if tokenizer is not None:
+      tok_lib.save_for_transformers(tokenizer, str(tmp), cfg.variant,
+                                    model_max_length=cfg.max_position_embeddings
+                                    - (cfg.pad_token_id + 1 if cfg.variant == "roberta" else 0))
+
+
 def export_tensors(params: dict, cfg: ModelConfig,
                    architecture: str | None = None) -> dict[str, np.ndarray]:
   """jaxpt parameters -> the HuggingFace tensors of `architecture` (default: every head),
   float32 and contiguous; fused tensors are concatenated from their parts."""
   table_of = family(cfg.variant)
   architecture = architecture or table_of.ARCHITECTURES[cfg.variant][0]
-  flat = flatten(params, cfg)
-  parts: dict[str, list] = {}
-  for hf_name, entry in table_of.table(cfg):
-    if table_of.exported(architecture, hf_name):
-      parts.setdefault(hf_name, []).append(
-          (entry.part or (0, 1), to_hf(flat[entry.path], entry.layout)))
-  out = {name: np.ascontiguousarray(np.concatenate([x for _, x in sorted(
-      pieces, key=lambda p: p[0][0])], axis=0) if len(pieces) > 1 else pieces[0][1], np.float32)
-         for name, pieces in parts.items()}
+  out = _concatenate_parts([(n, e) for n, e in table_of.table(cfg)
+                            if table_of.exported(architecture, n)], flatten(params, cfg))
   if architecture in table_of.BARE:  # a bare model: names without the prefix
     prefix = table_of.prefix(cfg)
     out = {k[len(prefix):]: v for k, v in out.items()}
   return out
 
 
-def save_bert(directory: str | os.PathLike, params: dict, cfg: ModelConfig, tokenizer=None, *,
-              architecture: str | None = None, overwrite: bool = False) -> pathlib.Path:
-  """Writes config.json, model.safetensors and tokenizer files for `transformers`.
+def save_model(directory: str | os.PathLike, model_or_params, config: ModelConfig,
+               tokenizer=None, architecture: str | None = None, *,
+               overwrite: bool = False) -> pathlib.Path:
+  """Writes a model (an nnx module from `load_model`, or its pure parameter dict) as a
+  HuggingFace directory: config.json, model.safetensors and tokenizer files.
 
   The default architecture is the family's with every head (BertForPreTraining,
   RobertaForMaskedLM, ModernBertForMaskedLM). Written into a temporary sibling directory and
-  renamed into place: never half-written.
+  renamed into place: never half-written. A fine-tuned classifier goes out with
+  `save_classifier`.
   """
-  directory = pathlib.Path(directory)
+  directory, cfg = pathlib.Path(directory), config
+  params = model_or_params
+  if isinstance(model_or_params, nnx.Module):
+    params = nnx.state(model_or_params, nnx.Param).to_pure_dict()
+  params = jax.tree.map(np.asarray, params)
   table_of = family(cfg.variant)
   choices = table_of.ARCHITECTURES[cfg.variant]
   architecture = architecture or choices[0]
@@ -306,12 +430,6 @@ def save_bert(directory: str | os.PathLike, params: dict, cfg: ModelConfig, toke
   table_of.check_exportable(cfg)
   if directory.exists() and any(directory.iterdir()) and not overwrite:
     raise HFError(f"{directory}: exists and is not empty (pass overwrite to replace it)")
-  tensors = export_tensors(params, cfg, architecture)
-  with files.atomic_directory(directory) as tmp:
-    (tmp / CONFIG).write_text(json.dumps(config_to_hf(cfg, architecture), indent=2) + "\n")
-    save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
-    if tokenizer is not None:
-      tok_lib.save_for_transformers(tokenizer, str(tmp), cfg.variant,
-                                    model_max_length=cfg.max_position_embeddings
-                                    - (cfg.pad_token_id + 1 if cfg.variant == "roberta" else 0))
+  _write(directory, config_to_hf(cfg, architecture), export_tensors(params, cfg, architecture),
+         tokenizer, cfg)
   return directory

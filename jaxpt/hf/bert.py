@@ -9,10 +9,13 @@ from jaxpt.hf.layouts import Entry, HFError
 MODEL_TYPES = ("bert", "roberta")
 ARCHITECTURES = {"bert": ("BertForPreTraining", "BertForMaskedLM", "BertModel"),
                  "roberta": ("RobertaForMaskedLM", "RobertaModel")}
+SEQUENCE = {"bert": "BertForSequenceClassification", "roberta": "RobertaForSequenceClassification"}
+TOKEN = {"bert": "BertForTokenClassification", "roberta": "RobertaForTokenClassification"}
 BARE = ("BertModel", "RobertaModel")  # saved without the `bert.` / `roberta.` prefix
 # Tensors HuggingFace may store that carry nothing new: tied copies and duplicates.
 TIED = {"cls.predictions.decoder.weight", "lm_head.decoder.weight"}
 DUPLICATES = {"cls.predictions.decoder.bias", "lm_head.decoder.bias"}
+MLM_HEAD = ("cls.predictions.", "lm_head.")  # prefixes of the masked-LM head's tensors
 
 # HF tensor suffix under the encoder layer -> (jaxpt path under encoder.layers.<i>, layout).
 _LAYER = {
@@ -74,6 +77,22 @@ def table(cfg: ModelConfig) -> list[tuple[str, Entry]]:
     out += [(f"{p}encoder.layer.{i}.{k}", Entry(f"encoder.layers.{i}.{path}", layout))
             for k, (path, layout) in _LAYER.items()]
   return out + [(k, Entry(*v)) for k, v in _HEADS[cfg.variant].items()]
+
+
+def classifier_table(cfg: ModelConfig, kind: str) -> list[tuple[str, Entry]]:
+  """The tensors of Bert/RobertaFor{Sequence,Token}Classification: the encoder; for sequences
+  BERT's pooler, or RoBERTa's `classifier.dense` (the same tanh dense over <s>); the
+  classifier."""
+  p = prefix(cfg)
+  out = [(n, e) for n, e in table(cfg) if n.startswith(p) and ".pooler." not in n]
+  linear = lambda hf, jx: [(hf + ".weight", Entry(jx + ".kernel", "linear")),
+                           (hf + ".bias", Entry(jx + ".bias", "same"))]
+  if kind == "sequence" and cfg.variant == "bert":
+    return out + linear(p + "pooler.dense", "pooler") + linear("classifier", "classifier")
+  if kind == "sequence":
+    return out + linear("classifier.dense", "pooler") + linear("classifier.out_proj",
+                                                               "classifier")
+  return out + linear("classifier", "classifier")
 
 
 def heads(cfg: ModelConfig) -> set[str]:

@@ -9,9 +9,12 @@ from jaxpt.hf.layouts import Entry, HFError
 
 MODEL_TYPES = ("modernbert",)
 ARCHITECTURES = {"modernbert": ("ModernBertForMaskedLM", "ModernBertModel")}
+SEQUENCE = {"modernbert": "ModernBertForSequenceClassification"}
+TOKEN = {"modernbert": "ModernBertForTokenClassification"}
 BARE = ("ModernBertModel",)
 TIED = {"decoder.weight"}
 DUPLICATES: set[str] = set()
+MLM_HEAD = ("head.", "decoder.")  # prefixes of the masked-LM head's tensors
 _GLOBAL, _LOCAL = "full_attention", "sliding_attention"
 
 # The fixed choices of the family: what makes a ModelConfig a ModernBERT.
@@ -25,33 +28,52 @@ def prefix(cfg: ModelConfig) -> str:
   return "model."
 
 
+def _norm(hf: str, jx: str, cfg: ModelConfig) -> list[tuple[str, Entry]]:
+  out = [(hf + ".weight", Entry(jx + ".scale", "same"))]
+  return out + ([(hf + ".bias", Entry(jx + ".bias", "same"))] if cfg.norm_bias else [])
+
+
+def _linear(hf: str, jx: str, layout: str, bias: bool, bias_layout: str = "same",
+            part=None) -> list[tuple[str, Entry]]:
+  out = [(hf + ".weight", Entry(jx + ".kernel", layout, part))]
+  return out + ([(hf + ".bias", Entry(jx + ".bias", bias_layout, part))] if bias else [])
+
+
 def table(cfg: ModelConfig) -> list[tuple[str, Entry]]:
   """(HF name, jaxpt entry) pairs; a fused tensor appears once per part."""
   out = [("model.embeddings.tok_embeddings.weight",
-          Entry("encoder.embeddings.word.embedding", "same")),
-         ("model.embeddings.norm.weight", Entry("encoder.embeddings.norm.scale", "same"))]
+          Entry("encoder.embeddings.word.embedding", "same"))]
+  out += _norm("model.embeddings.norm", "encoder.embeddings.norm", cfg)
   for i in range(cfg.num_layers):
     hf, j = f"model.layers.{i}.", f"encoder.layers.{i}."
     if i > 0:  # layer 0 has no attention norm (an identity)
-      out.append((hf + "attn_norm.weight", Entry(j + "attention_norm.scale", "same")))
+      out += _norm(hf + "attn_norm", j + "attention_norm", cfg)
     for index, name in enumerate(("query", "key", "value")):
-      out.append((hf + "attn.Wqkv.weight",
-                  Entry(j + f"attention.{name}.kernel", "qkv_kernel", (index, 3))))
-    out.append((hf + "attn.Wo.weight", Entry(j + "attention.out.kernel", "out_kernel")))
-    out.append((hf + "mlp_norm.weight", Entry(j + "mlp_norm.scale", "same")))
+      out += _linear(hf + "attn.Wqkv", j + f"attention.{name}", "qkv_kernel",
+                     cfg.attention_bias, "heads_bias", (index, 3))
+    out += _linear(hf + "attn.Wo", j + "attention.out", "out_kernel", cfg.attention_bias)
+    out += _norm(hf + "mlp_norm", j + "mlp_norm", cfg)
     # Wi's rows are the GeGLU's input (activated: jaxpt's `gate`), then its gate (`up`).
-    out.append((hf + "mlp.Wi.weight", Entry(j + "mlp.gate.kernel", "linear", (0, 2))))
-    out.append((hf + "mlp.Wi.weight", Entry(j + "mlp.up.kernel", "linear", (1, 2))))
-    out.append((hf + "mlp.Wo.weight", Entry(j + "mlp.down.kernel", "linear")))
-  out += [("model.final_norm.weight", Entry("encoder.final_norm.scale", "same")),
-          ("head.dense.weight", Entry("mlm.transform.kernel", "linear")),
-          ("head.norm.weight", Entry("mlm.norm.scale", "same")),
-          ("decoder.bias", Entry("mlm.bias", "same"))]
-  return out
+    out += _linear(hf + "mlp.Wi", j + "mlp.gate", "linear", cfg.mlp_bias, part=(0, 2))
+    out += _linear(hf + "mlp.Wi", j + "mlp.up", "linear", cfg.mlp_bias, part=(1, 2))
+    out += _linear(hf + "mlp.Wo", j + "mlp.down", "linear", cfg.mlp_bias)
+  out += _norm("model.final_norm", "encoder.final_norm", cfg)
+  out += _linear("head.dense", "mlm.transform", "linear", cfg.head_bias)
+  out += _norm("head.norm", "mlm.norm", cfg)
+  return out + [("decoder.bias", Entry("mlm.bias", "same"))]
+
+
+def classifier_table(cfg: ModelConfig, kind: str) -> list[tuple[str, Entry]]:
+  """ModernBertFor{Sequence,Token}Classification: the encoder, `head` (dense, activation,
+  norm) and the classifier, for both kinds."""
+  out = [(n, e) for n, e in table(cfg) if n.startswith("model.")]
+  out += _linear("head.dense", "head.transform", "linear", cfg.head_bias)
+  out += _norm("head.norm", "head.norm", cfg)
+  return out + _linear("classifier", "classifier", "linear", True)
 
 
 def heads(cfg: ModelConfig) -> set[str]:
-  return {"head.dense.weight", "head.norm.weight", "decoder.bias"} | TIED
+  return {n for n, _ in table(cfg) if not n.startswith("model.")} | TIED
 
 
 def exported(architecture: str, hf_name: str) -> bool:
@@ -115,6 +137,7 @@ def config_from_hf(hf: dict, source: str) -> ModelConfig:
         layer_norm_eps=float(hf.get("norm_eps", 1e-5)),
         initializer_range=float(hf.get("initializer_range", 0.02)),
         head_bias=bool(hf.get("classifier_bias", False)),
+        classifier_pooling=str(hf.get("classifier_pooling", "cls")),
         rope_theta=_theta(hf, _GLOBAL, "global_rope_theta", 160_000.0, source),
         rope_theta_local=_theta(hf, _LOCAL, "local_rope_theta", 10_000.0, source),
         local_window=local if every > 1 else 0, global_every=every,
@@ -141,6 +164,7 @@ def config_to_hf(cfg: ModelConfig, architecture: str) -> dict:
       "rope_parameters": {_GLOBAL: {"rope_type": "default", "rope_theta": cfg.rope_theta},
                           _LOCAL: {"rope_type": "default", "rope_theta": cfg.rope_theta_local}},
       "pad_token_id": cfg.pad_token_id, "tie_word_embeddings": True,
+      "classifier_pooling": cfg.classifier_pooling, "classifier_activation": "gelu",
   }
 
 

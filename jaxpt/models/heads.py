@@ -118,15 +118,35 @@ class EncoderForPreTraining(nnx.Module):
     return self.mlm(hidden, self.encoder.embeddings.word)
 
 
+class ClassifierHead(nnx.Module):
+  """ModernBERT's head before a classifier: dense, activation, norm (on the pooled state, or
+  on every token)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.transform = nnx.Linear(cfg.hidden_size, cfg.hidden_size, dtype=dtype(cfg),
+                                use_bias=cfg.head_bias,
+                                kernel_init=dense_init(cfg, ("embed", None)),
+                                bias_init=zeros((None,)), rngs=rngs)
+    self.norm = norm(cfg, rngs)
+    self.activation = activation(cfg)
+
+  def __call__(self, x):
+    return self.norm(self.activation(self.transform(x)))
+
+
 class EncoderForClassification(nnx.Module):
-  """The stack with a classifier: on the pooled [CLS] state (`kind="sequence"`, HuggingFace's
-  BertForSequenceClassification) or on every token (`kind="token"`)."""
+  """The stack with a classifier over the sequence (`kind="sequence"`) or every token
+  (`kind="token"`). With `model.pooler` (BERT, RoBERTa): sequences are read at [CLS] through
+  the tanh pooler, tokens directly (HuggingFace's Bert/RobertaFor*Classification). Without
+  (ModernBERT): [CLS] or the mean over real tokens (`classifier_pooling`), then
+  `ClassifierHead`, for tokens too."""
 
   def __init__(self, cfg: ModelConfig, num_labels: int, kind: str = "sequence", *,
                rngs: nnx.Rngs):
-    self.kind = kind
+    self.kind, self.pooling = kind, cfg.classifier_pooling
     self.encoder = Transformer(cfg, rngs=rngs)
     self.pooler = pooler(cfg, rngs) if cfg.pooler else nnx.data(None)
+    self.head = nnx.data(None) if cfg.pooler else ClassifierHead(cfg, rngs=rngs)
     self.dropout = ops.Dropout(cfg.hidden_dropout, custom=ops.custom_kernels(cfg.kernels))
     self.classifier = nnx.Linear(cfg.hidden_size, num_labels, dtype=dtype(cfg),
                                  kernel_init=dense_init(cfg, ("embed", None)),
@@ -139,7 +159,15 @@ class EncoderForClassification(nnx.Module):
                           deterministic=deterministic, rngs=rngs)
     x = hidden
     if self.kind == "sequence":
-      x = hidden[:, 0] if self.pooler is None else jnp.tanh(self.pooler(hidden[:, 0]))
+      if self.pooling == "mean":
+        real = (attention_mask > 0)[..., None].astype(hidden.dtype)  # [batch, length, 1]
+        x = jnp.sum(hidden * real, axis=1) / jnp.maximum(jnp.sum(real, axis=1), 1)
+      else:
+        x = hidden[:, 0]  # [batch, embed]
+      if self.pooler is not None:
+        x = jnp.tanh(self.pooler(x))
+    if self.head is not None:
+      x = self.head(x)
     x = self.dropout(x, deterministic=deterministic, rngs=rngs)
     return self.classifier(x).astype(jnp.float32)
 

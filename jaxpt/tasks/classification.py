@@ -35,7 +35,7 @@ from jaxpt.train import loop
 from jaxpt.train.loop import TrainError, fetch
 from jaxpt.train.step import cross_entropy
 
-TASK_JSON = "task.json"
+TASK_JSON = pretrained.TASK_JSON
 IGNORE = -1  # label of a position that is not scored (padding, non-first sub-words)
 
 
@@ -186,10 +186,16 @@ def setup(cfg: Config, task_spec: str | labelled.Task, init: str,
     m = cfg.model
     arch = dataclasses.replace(loaded.config, hidden_dropout=m.hidden_dropout,
                                attention_dropout=m.attention_dropout, dtype=m.dtype,
-                               remat=m.remat, scan_layers=m.scan_layers)
+                               remat=m.remat, scan_layers=m.scan_layers,
+                               classifier_pooling=m.classifier_pooling)
     cfg = dataclasses.replace(cfg, model=arch)
     adapted = pretrained.adapt(loaded, arch, allow_missing=("mlm.", "nsp.", "pooler."))
     params = {k: v for k, v in adapted.items() if k in ("encoder", "pooler")}
+    if not arch.pooler and "mlm" in adapted:
+      # ModernBERT's classifier head (dense, activation, norm) starts as its MLM head's, as
+      # transformers' ModernBertFor*Classification does when loaded from a masked LM.
+      params["head"] = {"transform": adapted["mlm"]["transform"],
+                        "norm": adapted["mlm"]["norm"]}
     source = loaded.source
   if tokenizer.get_vocab_size() > cfg.model.vocab_size:
     raise TrainError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens, more than "
