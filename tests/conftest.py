@@ -58,3 +58,12 @@ def prepared_dir(corpus_dir, tmp_path_factory) -> pathlib.Path:
           PrepareOptions(vocab_size=128, seq_length=32, validation_fraction=0.2,
                          progress=False))
   return out
+
+
+def start_steps(workdir) -> list[int]:
+  """The step each run in a workdir began at (0, or the step it resumed from), in order, as
+  the loop records it in metrics.jsonl (`run/start_step` on a run's first row)."""
+  import json
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return [r["run/start_step"] for r in rows if "run/start_step" in r]

@@ -14,6 +14,7 @@ import pytest
 from jaxpt.config import DataConfig
 from jaxpt.data import loader
 from jaxpt.train import checkpoint as ckpt_lib
+from conftest import start_steps
 from test_resilience import command, losses, run, start, vocab  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow  # subprocess runs and compiles: `make test` only
@@ -123,7 +124,7 @@ def test_a_best_checkpoint_ahead_of_the_latest_is_dropped(prepared_dir, vocab, u
   shutil.rmtree(workdir / "checkpoints" / "4")
   proc = _second_half(prepared_dir, vocab, workdir)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "resuming at step 2" in proc.stdout and "past the restored step 2" in proc.stdout
+  assert start_steps(workdir)[-1] == 2 and "past the restored step 2" in proc.stdout
   assert losses(workdir) == losses(uninterrupted)
 
 
@@ -138,7 +139,7 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous(prepared_dir
   proc = _second_half(prepared_dir, vocab, workdir)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "checkpoints/4 is unreadable" in proc.stdout, proc.stdout
-  assert "resuming at step 2" in proc.stdout
+  assert start_steps(workdir)[-1] == 2
   assert losses(workdir) == losses(uninterrupted)
   assert (workdir / "unreadable").is_dir()  # set aside, not deleted
 
@@ -260,7 +261,7 @@ def test_a_full_disk_stops_in_one_line_and_keeps_the_last_checkpoint(prepared_di
                      "--config.checkpoint.every_steps=1", "--config.checkpoint.max_to_keep=100",
                      *CONSTANT))
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert f"resuming at step {saved[-1]}" in proc.stdout
+  assert start_steps(moved)[-1] == saved[-1]
   # The failed save's temporary directory is gone (removed on exit or, when Orbax's writer
   # thread outlives that cleanup, at this start).
   assert not [p for p in (moved / "checkpoints").iterdir() if "tmp" in p.name]

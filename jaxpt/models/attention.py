@@ -65,24 +65,84 @@ def dot_product(q, k, v, mask, *, scale: float, keep=None, keep_prob=None,
   return kernel(q, k, v, mask, keep, keep_prob, scale)
 
 
+IMPLEMENTATIONS = ("auto", "xla", "splash")
+
+
+def _splash(q, k, v, *, segment_ids, causal: bool, window, scale: float, interpret: bool):
+  """TPU splash attention (Pallas): `interpret=True` runs the same kernel on any backend (slow:
+  for tests). Its masks are exact for causal, windows and packed rows; it does not scale the
+  scores, so q is scaled here; grouped key/value heads are repeated to the query heads."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+  b, length, n, _ = q.shape
+  left, right = window if window is not None else (None, None)
+  if causal:
+    right = 0 if right is None else min(right, 0)
+  if left is None and right is None:
+    base = sm.FullMask((length, length))
+  elif left is None and right == 0:
+    base = sm.CausalMask((length, length))
+  else:
+    base = sm.LocalMask((length, length), (left, right), offset=0)
+  block = min(128, length)
+  if length % block:
+    raise ValueError(f"splash attention: length {length} must be a multiple of {block}")
+  sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+                        block_q_dq=block, block_kv_dq=block)
+  kernel = sk.make_splash_mha(sm.MultiHeadMask([base] * n), block_sizes=sizes, head_shards=1,
+                              q_seq_shards=1, interpret=interpret)
+  groups = n // k.shape[2]
+  if groups > 1:
+    k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+  heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # [batch, heads, length, head_dim]
+  qh = heads_first(q * jnp.asarray(scale, q.dtype))
+  if segment_ids is None:
+    out = jax.vmap(kernel)(qh, heads_first(k), heads_first(v))
+  else:
+    out = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=sk.SegmentIds(s, s)))(
+        qh, heads_first(k), heads_first(v), segment_ids.astype(jnp.int32))
+  return jnp.swapaxes(out, 1, 2).astype(q.dtype)
+
+
+def choose(*, backend: str, dropout: bool) -> str:
+  """What `implementation="auto"` runs: splash on TPU when no dropout is asked for (its masks
+  are exact for every kind), else XLA's."""
+  return "splash" if backend == "tpu" and not dropout else "xla"
+
+
 def attention(q, k, v, *, segment_ids=None, causal: bool = False,
               window: tuple[int, int] | None = None, dropout_rate: float = 0.0,
-              dropout_rng=None, scale: float | None = None, implementation: str = "auto"):
-  """Self-attention of `q, k, v` `[batch, length, heads, head_dim]` under one contract.
+              dropout_rng=None, scale: float | None = None, implementation: str = "auto",
+              interpret: bool = False):
+  """Self-attention of `q` `[batch, length, heads, head_dim]` and `k, v`
+  `[batch, length, kv_heads, head_dim]` (kv_heads divides heads) under one contract.
 
-  `segment_ids` `[batch, length]` (0 = padding) keeps packed sequences apart; `causal` hides
-  later keys; `window=(left, right)` limits each query to a band of keys; `dropout_rate` with
-  `dropout_rng` drops attention probabilities; `scale` defaults to 1/sqrt(head_dim).
-  `implementation`: "xla" (the reference: scores materialised, any combination) or "auto"
-  (today the same). Returns `[batch, length, heads, head_dim]` in q's dtype.
+  `segment_ids` `[batch, length]` (0 = padding) keeps packed sequences apart: a token sees
+  only keys of its own sequence (a padding query's output is not meaningful); `causal` hides
+  later keys; `window=(left, right)`, both >= 0, lets the query at i see keys
+  i - left <= j <= i + right; `dropout_rate` with `dropout_rng` drops attention
+  probabilities; `scale` defaults to 1/sqrt(head_dim). Implementations: "xla" (the reference:
+  scores materialised, any combination), "splash" (TPU splash attention; `interpret=True` runs
+  it anywhere, for tests; no dropout), "auto" (`choose`). Returns q's shape and dtype.
   """
-  if implementation not in ("auto", "xla"):
-    raise ValueError(f"implementation={implementation!r}: must be 'auto' or 'xla'")
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"implementation={implementation!r}: must be one of "
+                     + ", ".join(IMPLEMENTATIONS))
   if q.shape[2] % k.shape[2]:
     raise ValueError(f"key/value heads ({k.shape[2]}) must divide query heads ({q.shape[2]})")
   if not 0.0 <= dropout_rate < 1.0:
     raise ValueError(f"dropout_rate={dropout_rate}: must be in [0, 1)")
+  if window is not None and (window[0] < 0 or window[1] < 0):
+    raise ValueError(f"window={window}: both sides must be >= 0 (a token sees itself)")
+  if implementation == "auto":
+    implementation = choose(backend=jax.default_backend(), dropout=dropout_rate > 0)
   scale = q.shape[-1] ** -0.5 if scale is None else scale
+  if implementation == "splash":
+    if dropout_rate > 0:
+      raise ValueError("implementation='splash' has no attention dropout; use 'xla'")
+    return _splash(q, k, v, segment_ids=segment_ids, causal=causal, window=window,
+                   scale=scale, interpret=interpret)
   m = mask(q.shape[1], segment_ids=segment_ids, causal=causal, window=window)
   if dropout_rate == 0.0:
     return dot_product(q, k, v, m, scale=scale)

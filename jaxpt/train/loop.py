@@ -596,6 +596,7 @@ def _train(task, workdir, mesh, say, progress, checkpointer, best_checkpointer) 
   stop = Stop()
   pending: list[dict] = []  # metrics since the last log, on the devices
   in_flight: collections.deque = collections.deque()
+  wrote_a_row = False  # the first row of this run records where it began
   last: dict = {}
   stopped = None
   step = start_step
@@ -650,6 +651,8 @@ def _train(task, workdir, mesh, say, progress, checkpointer, best_checkpointer) 
                 stopped = "early_stopping"
                 checkpoint_now = True
         if row:
+          if not wrote_a_row:  # where this run began: 0, or the step it resumed from
+            row["run/start_step"], wrote_a_row = start_step, True
           writer.write(step, row)
           last.update(row)
           last["step"] = step

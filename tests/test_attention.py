@@ -1,0 +1,137 @@
+"""`jaxpt.attention`: every implementation that runs here against a numpy reference, values
+and gradients, on each mask kind; plants show the comparisons can fail."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxpt
+from jaxpt.models import attention as attention_lib
+
+B, L, H, KV, D = 2, 128, 4, 2, 16  # splash tiles of 128: one block per row
+PACKED = np.array([[1] * 50 + [2] * 60 + [0] * 18, [1] * 100 + [0] * 28])
+
+
+def reference(q, k, v, *, segment_ids=None, causal=False, window=None):
+  """Softmax attention in numpy, float64, with the contract's mask."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  groups = q.shape[2] // k.shape[2]
+  k, v = np.repeat(k, groups, axis=2), np.repeat(v, groups, axis=2)
+  scores = np.einsum("bqnd,bknd->bnqk", q, k) / np.sqrt(q.shape[-1])
+  i, j = np.arange(L)[:, None], np.arange(L)[None]
+  allowed = np.ones((q.shape[0], L, L), bool)
+  if segment_ids is not None:
+    allowed &= segment_ids[:, :, None] == segment_ids[:, None, :]
+  if causal:
+    allowed &= j <= i
+  if window is not None:
+    allowed &= (j >= i - window[0]) & (j <= i + window[1])
+  scores = np.where(allowed[:, None], scores, -np.inf)
+  probs = np.exp(scores - scores.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  return np.einsum("bnqk,bknd->bqnd", probs, v)
+
+
+def inputs(seed=0):
+  rng = np.random.default_rng(seed)
+  return tuple(jnp.asarray(rng.standard_normal(shape), jnp.float32)
+               for shape in ((B, L, H, D), (B, L, KV, D), (B, L, KV, D)))
+
+
+CASES = {
+    "full": {},
+    "padded": dict(segment_ids=(np.arange(L)[None] < np.array([[L], [90]])).astype(np.int32)),
+    "packed": dict(segment_ids=PACKED),
+    "causal": dict(causal=True),
+    "symmetric_window": dict(window=(8, 8)),
+    "left_window_causal": dict(window=(8, 0), causal=True),
+    "packed_window": dict(segment_ids=PACKED, window=(4, 4)),
+    "packed_causal": dict(segment_ids=PACKED, causal=True),
+}
+
+
+def real_queries(kw):
+  seg = kw.get("segment_ids")
+  return np.ones((B, L), bool) if seg is None else np.asarray(seg) > 0
+
+
+def run(implementation, kw, q, k, v):
+  args = dict(kw)
+  if args.get("segment_ids") is not None:
+    args["segment_ids"] = jnp.asarray(args["segment_ids"])
+  return jaxpt.attention(q, k, v, implementation=implementation, interpret=True, **args)
+
+
+def check_values(implementation, kw, q, k, v, **plant):
+  got = np.asarray(run(implementation, dict(kw, **plant), q, k, v))
+  want = reference(q, k, v, **{key: np.asarray(val) if key == "segment_ids" else val
+                               for key, val in kw.items()})
+  real = real_queries(kw)
+  np.testing.assert_allclose(got[real], want[real], rtol=2e-5, atol=2e-5)
+  assert np.isfinite(got).all()
+
+
+def check_gradients(implementation, kw, q, k, v):
+  """d/d(q, k, v) of sum(out * w) over real queries, against the XLA reference's (whose
+  values the test above checks against numpy)."""
+  real = jnp.asarray(real_queries(kw))[..., None, None]
+  w = jnp.asarray(np.random.default_rng(5).standard_normal((B, L, H, D)), jnp.float32) * real
+
+  def loss(impl):
+    return lambda q, k, v: jnp.sum(run(impl, kw, q, k, v) * w)
+
+  got = jax.grad(loss(implementation), argnums=(0, 1, 2))(q, k, v)
+  want = jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
+  for g, r in zip(got, want):
+    assert np.isfinite(np.asarray(g)).all()
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_xla_equals_the_reference(case):
+  check_values("xla", CASES[case], *inputs())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_splash_equals_the_reference_values_and_gradients(case):
+  q, k, v = inputs()
+  check_values("splash", CASES[case], q, k, v)
+  check_gradients("splash", CASES[case], q, k, v)
+
+
+def test_splash_packed_window_in_the_fast_tier():
+  check_values("splash", CASES["packed_window"], *inputs())
+
+
+@pytest.mark.parametrize("implementation", ["xla", "splash"])
+def test_plants_make_the_comparison_fail(implementation):
+  q, k, v = inputs()
+  # A kernel that ignores segment ids lets packed documents see each other.
+  with pytest.raises(AssertionError):
+    check_values(implementation, CASES["packed"], q, k, v, segment_ids=None)
+  # A window that looks one token into the future.
+  with pytest.raises(AssertionError):
+    check_values(implementation, CASES["left_window_causal"], q, k, v, causal=False,
+                 window=(8, 1))
+
+
+def test_bad_arguments_are_named():
+  q, k, v = inputs()
+  with pytest.raises(ValueError, match="implementation='cudnn_x'"):
+    jaxpt.attention(q, k, v, implementation="cudnn_x")
+  with pytest.raises(ValueError, match="window=\\(4, -1\\)"):
+    jaxpt.attention(q, k, v, window=(4, -1))
+  with pytest.raises(ValueError, match="no attention dropout"):
+    jaxpt.attention(q, k, v, implementation="splash", dropout_rate=0.1,
+                    dropout_rng=jax.random.key(0))
+  with pytest.raises(ValueError, match="must divide query heads"):
+    jaxpt.attention(q, k[:, :, :1].repeat(3, axis=2), v[:, :, :1].repeat(3, axis=2))
+
+
+def test_auto_picks_an_exact_implementation_for_every_backend():
+  assert attention_lib.choose(backend="cpu", dropout=False) == "xla"
+  assert attention_lib.choose(backend="gpu", dropout=False) == "xla"
+  assert attention_lib.choose(backend="tpu", dropout=False) == "splash"
+  assert attention_lib.choose(backend="tpu", dropout=True) == "xla"  # BERT's dropout
