@@ -229,8 +229,10 @@ def test_public_attention_matches_a_softmax_reference():
   probs /= probs.sum(-1, keepdims=True)
   np.testing.assert_allclose(got, np.einsum("bnqk,bknd->bqnd", probs, vv), rtol=1e-5,
                              atol=1e-5)
-  with pytest.raises(ValueError, match="implementation"):
-    attention.attention(q, k, v, implementation="splash")
+  with pytest.raises(ValueError, match="implementation='flash'"):
+    attention.attention(q, k, v, implementation="flash")
+  with pytest.raises(ValueError, match="multiple of 128"):
+    attention.attention(q, k, v, implementation="splash", interpret=True)
   dropped = attention.attention(q, k, v, dropout_rate=0.5, dropout_rng=jax.random.key(0))
   assert not np.allclose(dropped, attention.attention(q, k, v))
 

@@ -84,9 +84,10 @@ def _splash(q, k, v, *, segment_ids, causal: bool, window, scale: float, interpr
     base = sm.CausalMask((length, length))
   else:
     base = sm.LocalMask((length, length), (left, right), offset=0)
-  block = min(128, length)
+  block = 128  # the kernel's tile along queries and keys
   if length % block:
-    raise ValueError(f"splash attention: length {length} must be a multiple of {block}")
+    raise ValueError(f"implementation='splash': the length ({length}) must be a multiple "
+                     f"of {block}")
   sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                         block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                         block_q_dq=block, block_kv_dq=block)
