@@ -16,8 +16,9 @@ from jaxpt.models import ops
 from jaxpt.models.transformer import Transformer, activation, dense_init, dtype, norm, zeros
 
 
-class MlmHead(nnx.Module):
-  """Transform (dense, activation, norm), then logits tied to the word embeddings, plus a bias."""
+class ClassifierHead(nnx.Module):
+  """Dense, activation, norm: the MLM head's transform, and ModernBERT's head before a
+  classifier (on the pooled state, or on every token)."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.transform = nnx.Linear(cfg.hidden_size, cfg.hidden_size, dtype=dtype(cfg),
@@ -25,13 +26,22 @@ class MlmHead(nnx.Module):
                                 kernel_init=dense_init(cfg, ("embed", None)),
                                 bias_init=zeros((None,)), rngs=rngs)
     self.norm = norm(cfg, rngs)
-    self.bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.float32), out_sharding=("vocab",))
     self.activation = activation(cfg)
+
+  def __call__(self, x):
+    return self.norm(self.activation(self.transform(x)))
+
+
+class MlmHead(ClassifierHead):
+  """The transform, then logits tied to the word embeddings, plus a bias."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    super().__init__(cfg, rngs=rngs)
+    self.bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.float32), out_sharding=("vocab",))
     self.custom = ops.custom_kernels(cfg.kernels)
 
   def __call__(self, x, word_embeddings: nnx.Embed):
-    x = self.norm(self.activation(self.transform(x)))
-    logits = word_embeddings.attend(x).astype(jnp.float32)  # [..., vocab]
+    logits = word_embeddings.attend(super().__call__(x)).astype(jnp.float32)  # [..., vocab]
     if self.custom:
       return add_vocab_bias(logits, self.bias[...])
     return logits + self.bias[...]
@@ -116,22 +126,6 @@ class EncoderForPreTraining(nnx.Module):
     """Masked-LM logits at every position `[batch, length, vocab]`, float32."""
     hidden = self.encoder(input_ids, token_type_ids, attention_mask)
     return self.mlm(hidden, self.encoder.embeddings.word)
-
-
-class ClassifierHead(nnx.Module):
-  """ModernBERT's head before a classifier: dense, activation, norm (on the pooled state, or
-  on every token)."""
-
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    self.transform = nnx.Linear(cfg.hidden_size, cfg.hidden_size, dtype=dtype(cfg),
-                                use_bias=cfg.head_bias,
-                                kernel_init=dense_init(cfg, ("embed", None)),
-                                bias_init=zeros((None,)), rngs=rngs)
-    self.norm = norm(cfg, rngs)
-    self.activation = activation(cfg)
-
-  def __call__(self, x):
-    return self.norm(self.activation(self.transform(x)))
 
 
 class EncoderForClassification(nnx.Module):
