@@ -242,9 +242,7 @@ def test_public_attention_matches_a_softmax_reference():
 
 @pytest.mark.slow
 def test_a_modern_block_overfits_one_batch():
-  import optax
-
-  from jaxpt.tasks.pretraining import pretraining_sums
+  from test_model import overfit
   cfg = tiny(**MODERN, num_layers=2, local_window=4, global_every=2)
   graphdef, state = nnx.split(encoder(cfg))
   params = state.to_pure_dict()
@@ -259,23 +257,8 @@ def test_a_modern_block_overfits_one_batch():
            "masked_positions": jnp.asarray(positions, jnp.int32),
            "masked_ids": jnp.asarray(np.take_along_axis(x, positions, 1), jnp.int32),
            "masked_weights": jnp.ones((8, 3), jnp.float32)}
-  tx = optax.adam(3e-3)
-  opt = tx.init(params)
-
-  def loss_fn(p):
-    sums = pretraining_sums(nnx.merge(graphdef, p), batch, deterministic=True)
-    return sums["mlm_loss"] / sums["mlm_count"]
-
-  @jax.jit
-  def step(p, o):
-    loss, g = jax.value_and_grad(loss_fn)(p)
-    u, o = tx.update(g, o, p)
-    return optax.apply_updates(p, u), o, loss
-
-  first = float(step(params, opt)[2])
-  for _ in range(200):
-    params, opt, loss = step(params, opt)
-  assert first > 4.0 and float(loss_fn(params)) < 0.1
+  first, last = overfit(graphdef, params, batch, 200)
+  assert first > 4.0 and last < 0.1
 
 
 def test_flops_formula_counts_the_gate():
