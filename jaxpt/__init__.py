@@ -8,4 +8,7 @@ def __getattr__(name):
   if name == "attention":
     from jaxpt.models.attention import attention
     return attention
+  if name == "generate":  # `jaxpt.generate(model, prompt_ids, max_new_tokens, ...)`
+    from jaxpt.models.generation import generate
+    return generate
   raise AttributeError(f"module 'jaxpt' has no attribute {name!r}")

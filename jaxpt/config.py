@@ -26,14 +26,18 @@ def option(default, help: str, choices: tuple[str, ...] | None = None):
 
 @dataclasses.dataclass
 class ModelConfig:
-  """BERT architecture. Defaults are BERT-base (Devlin et al. 2019)."""
+  """The Transformer: encoder or decoder. Defaults are BERT-base (Devlin et al. 2019)."""
 
   # The family, which picks the HuggingFace name table and the conventions the block fields
   # do not cover: bert (an NSP head) | roberta (no NSP head; learned positions offset after
-  # the padding id) | modernbert (no NSP head).
+  # the padding id) | modernbert (no NSP head) | gpt2. A causal `attention_kind` makes the
+  # model a decoder (causal LM) in any family that has one (gpt2, modernbert).
   variant: str = "bert"
   vocab_size: int = 30522  # bert-base-uncased WordPiece vocabulary
   pad_token_id: int = 0  # [PAD] in BERT's vocabulary; RoBERTa's <pad> is 1
+  # Decoders: the end-of-text token generation stops at (GPT-2's <|endoftext|> 50256); -1:
+  # the [SEP] / </s> of the run's tokenizer.
+  eos_token_id: int = -1
   hidden_size: int = 768
   num_layers: int = 12
   num_heads: int = 12
@@ -61,13 +65,18 @@ class ModelConfig:
   attention_bias: bool = True  # biases on q, k, v and the attention output
   mlp_bias: bool = True  # biases on the MLP's dense layers
   head_bias: bool = True  # bias on the MLM head's transform
+  # The (masked or causal) LM head: transform (dense, activation, norm, then the decoder tied
+  # to the word embeddings, with a bias: BERT, RoBERTa, ModernBERT) | tied (the tied decoder
+  # alone, no bias: GPT-2).
+  lm_head: str = "transform"
   mlp: str = "gelu"  # gelu (exact erf, BERT) | gelu_tanh | geglu | swiglu (gated: a `gate` too)
   positions: str = "learned"  # learned: a table of max_position_embeddings | rope (rotary)
   rope_theta: float = 10_000.0  # rotary base of the global layers
   rope_theta_local: float = 10_000.0  # rotary base of the local layers
   attention_kind: str = "bidirectional"  # bidirectional (encoders) | causal (decoders)
-  # Local layers attend within a window of this many tokens in all: half on each side when
-  # bidirectional (ModernBERT: 128 = 64 + 64), all on the left when causal. 0: all global.
+  # Local layers attend within a window: bidirectional, the local_window / 2 tokens on each
+  # side of the query (ModernBERT: 128 -> 64 + 64, as HuggingFace); causal, local_window tokens
+  # in all, ending at the query (HuggingFace's decoder `sliding_window`). 0: all global.
   local_window: int = 0
   global_every: int = 1  # layer i is global when i % global_every == 0 (ModernBERT: 3)
   pooler: bool = True  # BERT's tanh pooler over [CLS] (NSP and sequence classification)
@@ -210,7 +219,8 @@ def validate_model(m: ModelConfig) -> ModelConfig:
                         ("mlp", ("gelu", "gelu_tanh", "geglu", "swiglu")),
                         ("positions", ("learned", "rope")),
                         ("attention_kind", ("bidirectional", "causal")),
-                        ("classifier_pooling", ("cls", "mean"))):
+                        ("classifier_pooling", ("cls", "mean")),
+                        ("lm_head", ("transform", "tied"))):
     _check(getattr(m, name) in allowed, f"model.{name}", getattr(m, name),
            "must be one of " + ", ".join(allowed))
   if m.positions == "rope":
@@ -225,10 +235,15 @@ def validate_model(m: ModelConfig) -> ModelConfig:
   for name in ("hidden_dropout", "attention_dropout"):
     _check(0.0 <= getattr(m, name) < 1.0, f"model.{name}", getattr(m, name),
            "must be in [0, 1)")
-  _check(m.variant in ("bert", "roberta", "modernbert"), "model.variant", m.variant,
-         "must be 'bert', 'roberta' or 'modernbert'")
+  _check(m.variant in ("bert", "roberta", "modernbert", "gpt2"), "model.variant", m.variant,
+         "must be 'bert', 'roberta', 'modernbert' or 'gpt2'")
+  _check(m.attention_kind != "causal" or m.variant != "bert", "model.attention_kind",
+         m.attention_kind, "BERT's next-sentence head needs a bidirectional encoder; a causal "
+         "model is a decoder (model.variant gpt2 or modernbert)")
   _check(0 <= m.pad_token_id < m.vocab_size, "model.pad_token_id", m.pad_token_id,
          f"must be a token id below model.vocab_size={m.vocab_size}")
+  _check(-1 <= m.eos_token_id < m.vocab_size, "model.eos_token_id", m.eos_token_id,
+         f"must be -1 or a token id below model.vocab_size={m.vocab_size}")
   _check(m.dtype in ("float32", "bfloat16"), "model.dtype", m.dtype,
          "must be 'float32' or 'bfloat16'")
   _check(m.remat in ("none", "full", "save_dots"), "model.remat", m.remat,

@@ -196,8 +196,8 @@ def test_bad_hf_directories_are_clear_errors(tmp_path, minilm):
 
   gpt = tmp_path / "gpt"
   gpt.mkdir()
-  (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": 10}))
-  with pytest.raises(hf.HFError, match="model_type='gpt2' is not one jaxpt reads"):
+  (gpt / "config.json").write_text(json.dumps({"model_type": "t5", "vocab_size": 10}))
+  with pytest.raises(hf.HFError, match="model_type='t5' is not one jaxpt reads"):
     hf.import_params(gpt)
 
   torch.manual_seed(0)

@@ -73,7 +73,7 @@ def test_layer_kinds_follow_global_every():
   cfg = tiny(num_layers=7, local_window=8, global_every=3)
   assert transformer.local_layers(cfg) == [False, True, True, False, True, True, False]
   assert transformer.local_window(cfg) == (4, 4)
-  assert transformer.local_window(tiny(local_window=8, attention_kind="causal")) == (8, 0)
+  assert transformer.local_window(tiny(**MODERN, local_window=8, attention_kind="causal")) == (7, 0)
   assert not any(transformer.local_layers(tiny(global_every=3)))  # no window: all global
 
 

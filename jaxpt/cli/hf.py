@@ -42,7 +42,7 @@ def run_import(fv: flags.FlagValues, args: list[str]) -> int:
 
 
 def define_export(fv: flags.FlagValues) -> None:
-  from jaxpt.hf import bert, modernbert  # the name tables: light modules
+  from jaxpt.hf import bert, gpt2, modernbert  # the name tables: light modules
   flags.DEFINE_string("workdir", None, "A pretraining workdir (its latest checkpoint), an "
                       "import-hf directory, or a fine-tuning workdir (its best checkpoint, as "
                       "the family's *ForSequenceClassification / *ForTokenClassification "
@@ -54,12 +54,13 @@ def define_export(fv: flags.FlagValues) -> None:
   flags.DEFINE_integer("step", None, "Export this checkpoint step instead of the latest.",
                        flag_values=fv)
   flags.DEFINE_enum("architecture", None,
-                    [a for table in (bert, modernbert) for group in (
-                        *table.ARCHITECTURES.values(), table.SEQUENCE.values(),
+                    [a for table in (bert, modernbert, gpt2) for group in (
+                        table.ALL_ARCHITECTURES, table.SEQUENCE.values(),
                         table.TOKEN.values()) for a in group],
                     "The transformers class the files are for (default: the family's class "
                     "with every head: BertForPreTraining, RobertaForMaskedLM, "
-                    "ModernBertForMaskedLM).", flag_values=fv)
+                    "ModernBertForMaskedLM, GPT2LMHeadModel, ModernBertDecoderForCausalLM).",
+                    flag_values=fv)
   flags.DEFINE_boolean("overwrite", False, "Replace an existing --to directory.",
                        flag_values=fv)
 

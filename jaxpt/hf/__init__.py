@@ -1,7 +1,8 @@
 """HuggingFace checkpoints in and out: `config.json` + `model.safetensors`, any family.
 
 Each family is one module holding its name table and its config fields (`bert.py`: BERT and
-RoBERTa; `modernbert.py`: ModernBERT); this module reads and writes through them. Every tensor
+RoBERTa; `modernbert.py`: ModernBERT and its decoder; `gpt2.py`: GPT-2); this module reads and
+writes through them. Every tensor
 is mapped by the table (`layouts.Entry`: the jaxpt path, the layout change, the part of a
 fused tensor). Weights are read and written only as safetensors; a PyTorch `.bin` file is read
 with `torch.load(weights_only=True)` when torch is installed and refused otherwise; other
@@ -23,8 +24,8 @@ from safetensors.numpy import load_file, save_file
 from jaxpt import files
 from jaxpt.config import ModelConfig, validate_model
 from jaxpt.data import tokenizer as tok_lib
-from jaxpt.hf import bert, modernbert
-from jaxpt.hf.layouts import HFError, hf_shape, take_part, to_hf, to_jaxpt
+from jaxpt.hf import bert, gpt2, modernbert
+from jaxpt.hf.layouts import HFError, as_linear, hf_shape, take_part, to_hf, to_jaxpt
 from jaxpt.models import heads as heads_lib
 from jaxpt.models import params as params_lib
 
@@ -33,7 +34,7 @@ WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 TORCH_WEIGHTS = "pytorch_model.bin"
 _UNSAFE = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
-_FAMILIES = (bert, modernbert)
+_FAMILIES = (bert, modernbert, gpt2)
 
 __all__ = ["HFError", "load_model", "save_model", "save_classifier", "import_params",
            "import_classifier", "export_tensors", "config_from_hf", "config_to_hf", "flatten",
@@ -172,7 +173,7 @@ def _map_tensors(cfg: ModelConfig, tensors: dict, entries, fresh: dict, weights_
     if x.shape != expected:
       raise HFError(f"{weights_file}: {hf_name} has shape {tuple(x.shape)}; {CONFIG} "
                     f"implies {tuple(expected)}")
-    flat[entry.path] = to_jaxpt(take_part(x, entry), entry.layout, cfg)
+    flat[entry.path] = to_jaxpt(take_part(as_linear(x, entry), entry), entry.layout, cfg)
     used.add(hf_name)
   # Parameters no HF tensor maps to carry nothing: the unused layer-0 attention norm of a
   # scanned ModernBERT (its layers are stacked, so layer 0 has one), BERT's pooler in a token
@@ -182,9 +183,10 @@ def _map_tensors(cfg: ModelConfig, tensors: dict, entries, fresh: dict, weights_
   return flat, missing, used
 
 
-def _unexpected(tensors: dict, used: set) -> list[str]:
+def _unexpected(tensors: dict, used: set, ignored: tuple[str, ...] = ()) -> list[str]:
+  """Checkpoint tensors nothing used, less index buffers and the family's `IGNORED` ones."""
   return sorted(k for k in tensors if k not in used and not k.endswith("position_ids")
-                and not k.endswith("token_type_ids"))
+                and not k.endswith("token_type_ids") and not k.endswith(ignored))
 
 
 def classifier_kind(architecture: str | None) -> str | None:
@@ -216,11 +218,12 @@ def import_params(directory: str | os.PathLike, *, seed: int = 0,
     used.add(name)
     if not np.array_equal(np.asarray(tensors[name], np.float32), word):
       raise HFError(f"{weights_file}: {name} differs from the word embeddings; jaxpt ties "
-                    "the MLM decoder to them (tie_word_embeddings=false is not supported)")
+                    "the LM decoder to them (tie_word_embeddings=false is not supported)")
   used |= table_of.DUPLICATES & set(tensors)
   tokenizer = _load_tokenizer(directory, cfg)
   return Imported(cfg, unflatten(flat, cfg), tokenizer, sorted(missing),
-                  sorted(named[k] for k in _unexpected(tensors, used)), str(directory))
+                  sorted(named[k] for k in _unexpected(tensors, used, table_of.IGNORED)),
+                  str(directory))
 
 
 def _labels(hf_config: dict, source: str) -> list[str]:
@@ -256,9 +259,10 @@ def import_classifier(directory: str | os.PathLike, *, seed: int = 0,
 
 
 def abstract_params(cfg: ModelConfig) -> dict:
-  """The parameter tree of `cfg`'s model as ShapeDtypeStructs (nothing allocated)."""
+  """The parameter tree of `cfg`'s language model (`heads.model_class`) as
+  ShapeDtypeStructs (nothing allocated)."""
   with nnx.use_eager_sharding(False):
-    model = nnx.eval_shape(lambda: heads_lib.EncoderForPreTraining(cfg, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: heads_lib.model_class(cfg)(cfg, rngs=nnx.Rngs(0)))
   return nnx.state(model, nnx.Param).to_pure_dict()
 
 
@@ -271,7 +275,7 @@ def _init_classifier(cfg: ModelConfig, num_labels: int, kind: str, seed: int) ->
 
 def _init_params(cfg: ModelConfig, seed: int) -> dict:
   with nnx.use_eager_sharding(False):
-    model = heads_lib.EncoderForPreTraining(cfg, rngs=nnx.Rngs(params=seed))
+    model = heads_lib.model_class(cfg)(cfg, rngs=nnx.Rngs(params=seed))
   return nnx.state(model, nnx.Param).to_pure_dict()
 
 
@@ -305,9 +309,10 @@ def load_bert(directory: str | os.PathLike, *, dtype: str = "float32", seed: int
 def load_model(directory: str | os.PathLike, *, dtype: str = "float32", seed: int = 0):
   """(model, info) from a HuggingFace directory of any supported architecture (BERT,
   RoBERTa and ModernBERT, with or without heads, or a sequence / token classifier: then the
-  model is an EncoderForClassification and `info.labels` its labels). `model.encode(input_ids, attention_mask,
-  token_type_ids)` gives the last hidden states and `model.mlm_logits(...)` the masked-LM
-  logits; `info` holds the config, the parameters as numpy arrays, the tokenizer (or None),
+  model is an EncoderForClassification and `info.labels` its labels; GPT-2 and ModernBERT's
+  decoder: a DecoderForCausalLM, with `model.lm_logits(input_ids, attention_mask)`).
+  `model.encode(input_ids, attention_mask, token_type_ids)` gives the last hidden states and
+  `model.mlm_logits(...)` the masked-LM logits; `info` holds the config, the parameters as numpy arrays, the tokenizer (or None),
   and the heads that were freshly initialised (`info.missing`) because the checkpoint had
   none. Heads missing from the checkpoint are initialised from `seed`."""
   directory = pathlib.Path(directory)
@@ -326,10 +331,11 @@ def load_model(directory: str | os.PathLike, *, dtype: str = "float32", seed: in
   return build(imported.config, imported.params), imported
 
 
-def build(cfg: ModelConfig, params: dict) -> heads_lib.EncoderForPreTraining:
-  """An EncoderForPreTraining module holding `params` (a pure dict)."""
+def build(cfg: ModelConfig, params: dict):
+  """The language model of `cfg` (an EncoderForPreTraining, or a DecoderForCausalLM when
+  causal) holding `params` (a pure dict)."""
   with nnx.use_eager_sharding(False):
-    model = nnx.eval_shape(lambda: heads_lib.EncoderForPreTraining(cfg, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: heads_lib.model_class(cfg)(cfg, rngs=nnx.Rngs(0)))
   state = nnx.state(model, nnx.Param)
   state.replace_by_pure_dict(jax.tree.map(jax.numpy.asarray, params))
   nnx.update(model, state)
@@ -352,10 +358,10 @@ def _concatenate_parts(entries, flat: dict) -> dict[str, np.ndarray]:
   parts: dict[str, list] = {}
   for hf_name, entry in entries:
     parts.setdefault(hf_name, []).append(
-        ((entry.part or (0, 1))[0], to_hf(flat[entry.path], entry.layout)))
-  return {name: np.ascontiguousarray(
-      np.concatenate([x for _, x in sorted(pieces, key=lambda p: p[0])], axis=0), np.float32)
-          for name, pieces in parts.items()}
+        ((entry.part or (0, 1))[0], to_hf(flat[entry.path], entry.layout), entry))
+  return {name: np.ascontiguousarray(as_linear(
+      np.concatenate([x for _, x, _ in sorted(pieces, key=lambda p: p[0])], axis=0),
+      pieces[0][2]), np.float32) for name, pieces in parts.items()}
 
 
 def save_classifier(directory: str | os.PathLike, params: dict, cfg: ModelConfig,
@@ -396,7 +402,7 @@ def export_tensors(params: dict, cfg: ModelConfig,
   """jaxpt parameters -> the HuggingFace tensors of `architecture` (default: every head),
   float32 and contiguous; fused tensors are concatenated from their parts."""
   table_of = family(cfg.variant)
-  architecture = architecture or table_of.ARCHITECTURES[cfg.variant][0]
+  architecture = architecture or table_of.architectures(cfg)[0]
   out = _concatenate_parts([(n, e) for n, e in table_of.table(cfg)
                             if table_of.exported(architecture, n)], flatten(params, cfg))
   if architecture in table_of.BARE:  # a bare model: names without the prefix
@@ -412,7 +418,7 @@ def save_model(directory: str | os.PathLike, model_or_params, config: ModelConfi
   HuggingFace directory: config.json, model.safetensors and tokenizer files.
 
   The default architecture is the family's with every head (BertForPreTraining,
-  RobertaForMaskedLM, ModernBertForMaskedLM). Written into a temporary sibling directory and
+  RobertaForMaskedLM, ModernBertForMaskedLM, GPT2LMHeadModel, ModernBertDecoderForCausalLM). Written into a temporary sibling directory and
   renamed into place: never half-written. A fine-tuned classifier goes out with
   `save_classifier`.
   """
@@ -422,7 +428,7 @@ def save_model(directory: str | os.PathLike, model_or_params, config: ModelConfi
     params = nnx.state(model_or_params, nnx.Param).to_pure_dict()
   params = jax.tree.map(np.asarray, params)
   table_of = family(cfg.variant)
-  choices = table_of.ARCHITECTURES[cfg.variant]
+  choices = table_of.architectures(cfg)
   architecture = architecture or choices[0]
   if architecture not in choices:
     raise HFError(f"architecture {architecture!r} does not fit a {cfg.variant} model; "

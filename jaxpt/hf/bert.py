@@ -7,8 +7,10 @@ from jaxpt.config import ModelConfig
 from jaxpt.hf.layouts import Entry, HFError
 
 MODEL_TYPES = ("bert", "roberta")
-ARCHITECTURES = {"bert": ("BertForPreTraining", "BertForMaskedLM", "BertModel"),
-                 "roberta": ("RobertaForMaskedLM", "RobertaModel")}
+_ARCHITECTURES = {"bert": ("BertForPreTraining", "BertForMaskedLM", "BertModel"),
+                  "roberta": ("RobertaForMaskedLM", "RobertaModel")}
+ALL_ARCHITECTURES = tuple(a for group in _ARCHITECTURES.values() for a in group)
+IGNORED: tuple[str, ...] = ()
 SEQUENCE = {"bert": "BertForSequenceClassification", "roberta": "RobertaForSequenceClassification"}
 TOKEN = {"bert": "BertForTokenClassification", "roberta": "RobertaForTokenClassification"}
 BARE = ("BertModel", "RobertaModel")  # saved without the `bert.` / `roberta.` prefix
@@ -63,6 +65,11 @@ _HEADS = {
         "lm_head.bias": ("mlm.bias", "same"),
     },
 }
+
+
+def architectures(cfg: ModelConfig) -> tuple[str, ...]:
+  """The transformers classes of this family, the default (every head) first."""
+  return _ARCHITECTURES[cfg.variant]
 
 
 def prefix(cfg: ModelConfig) -> str:
@@ -161,7 +168,7 @@ def check_exportable(cfg: ModelConfig) -> None:
   base = ModelConfig()
   for name in ("norm_position", "norm", "norm_bias", "embedding_norm", "attention_bias",
                "mlp_bias", "head_bias", "mlp", "positions", "attention_kind", "local_window",
-               "pooler"):
+               "pooler", "lm_head"):
     if getattr(cfg, name) != getattr(base, name):
       raise HFError(f"model.{name}={getattr(cfg, name)!r}: HuggingFace's {cfg.variant} "
                     f"classes have {getattr(base, name)!r}")

@@ -1,8 +1,10 @@
-"""Heads on the Transformer stack (masked LM, next sentence, pooler, classifier) and the models
-they make: `EncoderForPreTraining` and `EncoderForClassification`.
+"""Heads on the Transformer stack (masked or causal LM, next sentence, pooler, classifier) and
+the models they make: `EncoderForPreTraining`, `EncoderForClassification` and
+`DecoderForCausalLM`.
 
-The encoder's parameters sit under `encoder` in both models, so pretrained weights drop into a
-classifier unchanged.
+The stack's parameters sit under `encoder` in every model, and the LM head under `mlm` in
+both language models, so pretrained weights drop into a classifier unchanged, and a causal
+checkpoint into a bidirectional encoder (CLM, then MLM) with every parameter accounted for.
 """
 
 from __future__ import annotations
@@ -78,6 +80,19 @@ def pooler(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Linear:
                     rngs=rngs)
 
 
+def lm_head(cfg: ModelConfig, rngs: nnx.Rngs):
+  """The configured LM head: `MlmHead` (`lm_head="transform"`), or None: the tied decoder
+  alone (GPT-2)."""
+  return MlmHead(cfg, rngs=rngs) if cfg.lm_head == "transform" else nnx.data(None)
+
+
+def vocab_logits(head, hidden, word_embeddings: nnx.Embed):
+  """float32 logits over the vocabulary from hidden states, through `head` (or None)."""
+  if head is None:
+    return word_embeddings.attend(hidden).astype(jnp.float32)
+  return head(hidden, word_embeddings)
+
+
 class EncoderForPreTraining(nnx.Module):
   """The stack with a masked-LM head and, for BERT, a pooler and next-sentence head (RoBERTa:
   masked LM only, `nsp` is None).
@@ -89,7 +104,7 @@ class EncoderForPreTraining(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.encoder = Transformer(cfg, rngs=rngs)
     self.pooler = pooler(cfg, rngs) if cfg.pooler else nnx.data(None)
-    self.mlm = MlmHead(cfg, rngs=rngs)
+    self.mlm = lm_head(cfg, rngs)
     self.nsp = nnx.data(None)
     if cfg.variant == "bert":
       self.nsp = nnx.Linear(cfg.hidden_size, 2, dtype=dtype(cfg),
@@ -106,7 +121,7 @@ class EncoderForPreTraining(nnx.Module):
     hidden = self.encoder(input_ids, token_type_ids, attention_mask,
                           deterministic=deterministic, rngs=rngs, segment_ids=segment_ids)
     picked = jnp.take_along_axis(hidden, masked_positions[..., None], axis=1)  # [b, p, embed]
-    mlm_logits = self.mlm(picked, self.encoder.embeddings.word)
+    mlm_logits = vocab_logits(self.mlm, picked, self.encoder.embeddings.word)
     if self.nsp is None:
       return mlm_logits, None
     if cls_positions is None:
@@ -125,7 +140,7 @@ class EncoderForPreTraining(nnx.Module):
   def mlm_logits(self, input_ids, attention_mask=None, token_type_ids=None):
     """Masked-LM logits at every position `[batch, length, vocab]`, float32."""
     hidden = self.encoder(input_ids, token_type_ids, attention_mask)
-    return self.mlm(hidden, self.encoder.embeddings.word)
+    return vocab_logits(self.mlm, hidden, self.encoder.embeddings.word)
 
 
 class EncoderForClassification(nnx.Module):
@@ -168,3 +183,42 @@ class EncoderForClassification(nnx.Module):
   def encode(self, input_ids, attention_mask=None, token_type_ids=None):
     """Last hidden states `[batch, length, embed]`, deterministic."""
     return self.encoder(input_ids, token_type_ids, attention_mask)
+
+
+class DecoderForCausalLM(nnx.Module):
+  """A causal stack (`attention_kind="causal"`) with its LM head: GPT-2 (the decoder tied to
+  the word embeddings) or ModernBERT's decoder (the MLM head's transform first)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    if cfg.attention_kind != "causal":
+      raise ValueError("DecoderForCausalLM needs model.attention_kind='causal'")
+    self.encoder = Transformer(cfg, rngs=rngs)
+    self.mlm = lm_head(cfg, rngs)
+
+  def __call__(self, input_ids, attention_mask=None, *, deterministic: bool = True,
+               rngs: nnx.Rngs | None = None, segment_ids=None):
+    """Next-token logits at every position `[batch, length, vocab]`, float32. Packed rows
+    (`segment_ids`): each document sees only its own earlier tokens, positions restart."""
+    hidden = self.encoder(input_ids, None, attention_mask, deterministic=deterministic,
+                          rngs=rngs, segment_ids=segment_ids)
+    return vocab_logits(self.mlm, hidden, self.encoder.embeddings.word)
+
+  # The public API: deterministic; `attention_mask` 1 at real tokens (right padding).
+
+  def encode(self, input_ids, attention_mask=None):
+    """Last hidden states `[batch, length, embed]` (after the final norm)."""
+    return self.encoder(input_ids, None, attention_mask)
+
+  def lm_logits(self, input_ids, attention_mask=None):
+    """Next-token logits `[batch, length, vocab]`, float32: position t predicts token t + 1."""
+    return self(input_ids, attention_mask)
+
+  def decode(self, input_ids, positions, cache: dict):
+    """(logits `[batch, queries, vocab]`, updated cache): `Transformer.decode` plus the head."""
+    hidden, cache = self.encoder.decode(input_ids, positions, cache)
+    return vocab_logits(self.mlm, hidden, self.encoder.embeddings.word), cache
+
+
+def model_class(cfg: ModelConfig):
+  """The language model of a config: a decoder when causal, else the pretraining encoder."""
+  return DecoderForCausalLM if cfg.attention_kind == "causal" else EncoderForPreTraining

@@ -62,10 +62,11 @@ def activation(cfg: ModelConfig):
 
 
 def local_window(cfg: ModelConfig) -> tuple[int, int]:
-  """(left, right) of a local layer: `local_window` tokens in all, split evenly around the
-  query when bidirectional (ModernBERT: 128 -> 64 and 64), all on the left when causal."""
+  """(left, right) of a local layer: `local_window / 2` on each side of the query when
+  bidirectional (ModernBERT: 128 -> 64 and 64), and `local_window` tokens ending at the query
+  when causal (HuggingFace's ModernBertDecoder: its `sliding_window`)."""
   if cfg.attention_kind == "causal":
-    return cfg.local_window, 0
+    return cfg.local_window - 1, 0
   return cfg.local_window // 2, cfg.local_window // 2
 
 
@@ -124,10 +125,13 @@ class Embeddings(nnx.Module):
     self.variant, self.pad_token_id = cfg.variant, cfg.pad_token_id
 
   def __call__(self, input_ids, token_type_ids, *, deterministic: bool, rngs,
-               segment_ids=None):
+               segment_ids=None, positions=None):
+    """`positions` `[batch, length]`: rows of the learned table given explicitly (decoding)."""
     x = _lookup(self.word, input_ids)  # [batch, length, embed]
     if self.position is not None:
-      x = x + _lookup(self.position, self.position_ids(input_ids, segment_ids))
+      if positions is None:
+        positions = self.position_ids(input_ids, segment_ids)
+      x = x + _lookup(self.position, positions)
     if self.token_type is not None:
       x = x + _lookup(self.token_type, token_type_ids)
     if self.norm is not None:
@@ -177,13 +181,26 @@ class SelfAttention(nnx.Module):
     self.attention_dropout = ops.Dropout(cfg.attention_dropout, custom=self.custom)
     self.scale = d ** -0.5
 
-  def __call__(self, x, mask, rope=None, *, deterministic: bool, rngs):
-    """`mask` `[batch, 1, queries, keys]` (attention.mask); `rope` (cos, sin) or None."""
+  def __call__(self, x, mask, rope=None, *, deterministic: bool, rngs, cache=None):
+    """`mask` `[batch, 1, queries, keys]` (attention.mask); `rope` (cos, sin) or None.
+
+    `cache` (decoding): (keys, values, index), the layer's cached keys and values
+    `[batch, slots, heads, head_dim]` and the slot of the first query; this call's keys and
+    values are written from `index` on and the queries attend over all slots (`mask` says
+    which). Returns (output, (keys, values)) then.
+    """
     q = self.query(x)  # [batch, length, heads, head_dim]
     k = self.key(x)
     v = self.value(x)
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    if cache is not None:
+      keys, values, index = cache
+      keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), index, axis=1)
+      values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), index, axis=1)
+      y = attn_lib.dot_product(q, keys.astype(q.dtype), values.astype(q.dtype), mask,
+                               scale=self.scale)
+      return self.out(y), (keys, values)
     if deterministic or self.attention_dropout.rate == 0.0:
       y = attn_lib.dot_product(q, k, v, mask, scale=self.scale)
     else:  # dropout on the attention probabilities (BERT)
@@ -233,20 +250,28 @@ class Layer(nnx.Module):
     self.pre_norm = cfg.norm_position == "pre"
 
   def __call__(self, x, mask, rope=None, skip_attention_norm=None, *, deterministic: bool,
-               rngs):
+               rngs, cache=None):
     """`skip_attention_norm`: a traced per-layer flag of scanned layers (layer 0 of a model
-    without `first_attention_norm`, whose stacked parameters still hold a norm)."""
+    without `first_attention_norm`, whose stacked parameters still hold a norm). `cache`: see
+    `SelfAttention`; then returns (x, the layer's updated keys and values)."""
     def drop(y):
       return self.dropout(y, deterministic=deterministic, rngs=rngs)
+
+    def attend(h):
+      out = self.attention(h, mask, rope, deterministic=deterministic, rngs=rngs, cache=cache)
+      return out if cache is not None else (out, None)
     if self.pre_norm:
       h = x if self.attention_norm is None else self.attention_norm(x)
       if skip_attention_norm is not None:
         h = jnp.where(skip_attention_norm, x, h)
-      x = x + drop(self.attention(h, mask, rope, deterministic=deterministic, rngs=rngs))
-      return x + drop(self.mlp(self.mlp_norm(x)))
-    y = self.attention(x, mask, rope, deterministic=deterministic, rngs=rngs)
-    x = self.attention_norm(x + drop(y))
-    return self.mlp_norm(x + drop(self.mlp(x)))
+      y, kv = attend(h)
+      x = x + drop(y)
+      x = x + drop(self.mlp(self.mlp_norm(x)))
+    else:
+      y, kv = attend(x)
+      x = self.attention_norm(x + drop(y))
+      x = self.mlp_norm(x + drop(self.mlp(x)))
+    return x if cache is None else (x, kv)
 
 
 class Transformer(nnx.Module):
@@ -268,21 +293,29 @@ class Transformer(nnx.Module):
                               for i in range(cfg.num_layers)])
     self.final_norm = norm(cfg, rngs) if cfg.norm_position == "pre" else nnx.data(None)
 
+  def _kinds(self) -> dict:
+    """The layer kinds of this model ("global", and "local" with windows): kind -> window."""
+    kinds = {"global": None}
+    if any(local_layers(self.config)):
+      kinds["local"] = local_window(self.config)
+    return kinds
+
+  def _ropes(self, positions) -> dict:
+    """Per layer kind: the rotary tables of `positions` (None without rotary positions)."""
+    cfg = self.config
+    thetas = {"global": cfg.rope_theta, "local": cfg.rope_theta_local}
+    return {kind: rope_tables(positions, cfg.head_dim, thetas[kind])
+            if cfg.positions == "rope" else None for kind in self._kinds()}
+
   def _masks_and_ropes(self, input_ids, attention_mask, segment_ids):
     """Per layer kind ("global", "local"): the mask and the rotary tables."""
     cfg, length = self.config, input_ids.shape[1]
-    kinds = {"global": None}
-    if any(local_layers(cfg)):
-      kinds["local"] = local_window(cfg)
-    thetas = {"global": cfg.rope_theta, "local": cfg.rope_theta_local}
-    positions = position_ids(length, segment_ids)
+    ropes = self._ropes(position_ids(length, segment_ids))
     out = {}
-    for kind, window in kinds.items():
+    for kind, window in self._kinds().items():
       m = attn_lib.mask(length, key_mask=attention_mask, segment_ids=segment_ids,
                         causal=cfg.attention_kind == "causal", window=window)
-      rope = (rope_tables(positions, cfg.head_dim, thetas[kind])
-              if cfg.positions == "rope" else None)
-      out[kind] = (m, rope)
+      out[kind] = (m, ropes[kind])
     return out
 
   def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
@@ -340,3 +373,65 @@ class Transformer(nnx.Module):
 
   def _final(self, x):
     return x if self.final_norm is None else self.final_norm(x)
+
+  def decode(self, input_ids, positions, cache: dict):
+    """One decoding call of a causal stack over a key/value cache, deterministic.
+
+    `input_ids` `[batch, queries]` fill the cache slots `cache["index"]` on (a prompt at
+    once, then one token at a time); `positions` `[batch, queries]` are their positions (left
+    padding shifts them); `cache` holds `keys` / `values` `[layers, batch, slots, heads,
+    head_dim]`, `key_mask` `[batch, slots]` (True at real tokens, this call's included) and
+    `index`. Returns (last hidden states `[batch, queries, embed]`, the updated cache).
+    A query sees the real keys of slots up to its own, within the window on local layers.
+    """
+    cfg = self.config
+    index, key_mask = cache["index"], cache["key_mask"]
+    queries, slots = input_ids.shape[1], key_mask.shape[1]
+    x = self.embeddings(input_ids, jnp.zeros_like(input_ids), deterministic=True, rngs=None,
+                        positions=positions)
+    q = index + jnp.arange(queries)[:, None]  # query slots
+    j = jnp.arange(slots)[None, :]
+    ropes = self._ropes(positions)
+    kinds = {}
+    for kind, window in self._kinds().items():
+      allowed = (j <= q) & ((j >= q - window[0]) if window is not None else True)
+      # [batch, 1, queries, slots]; a query always sees itself (a left-padding query, whose
+      # output nobody reads, would otherwise see nothing)
+      m = (allowed[None] & key_mask[:, None, :]) | (j == q)[None]
+      kinds[kind] = (m[:, None], ropes[kind])
+    local = local_layers(cfg)
+
+    def layer_call(layer, x, keys, values, kind, skip=None):
+      return layer(x, *kind, skip, deterministic=True, rngs=None, cache=(keys, values, index))
+
+    if not cfg.scan_layers:
+      out_k, out_v = [], []
+      for i, (layer, is_local) in enumerate(zip(self.layers, local)):
+        x, (k, v) = layer_call(layer, x, cache["keys"][i], cache["values"][i],
+                               kinds["local" if is_local else "global"])
+        out_k.append(k)
+        out_v.append(v)
+      keys, values = jnp.stack(out_k), jnp.stack(out_v)
+    else:
+      def pick(is_local):
+        if "local" not in kinds:
+          return kinds["global"]
+        return jax.tree.map(lambda a, b: jnp.where(is_local, a, b), kinds["local"],
+                            kinds["global"])
+      skip_first = cfg.norm_position == "pre" and not cfg.first_attention_norm
+      flags = (jnp.asarray(local), jnp.arange(cfg.num_layers) == 0 if skip_first else None)
+
+      @nnx.scan(in_axes=(nnx.Carry, 0, 0, 0, 0), out_axes=(nnx.Carry, 0))
+      def body(x, layer, flags, keys, values):
+        x, kv = layer_call(layer, x, keys, values, pick(flags[0]), flags[1])
+        return x, kv
+      x, (keys, values) = body(x, self.layers, flags, cache["keys"], cache["values"])
+    cache = dict(cache, keys=keys, values=values, index=index + queries)
+    return self._final(x), cache
+
+  def empty_cache(self, batch: int, slots: int) -> dict:
+    """A key/value cache for `decode`: `slots` positions per row, nothing filled."""
+    cfg = self.config
+    shape = (cfg.num_layers, batch, slots, cfg.num_heads, cfg.head_dim)
+    return {"keys": jnp.zeros(shape, dtype(cfg)), "values": jnp.zeros(shape, dtype(cfg)),
+            "key_mask": jnp.zeros((batch, slots), bool), "index": jnp.zeros((), jnp.int32)}

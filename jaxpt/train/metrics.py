@@ -72,7 +72,8 @@ def flops_per_token(cfg: ModelConfig, seq_length: int, predictions_per_seq: int)
   """
   h, i = cfg.hidden_size, cfg.intermediate_size
   mlp_matrices = 3 if cfg.mlp in ("geglu", "swiglu") else 2
-  window = min(seq_length, cfg.local_window + 1)
+  left, right = transformer.local_window(cfg)
+  window = min(seq_length, left + right + 1)
   total = 0.0
   for local in transformer.local_layers(cfg):
     keys = window if local else seq_length
