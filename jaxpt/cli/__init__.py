@@ -12,7 +12,7 @@ import textwrap
 
 from absl import flags
 
-from jaxpt.cli import compress, fill_mask, finetune, hf, plot, prepare, pretrain
+from jaxpt.cli import compress, fill_mask, finetune, generate, hf, plot, prepare, pretrain
 from jaxpt.cli.common import UsageError
 from jaxpt.config import resolve_preset
 from jaxpt.errors import UserError
@@ -25,6 +25,7 @@ COMMANDS = {
     "import-hf": (hf.IMPORT_HELP, hf.define_import, hf.run_import, False),
     "export-hf": (hf.EXPORT_HELP, hf.define_export, hf.run_export, False),
     "fill-mask": (fill_mask.HELP, fill_mask.define, fill_mask.run, True),
+    "generate": (generate.HELP, generate.define, generate.run, True),
     "finetune": (finetune.HELP, finetune.define, finetune.run, False),
     "evaluate": (finetune.EVALUATE_HELP, finetune.define_evaluate, finetune.run_evaluate, False),
     "compress": (compress.HELP, compress.define, compress.run, False),
@@ -32,7 +33,7 @@ COMMANDS = {
 
 USAGE = """usage: jaxpt COMMAND [--flag=value ...]
 
-jaxpt: pretraining and fine-tuning Transformer encoders with JAX and Flax NNX.
+jaxpt: pretraining and fine-tuning Transformer language models with JAX and Flax NNX.
 
 commands:
 {commands}

@@ -70,7 +70,7 @@ class PreparedData:
                         if cfg.whole_word_masking else None))
 
 
-def batches(reader: store.SplitReader, spec: masking.MaskingSpec, *, batch_size: int,
+def batches(reader: store.SplitReader, spec: masking.MaskingSpec | None, *, batch_size: int,
             seed: int, start_step: int = 0, first_example: int | None = None,
             shuffle: bool = True, rows: tuple[int, int] | None = None, read_threads: int = 2,
             prefetch: int = 4) -> Iterator[dict[str, np.ndarray]]:
@@ -79,7 +79,7 @@ def batches(reader: store.SplitReader, spec: masking.MaskingSpec, *, batch_size:
   Batch `start_step` begins at example `first_example` of the stream (default
   `start_step * batch_size`). `rows` = [start, stop) is the block of the global batch this
   process feeds to its devices (`sharding.local_batch_rows`); only those examples are read.
-  Default: the whole batch.
+  Default: the whole batch. `spec` None: causal-LM batches (`masking.causal_batch`), unmasked.
   """
   offset, stop = rows if rows is not None else (0, batch_size)
   if not 0 <= offset < stop <= batch_size:
@@ -96,6 +96,8 @@ def batches(reader: store.SplitReader, spec: masking.MaskingSpec, *, batch_size:
     first = first_example + (step - start_step) * batch_size + offset
     indices = np.fromiter((stream[e] for e in range(first, first + local)), np.int64, local)
     rows = reader.read(indices)
+    if spec is None:
+      return masking.causal_batch(rows)
     return masking.mask_batch(rows, spec, seed, step, row_offset=offset)
 
   ds = grain.MapDataset.range(start_step, 2**62).map(load)

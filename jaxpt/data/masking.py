@@ -190,3 +190,15 @@ def mask_batch(rows: dict[str, np.ndarray], spec: MaskingSpec, seed: int, step: 
     if name in rows:
       out[name] = rows[name].astype(np.int32)
   return out
+
+
+def causal_batch(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Stored rows as causal-LM inputs: no masking (every next token is a target, chosen on the
+  device), the padding mask, and the packed rows' segment ids."""
+  ids = rows["input_ids"]
+  lengths = rows["lengths"].astype(np.int64)
+  out = {"input_ids": ids.astype(np.int32),
+         "attention_mask": (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int32)}
+  if "segment_ids" in rows:
+    out["segment_ids"] = rows["segment_ids"].astype(np.int32)
+  return out

@@ -181,8 +181,10 @@ def save_for_transformers(tok: Tokenizer, directory: str, variant: str, *,
   if variant == "roberta":
     special.update(bos_token=roles["cls"], eos_token=roles["sep"])
     config = {"tokenizer_class": "RobertaTokenizer", "add_prefix_space": False}
-  elif variant == "modernbert":  # as ModernBERT's own: the fast tokenizer from tokenizer.json
+  elif variant in ("modernbert", "gpt2"):  # the fast tokenizer from tokenizer.json
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": True}
+    if variant == "gpt2":
+      special.update(bos_token=roles["cls"], eos_token=roles["sep"])
   else:
     config = {"tokenizer_class": "BertTokenizer", "do_lower_case": is_lowercase(tok),
               "tokenize_chinese_chars": True, "strip_accents": None}

@@ -436,6 +436,9 @@ def save_model(directory: str | os.PathLike, model_or_params, config: ModelConfi
   table_of.check_exportable(cfg)
   if directory.exists() and any(directory.iterdir()) and not overwrite:
     raise HFError(f"{directory}: exists and is not empty (pass overwrite to replace it)")
+  if cfg.attention_kind == "causal" and cfg.eos_token_id < 0 and tokenizer is not None:
+    # a jaxpt-trained decoder ends its documents with the tokenizer's [SEP] / </s>
+    cfg = dataclasses.replace(cfg, eos_token_id=tok_lib.special_ids(tokenizer)["sep"])
   _write(directory, config_to_hf(cfg, architecture), export_tensors(params, cfg, architecture),
          tokenizer, cfg)
   return directory

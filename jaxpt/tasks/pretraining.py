@@ -1,4 +1,5 @@
-"""Pretraining: masked LM (with BERT's next-sentence prediction) on `jaxpt prepare` output.
+"""Pretraining: masked LM (with BERT's next-sentence prediction), or causal LM for a decoder
+(`model.attention_kind="causal"`), on `jaxpt prepare` output.
 
 A batch is a dict of arrays, the leading axis the (global) batch:
   input_ids, token_type_ids, attention_mask: int32 [batch, length]
@@ -6,6 +7,8 @@ A batch is a dict of arrays, the leading axis the (global) batch:
   nsp_labels: int32 [batch] (0 = B follows A, 1 = B is random, HuggingFace's convention)
   packed rows add segment_ids [batch, length] (1..K, 0 = padding) and cls_positions [batch, K]
   (-1 = empty slot); nsp_labels is then [batch, K]
+A causal-LM batch is input_ids and attention_mask (and segment_ids when packed): every next
+token within the same packed sequence is a target.
 
 Everything a user could get wrong (config, data directory, tokenizer, mesh, checkpoint) is
 checked before the first compile.
@@ -72,6 +75,44 @@ def means(sums: dict, prefix: str) -> dict:
   return out
 
 
+def causal_weights(batch: Batch):
+  """`[batch, length - 1]`: 1 where token t + 1 is a real token of the same packed sequence
+  as token t (the loss never crosses a document boundary or reaches padding)."""
+  weights = batch["attention_mask"][:, 1:] > 0
+  if "segment_ids" in batch:
+    seg = batch["segment_ids"]
+    weights = weights & (seg[:, 1:] == seg[:, :-1])
+  return weights.astype(jnp.float32)
+
+
+def causal_sums(model, batch: Batch, *, deterministic: bool, rngs=None) -> dict:
+  logits = model(batch["input_ids"], batch["attention_mask"], deterministic=deterministic,
+                 rngs=rngs, segment_ids=batch.get("segment_ids"))
+  weights = causal_weights(batch)
+  loss, correct = masked_cross_entropy(logits[:, :-1], batch["input_ids"][:, 1:], weights)
+  return {"clm_loss": loss, "clm_correct": correct, "clm_count": jnp.sum(weights)}
+
+
+def causal_means(sums: dict, prefix: str) -> dict:
+  count = jnp.maximum(sums["clm_count"], 1.0)
+  loss = sums["clm_loss"] / count
+  return {f"{prefix}/loss": loss, f"{prefix}/clm_loss": loss,
+          f"{prefix}/clm_accuracy": sums["clm_correct"] / count}
+
+
+class CausalObjective:
+  """Next-token loss per target token (a decoder's pretraining)."""
+
+  sums = staticmethod(causal_sums)
+  means = staticmethod(causal_means)
+
+  def normalizers(self, batch: Batch) -> dict:
+    return {"clm": jnp.maximum(jnp.sum(causal_weights(batch)), 1.0)}
+
+  def loss(self, sums: dict, norms: dict):
+    return sums["clm_loss"] / norms["clm"]
+
+
 class PretrainingObjective:
   """Masked-LM loss per target token, plus the next-sentence loss per prediction (BERT)."""
 
@@ -102,6 +143,10 @@ def check_data(cfg: Config, data: loader.PreparedData) -> None:
         f"the examples in {data.directory} (seq_length {data.seq_length})")
   if data.num_examples("train") < 1:
     raise TrainError(f"{data.directory}: the train split is empty")
+  if m.attention_kind == "causal" and data.manifest.get("examples") != "full_sentences":
+    raise ConfigError(
+        f"{data.directory} holds sentence-pair examples; a causal LM (model.attention_kind="
+        "'causal') trains on running text: prepare with --examples=full_sentences")
   if m.variant == "bert" and data.manifest.get("examples") == "full_sentences":
     raise ConfigError(
         f"{data.directory} holds FULL-SENTENCES examples (no sentence pairs), which have no "
@@ -131,13 +176,16 @@ class PretrainingTask:
     if not isinstance(data, _NoData):
       check_data(cfg, data)
     self.cfg, self.data, self.workdir = cfg, data, workdir
-    self.objective = PretrainingObjective()
+    self.causal = cfg.model.attention_kind == "causal"
+    self.objective = CausalObjective() if self.causal else PretrainingObjective()
+    self.loss_name = "clm" if self.causal else "mlm"
     self.num_steps = cfg.train.num_steps
     self.eval_every_steps = cfg.train.eval_every_steps
-    self.spec = data.masking_spec(cfg.data)
+    self.spec = None if self.causal else data.masking_spec(cfg.data)
     self.tokens_per_step = cfg.train.batch_size * data.seq_length
-    self.flops_per_token = metrics_lib.flops_per_token(cfg.model, data.seq_length,
-                                                       self.spec.max_predictions)
+    self.flops_per_token = metrics_lib.flops_per_token(
+        cfg.model, data.seq_length,
+        data.seq_length if self.causal else self.spec.max_predictions)
     self.tokenizer_hash = data.manifest["tokenizer"]["hash"]
     self.description = (f"{data.num_examples('train')} train examples of {data.seq_length} "
                         "tokens")
@@ -145,7 +193,7 @@ class PretrainingTask:
     self._eval_step = None
 
   def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
-    return heads.EncoderForPreTraining(self.cfg.model, rngs=rngs)
+    return heads.model_class(self.cfg.model)(self.cfg.model, rngs=rngs)
 
   def initial_params(self) -> dict | None:
     """Host parameters to start from (`train.init_from`, or an import-hf workdir), checked
@@ -208,8 +256,8 @@ class PretrainingTask:
     for batch in self._eval_set:
       sums = self._eval_step(params, batch)
       total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-    out = {k: float(v) for k, v in means(loop.fetch(total), "eval").items()}
-    out["eval/perplexity"] = float(math.exp(min(out["eval/mlm_loss"], 50.0)))
+    out = {k: float(v) for k, v in self.objective.means(loop.fetch(total), "eval").items()}
+    out["eval/perplexity"] = float(math.exp(min(out[f"eval/{self.loss_name}_loss"], 50.0)))
     return out
 
   def data_identity(self) -> dict:
@@ -223,6 +271,11 @@ class PretrainingTask:
   def batch_shapes(self, length: int, packed_slots: int = 0) -> dict:
     """Shapes and dtypes of one global batch (for compiling without data)."""
     b = self.cfg.train.batch_size
+    if self.causal:
+      shapes = {"input_ids": (b, length), "attention_mask": (b, length)}
+      if packed_slots:
+        shapes["segment_ids"] = (b, length)
+      return {k: (v, jnp.int32) for k, v in shapes.items()}
     preds = min(self.cfg.data.max_predictions_per_seq, length)
     shapes = {"input_ids": (b, length), "token_type_ids": (b, length),
               "attention_mask": (b, length), "masked_positions": (b, preds),
@@ -254,7 +307,8 @@ def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
   last = loop.run(task, workdir, progress=progress)
   if is_main:
     summary = ", ".join(f"{k}={last[k]:.4f}" for k in
-                        ("train/mlm_loss", "eval/mlm_loss", "eval/mlm_accuracy") if k in last)
+                        ("train/mlm_loss", "eval/mlm_loss", "eval/mlm_accuracy",
+                         "train/clm_loss", "eval/clm_loss", "eval/perplexity") if k in last)
     why = {"early_stopping": f" (early stopping: no better eval/loss in "
                              f"{cfg.train.early_stopping_patience} evaluations)"}.get(
                                  last.get("stopped"), "")

@@ -135,9 +135,11 @@ def plot(workdir: str, out: str | None = None) -> str:
     return ([p[0] for p in pts], [p[1] for p in pts]) if pts else None
 
   panels = [
-      ("masked-LM loss", [("train/mlm_loss", "train"), ("eval/mlm_loss", "eval")]),
+      ("loss", [("train/mlm_loss", "train MLM"), ("eval/mlm_loss", "eval MLM"),
+                ("train/clm_loss", "train causal LM"), ("eval/clm_loss", "eval causal LM")]),
       ("accuracy", [("train/mlm_accuracy", "train MLM"), ("eval/mlm_accuracy", "eval MLM"),
-                    ("eval/nsp_accuracy", "eval NSP")]),
+                    ("eval/nsp_accuracy", "eval NSP"), ("train/clm_accuracy", "train causal LM"),
+                    ("eval/clm_accuracy", "eval causal LM")]),
       ("learning rate", [("lr", "lr")]),
       ("throughput (tokens/s)", [("perf/tokens_per_sec", "tokens/s")]),
   ]
