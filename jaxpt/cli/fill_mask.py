@@ -32,11 +32,11 @@ def run(fv: flags.FlagValues, args: list[str]) -> int:
     raise UsageError(f"{fv.workdir}: a fine-tuned classifier; it has no masked-LM head to "
                      "fill masks with (use its pretraining workdir or `jaxpt evaluate`)")
   loaded = pretrained.load(f"hf:{fv.hf}" if fv.hf else fv.workdir, best=fv.best)
-  if loaded.tokenizer is None:
-    raise UsageError(f"{loaded.source}: no tokenizer found beside the weights")
   if loaded.config.attention_kind == "causal":
     raise UsageError(f"{loaded.source}: a causal LM (a decoder); filling masks needs a "
                      "bidirectional encoder with a masked-LM head (use `jaxpt generate`)")
+  if loaded.tokenizer is None:
+    raise UsageError(f"{loaded.source}: no tokenizer found beside the weights")
   if any(n.startswith(hf.family(loaded.config.variant).MLM_HEAD) for n in loaded.missing):
     raise UsageError(f"{loaded.source}: has no masked-LM head (e.g. a BertModel); its "
                      "predictions would be random")

@@ -136,27 +136,27 @@ def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 0.0, t
     return logits[:, -1], cache
 
   def decode(state, logits, cache, lengths):
-    model = nnx.merge(graphdef, state)
     key = jax.random.key(seed)
     out = jnp.full((batch, max_new_tokens), -1, jnp.int32)
     done = jnp.zeros((batch,), bool)
 
     def cond(carry):
-      i, _, _, done, _ = carry
+      i, _, _, done, _, _ = carry
       return (i < max_new_tokens) & ~jnp.all(done)
 
-    def body(carry):
-      i, logits, cache, done, out = carry
+    def body(carry):  # the parameters ride in the carry: nnx.scan needs this trace's arrays
+      i, logits, cache, done, out, state = carry
       token = choose(logits, jax.random.fold_in(key, i), temperature, top_k, top_p)
       out = out.at[:, i].set(jnp.where(done, -1, token))
       done = done | (token == eos_token_id)
       cache = dict(cache, key_mask=jax.lax.dynamic_update_slice_in_dim(
           cache["key_mask"], jnp.ones((batch, 1), bool), width + i, axis=1))
+      model = nnx.merge(graphdef, state)
       logits, cache = model.decode(token[:, None], (lengths + i)[:, None], cache)
-      return i + 1, logits[:, -1], cache, done, out
+      return i + 1, logits[:, -1], cache, done, out, state
 
-    i, _, _, _, out = jax.lax.while_loop(
-        cond, body, (jnp.zeros((), jnp.int32), logits, cache, done, out))
+    i, _, _, _, out, _ = jax.lax.while_loop(
+        cond, body, (jnp.zeros((), jnp.int32), logits, cache, done, out, state))
     return out, i
 
   start = time.perf_counter()
