@@ -7,8 +7,10 @@ configuration, then a Markdown table.
 
   python benchmarks/throughput.py --preset=bert_tiny,bert_mini --batch_size=32 --seq_len=128
 
-`--compare=hf` also times `transformers.BertForPreTraining` (PyTorch, AdamW, the model users
-would otherwise train) on the same architecture, batch and masked positions. Each side runs
+`--compare=hf` also times the transformers class users would otherwise train (PyTorch,
+AdamW) on the same architecture, batch and masked positions: `BertForPreTraining` for BERT
+presets, `ModernBertForMaskedLM` for ModernBERT ones, `GPT2LMHeadModel` for GPT-2 ones (a
+causal LM: every position a target). Each side runs
 in its own subprocess (so each gets a clean peak-RSS figure), alternating jaxpt, hf, jaxpt,
 hf for `--rounds` rounds; the table gives medians and the jaxpt / hf ratio.
 """
@@ -73,8 +75,20 @@ def _config(preset: str) -> config_lib.Config:
       train=dataclasses.replace(cfg.train, batch_size=_BATCH.value, num_steps=10_000)))
 
 
+def causal(cfg: config_lib.Config) -> bool:
+  return cfg.model.attention_kind == "causal"
+
+
+def predictions(cfg: config_lib.Config) -> int:
+  """Positions the LM head runs on per sequence: the masked ones, or all of them (causal)."""
+  return _LENGTH.value if causal(cfg) else min(cfg.data.max_predictions_per_seq, _LENGTH.value)
+
+
 def synthetic_batch(cfg: config_lib.Config, batch: int, length: int, preds: int, seed: int = 0):
   rng = np.random.default_rng(seed)
+  if causal(cfg):
+    return {"input_ids": rng.integers(5, cfg.model.vocab_size, (batch, length)).astype(np.int32),
+            "attention_mask": np.ones((batch, length), np.int32)}
   return {
       "input_ids": rng.integers(5, cfg.model.vocab_size, (batch, length)).astype(np.int32),
       "token_type_ids": (np.arange(length)[None] >= length // 2).repeat(batch, 0)
@@ -106,7 +120,7 @@ def measure(preset: str) -> dict:
   mesh = sharding.make_mesh(cfg.mesh)
   sharding.check_fits(cfg, mesh)
   program = pretraining.build_program(cfg, mesh)
-  preds = min(cfg.data.max_predictions_per_seq, _LENGTH.value)
+  preds = predictions(cfg)
   host = synthetic_batch(cfg, _BATCH.value, _LENGTH.value, preds)
   with jax.set_mesh(mesh):
     batch = {k: jax.device_put(v, program.batch_sharding) for k, v in host.items()}
@@ -170,32 +184,52 @@ def cpu_matmul_peak(n: int = 2048, reps: int = 10) -> float:
   return best
 
 
+def hf_model(m: config_lib.ModelConfig):
+  """The transformers model of the same architecture (its default attention)."""
+  import transformers
+  if m.variant == "gpt2":
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=m.vocab_size, n_embd=m.hidden_size, n_layer=m.num_layers,
+        n_head=m.num_heads, n_inner=m.intermediate_size, n_positions=m.max_position_embeddings,
+        resid_pdrop=m.hidden_dropout, embd_pdrop=m.hidden_dropout,
+        attn_pdrop=m.attention_dropout, layer_norm_epsilon=m.layer_norm_eps))
+  if m.variant == "modernbert":
+    from jaxpt.hf import modernbert
+    return transformers.ModernBertForMaskedLM(transformers.ModernBertConfig(
+        **modernbert.config_to_hf(m, "ModernBertForMaskedLM")))
+  return transformers.BertForPreTraining(transformers.BertConfig(
+      vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
+      num_attention_heads=m.num_heads, intermediate_size=m.intermediate_size,
+      max_position_embeddings=m.max_position_embeddings, type_vocab_size=m.type_vocab_size,
+      hidden_dropout_prob=m.hidden_dropout, attention_probs_dropout_prob=m.attention_dropout,
+      layer_norm_eps=m.layer_norm_eps))
+
+
 def measure_hf(preset: str) -> dict:
-  """The same training step in PyTorch: transformers.BertForPreTraining + torch AdamW."""
+  """The same training step in PyTorch: the transformers class + torch AdamW."""
   import os
   import torch
   import transformers
   torch.set_num_threads(os.cpu_count())
   cfg = _config(preset)
   m = cfg.model
-  model = transformers.BertForPreTraining(transformers.BertConfig(
-      vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
-      num_attention_heads=m.num_heads, intermediate_size=m.intermediate_size,
-      max_position_embeddings=m.max_position_embeddings, type_vocab_size=m.type_vocab_size,
-      hidden_dropout_prob=m.hidden_dropout, attention_probs_dropout_prob=m.attention_dropout,
-      layer_norm_eps=m.layer_norm_eps))
+  model = hf_model(m)
   dtype = torch.bfloat16 if _PRECISION.value == "bf16" else None
   model.train()
   opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-  preds = min(cfg.data.max_predictions_per_seq, _LENGTH.value)
+  preds = predictions(cfg)
   host = synthetic_batch(cfg, _BATCH.value, _LENGTH.value, preds)
-  labels = np.full(host["input_ids"].shape, -100, np.int64)  # HF: -100 = not predicted
-  np.put_along_axis(labels, host["masked_positions"], host["masked_ids"], axis=1)
   inputs = {"input_ids": torch.tensor(host["input_ids"], dtype=torch.long),
-            "token_type_ids": torch.tensor(host["token_type_ids"], dtype=torch.long),
-            "attention_mask": torch.tensor(host["attention_mask"], dtype=torch.long),
-            "labels": torch.tensor(labels),
-            "next_sentence_label": torch.tensor(host["nsp_labels"], dtype=torch.long)}
+            "attention_mask": torch.tensor(host["attention_mask"], dtype=torch.long)}
+  if causal(cfg):  # GPT2LMHeadModel shifts the labels itself
+    inputs["labels"] = inputs["input_ids"]
+  else:
+    labels = np.full(host["input_ids"].shape, -100, np.int64)  # HF: -100 = not predicted
+    np.put_along_axis(labels, host["masked_positions"], host["masked_ids"], axis=1)
+    inputs["labels"] = torch.tensor(labels)
+    if m.variant == "bert":
+      inputs.update(token_type_ids=torch.tensor(host["token_type_ids"], dtype=torch.long),
+                    next_sentence_label=torch.tensor(host["nsp_labels"], dtype=torch.long))
 
   def step():
     with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
@@ -214,7 +248,7 @@ def measure_hf(preset: str) -> dict:
     times.append(time.perf_counter() - t0)
   tokens = _BATCH.value * _LENGTH.value
   step_s = float(np.median(times))
-  # The FLOPs HF's step actually performs: the MLM head over every position, not 20.
+  # The FLOPs HF's step actually performs: the LM head over every position.
   flops_done = metrics_lib.flops_per_token(m, _LENGTH.value, _LENGTH.value) * tokens
   return {"preset": pathlib.Path(preset).stem, "side": "hf", "seq_len": _LENGTH.value,
           "batch_size": _BATCH.value, "precision": _PRECISION.value,

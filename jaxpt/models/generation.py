@@ -4,8 +4,9 @@ Prompts of different lengths are left-padded into one batch; their positions cou
 tokens only, so each row computes what it would alone. Two compiled programs: the prefill
 (every prompt token at once, filling the cache) and the decode loop (one token per row per
 iteration, `lax.while_loop`, stopping when every row has produced the end-of-text id or
-`max_new_tokens`). Both are compiled once per (batch, prompt bucket, max_new_tokens) and
-never per token; prompt lengths are bucketed to multiples of 16 to share compilations.
+`max_new_tokens`). Both are compiled once per (model structure, batch, prompt bucket,
+max_new_tokens, sampling settings), kept for later calls, and never per token; prompt lengths
+are bucketed to multiples of 16 to share compilations; the seed is an argument.
 
 Choosing a token: greedy at `temperature=0`; otherwise logits / temperature, restricted to the
 `top_k` largest (0: all) and to the smallest set whose probability reaches `top_p` (1.0:
@@ -125,6 +126,54 @@ def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 0.0, t
   lengths = real.sum(axis=1).astype(np.int32)
 
   graphdef, state = nnx.split(model)
+  signature = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(state))
+  start = time.perf_counter()
+  # The structure: the config and parameter shapes (a GraphDef holds the unhashable config).
+  structure = (type(model).__name__, repr(cfg), signature)
+  prefill, decode = _compiled(
+      (structure, batch, width, max_new_tokens, float(temperature), int(top_k),
+       float(top_p), int(eos_token_id)), graphdef, state, ids, real, lengths)
+  compiled = time.perf_counter()
+  logits, cache = prefill(state, ids, real)
+  logits.block_until_ready()
+  prefilled = time.perf_counter()
+  out, steps = decode(state, logits, cache, lengths, jax.random.key(seed))
+  out, steps = np.asarray(out), int(steps)
+  decoded = time.perf_counter()
+
+  results = []
+  for r, p in enumerate(prompts):
+    new = [int(t) for t in out[r, :steps] if t >= 0]
+    results.append(p + new)
+  stats = Stats(compile_seconds=compiled - start,  # about 0 when these shapes ran before
+                prefill_seconds=prefilled - compiled,
+                decode_seconds=decoded - prefilled,
+                new_tokens=sum(len(r) - len(p) for r, p in zip(results, prompts)),
+                steps=steps)
+  results = results[0] if single else results
+  return (results, stats) if return_stats else results
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(key: tuple, graphdef, state, ids, real, lengths):
+  """The compiled (prefill, decode) for `key`, compiled ahead of the first call (so that
+  `Stats` separates compilation from running) and kept for the next."""
+  if key not in _COMPILED:
+    prefill, decode = _programs(graphdef, *key[1:])
+    prefill_c = prefill.lower(state, ids, real).compile()
+    logits, cache = jax.eval_shape(prefill, state, ids, real)
+    decode_c = decode.lower(state, logits, cache, lengths, jax.random.key(0)).compile()
+    if len(_COMPILED) >= 32:
+      _COMPILED.pop(next(iter(_COMPILED)))
+    _COMPILED[key] = prefill_c, decode_c
+  return _COMPILED[key]
+
+
+def _programs(graphdef, batch: int, width: int, max_new_tokens: int,
+              temperature: float, top_k: int, top_p: float, eos_token_id: int):
+  """The jitted prefill and decode loop of one model structure and shape."""
   slots = width + max_new_tokens
 
   def prefill(state, ids, real):
@@ -135,8 +184,7 @@ def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 0.0, t
     logits, cache = model.decode(ids, positions, cache)
     return logits[:, -1], cache
 
-  def decode(state, logits, cache, lengths):
-    key = jax.random.key(seed)
+  def decode(state, logits, cache, lengths, key):
     out = jnp.full((batch, max_new_tokens), -1, jnp.int32)
     done = jnp.zeros((batch,), bool)
 
@@ -159,26 +207,4 @@ def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 0.0, t
         cond, body, (jnp.zeros((), jnp.int32), logits, cache, done, out, state))
     return out, i
 
-  start = time.perf_counter()
-  prefill_c = jax.jit(prefill).lower(state, ids, real).compile()
-  logits_shape, cache_shape = jax.eval_shape(prefill, state, ids, real)
-  decode_c = jax.jit(decode).lower(
-      state, logits_shape, cache_shape, lengths).compile()
-  compiled = time.perf_counter()
-  logits, cache = prefill_c(state, ids, real)
-  logits.block_until_ready()
-  prefilled = time.perf_counter()
-  out, steps = decode_c(state, logits, cache, lengths)
-  out, steps = np.asarray(out), int(steps)
-  decoded = time.perf_counter()
-
-  results = []
-  for r, p in enumerate(prompts):
-    new = [int(t) for t in out[r, :steps] if t >= 0]
-    results.append(p + new)
-  stats = Stats(compile_seconds=compiled - start, prefill_seconds=prefilled - compiled,
-                decode_seconds=decoded - prefilled,
-                new_tokens=sum(len(r) - len(p) for r, p in zip(results, prompts)),
-                steps=steps)
-  results = results[0] if single else results
-  return (results, stats) if return_stats else results
+  return jax.jit(prefill), jax.jit(decode)
