@@ -48,6 +48,9 @@ class ModelConfig:
   attention_dropout: float = 0.1
   layer_norm_eps: float = 1e-12  # BERT's TF value; HuggingFace keeps it
   initializer_range: float = 0.02  # stddev of the truncated normal initialiser
+  # Output projections of each block (attention out, MLP down) start at initializer_range /
+  # sqrt(2 * num_layers) (GPT-2, ModernBERT); False: initializer_range everywhere (BERT).
+  scaled_init: bool = False
   dtype: str = "float32"  # compute dtype: float32 | bfloat16; parameters stay float32
   remat: str = "none"  # recompute in the backward pass: none | full | save_dots (keep matmuls)
   scan_layers: bool = False  # one layer compiled and applied by nnx.scan: faster compiles

@@ -282,3 +282,25 @@ def test_flops_formula_counts_the_gate():
   assert analysis["flops"] == pytest.approx(formula, rel=0.10)
   ungated = metrics.flops_per_token(dataclasses.replace(cfg, mlp="gelu"), length, p) * b * length
   assert analysis["flops"] != pytest.approx(ungated, rel=0.10)
+
+
+def test_scaled_init_shrinks_only_the_output_projections():
+  """GPT-2 / ModernBERT: attention out and MLP down start at 0.02 / sqrt(2 * layers); the
+  input projections and embeddings keep 0.02 (a truncated normal at 2 sigma has std 0.88 of
+  its scale)."""
+  cfg = tiny(**MODERN, num_layers=8, hidden_size=128, intermediate_size=256,
+             scaled_init=True, scan_layers=True)
+  flat = params_lib.flatten(nnx.state(encoder(cfg), nnx.Param).to_pure_dict(), scanned=True,
+                        num_layers=8)
+  def std(suffix):
+    return float(np.std(np.concatenate([v.ravel() for k, v in flat.items()
+                                        if k.endswith(suffix)])))
+  full, scaled = 0.02 * 0.88, 0.02 * 0.88 / 4.0
+  for suffix in ("attention.out.kernel", "mlp.down.kernel"):
+    assert abs(std(suffix) - scaled) < 0.05 * scaled, suffix
+  for suffix in ("attention.query.kernel", "mlp.up.kernel", "mlp.gate.kernel",
+                 "word.embedding"):
+    assert abs(std(suffix) - full) < 0.05 * full, suffix
+  plain = params_lib.flatten(nnx.state(encoder(dataclasses.replace(cfg, scaled_init=False)),
+                                   nnx.Param).to_pure_dict(), scanned=True, num_layers=8)
+  assert abs(float(np.std(plain["encoder.layers.0.mlp.down.kernel"])) - full) < 0.1 * full

@@ -21,7 +21,7 @@ def gpt2(cfg: config.Config, **model) -> config.Config:
   defaults = dict(FAMILY, vocab_size=50257, pad_token_id=50256, eos_token_id=50256,
                   hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
                   max_position_embeddings=1024, hidden_dropout=0.1, attention_dropout=0.1,
-                  layer_norm_eps=1e-5, initializer_range=0.02)
+                  layer_norm_eps=1e-5, initializer_range=0.02, scaled_init=True)
   cfg = config.with_model(cfg, **{**defaults, **model})
   return dataclasses.replace(
       cfg,

@@ -14,7 +14,7 @@ def modern(cfg: config.Config, **sizes) -> config.Config:
       mlp_bias=False, head_bias=False, mlp="geglu", positions="rope", rope_theta=160_000.0,
       rope_theta_local=10_000.0, local_window=128, global_every=3, type_vocab_size=0,
       pooler=False, first_attention_norm=False, layer_norm_eps=1e-5, hidden_dropout=0.0,
-      attention_dropout=0.0, **sizes)
+      attention_dropout=0.0, scaled_init=True, **sizes)
   return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, mask_prob=0.3))
 
 

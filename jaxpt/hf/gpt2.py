@@ -98,7 +98,7 @@ def config_from_hf(hf: dict, source: str) -> ModelConfig:
         max_position_embeddings=int(hf.get("n_positions", 1024)),
         hidden_dropout=resid, attention_dropout=float(hf.get("attn_pdrop", 0.1)),
         layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
-        initializer_range=float(hf.get("initializer_range", 0.02)),
+        initializer_range=float(hf.get("initializer_range", 0.02)), scaled_init=True,
         pad_token_id=int(pad if pad is not None else eos_id),
         eos_token_id=eos_id)
   except (TypeError, ValueError) as e:

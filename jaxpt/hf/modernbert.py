@@ -161,7 +161,7 @@ def config_from_hf(hf: dict, source: str) -> ModelConfig:
         hidden_dropout=float(hf.get("embedding_dropout", 0.0)),
         attention_dropout=float(hf.get("attention_dropout", 0.0)),
         layer_norm_eps=float(hf.get("norm_eps", 1e-5)),
-        initializer_range=float(hf.get("initializer_range", 0.02)),
+        initializer_range=float(hf.get("initializer_range", 0.02)), scaled_init=True,
         head_bias=bool(hf.get("classifier_bias", False)),
         classifier_pooling=str(hf.get("classifier_pooling", "cls")),
         rope_theta=_theta(hf, _GLOBAL, "global_rope_theta", 160_000.0, source),

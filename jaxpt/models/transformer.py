@@ -26,9 +26,14 @@ from jaxpt.models import ops
 ACTIVATION = ("batch", "length", "act_embed")  # hidden states: split by batch only
 
 
-def dense_init(cfg: ModelConfig, axes: tuple[str | None, ...]):
-  return nnx.with_partitioning(
-      jax.nn.initializers.truncated_normal(cfg.initializer_range), axes)
+def dense_init(cfg: ModelConfig, axes: tuple[str | None, ...], *, output: bool = False):
+  """Truncated normal (at 2 standard deviations) of `initializer_range`; a block's output
+  projection (`output`) at initializer_range / sqrt(2 * num_layers) with `scaled_init`
+  (GPT-2, ModernBERT: the residual stream's variance stays put as layers add to it)."""
+  std = cfg.initializer_range
+  if output and cfg.scaled_init:
+    std /= (2 * cfg.num_layers) ** 0.5
+  return nnx.with_partitioning(jax.nn.initializers.truncated_normal(std), axes)
 
 
 def zeros(axes: tuple[str | None, ...]):
@@ -174,7 +179,8 @@ class SelfAttention(nnx.Module):
     self.key = nnx.LinearGeneral(h, (n, d), **qkv)
     self.value = nnx.LinearGeneral(h, (n, d), **qkv)
     self.out = nnx.LinearGeneral((n, d), h, axis=(-2, -1),
-                                 kernel_init=dense_init(cfg, ("heads", "head_dim", "embed")),
+                                 kernel_init=dense_init(cfg, ("heads", "head_dim", "embed"),
+                                                        output=True),
                                  bias_init=zeros(("embed",)), use_bias=cfg.attention_bias,
                                  dtype=dtype(cfg), rngs=rngs)
     self.custom = ops.custom_kernels(cfg.kernels)
@@ -225,7 +231,7 @@ class Mlp(nnx.Module):
                              kernel_init=dense_init(cfg, ("embed", "mlp")),
                              bias_init=zeros(("mlp",)), **linear)
     self.down = nnx.Linear(cfg.intermediate_size, cfg.hidden_size,
-                           kernel_init=dense_init(cfg, ("mlp", "embed")),
+                           kernel_init=dense_init(cfg, ("mlp", "embed"), output=True),
                            bias_init=zeros(("embed",)), **linear)
     self.activation = activation(cfg)
 
