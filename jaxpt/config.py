@@ -112,11 +112,18 @@ class DataConfig:
 class OptimConfig:
   """Optimiser and schedule. Defaults: AdamW, linear warm-up then linear decay (BERT)."""
 
-  name: str = "adamw"  # adamw | lamb | adafactor | sgd | rmsprop
+  # adamw | stable_adamw (AdamW whose update is clipped per tensor by its RMS ratio, as
+  # ModernBERT trains) | lamb | adafactor | sgd | rmsprop
+  name: str = "adamw"
   learning_rate: float = 1e-4  # peak; BERT paper, batch 256
   warmup_steps: int = 10_000  # BERT paper
-  schedule: str = "linear"  # after warm-up: linear | cosine | polynomial | constant
+  # After warm-up: linear | cosine | polynomial | constant | wsd (warmup-stable-decay: the
+  # peak, then a decay over the last `decay_fraction` of the steps) | inverse_sqrt (the peak
+  # times sqrt(warmup_steps / step)).
+  schedule: str = "linear"
   power: float = 1.0  # exponent of the polynomial schedule
+  decay_fraction: float = 0.1  # wsd: the share of num_steps the decay takes
+  decay_shape: str = "linear"  # wsd's decay: linear | 1-sqrt (Hägele et al. 2024)
   end_learning_rate_fraction: float = 0.0  # decay to this fraction of the peak
   b1: float = 0.9
   b2: float = 0.999  # also RMSProp's decay
@@ -268,10 +275,16 @@ def validate(cfg: Config) -> Config:
   _check(d.max_predictions_per_seq > 0, "data.max_predictions_per_seq",
          d.max_predictions_per_seq, "must be positive")
   o = cfg.optim
-  _check(o.name in ("adamw", "lamb", "adafactor", "sgd", "rmsprop"), "optim.name", o.name,
-         "must be one of adamw, lamb, adafactor, sgd, rmsprop")
-  _check(o.schedule in ("linear", "cosine", "polynomial", "constant"), "optim.schedule",
-         o.schedule, "must be one of linear, cosine, polynomial, constant")
+  _check(o.name in ("adamw", "stable_adamw", "lamb", "adafactor", "sgd", "rmsprop"),
+         "optim.name", o.name,
+         "must be one of adamw, stable_adamw, lamb, adafactor, sgd, rmsprop")
+  _check(o.schedule in ("linear", "cosine", "polynomial", "constant", "wsd", "inverse_sqrt"),
+         "optim.schedule", o.schedule,
+         "must be one of linear, cosine, polynomial, constant, wsd, inverse_sqrt")
+  _check(0.0 < o.decay_fraction <= 1.0, "optim.decay_fraction", o.decay_fraction,
+         "must be in (0, 1]")
+  _check(o.decay_shape in ("linear", "1-sqrt"), "optim.decay_shape", o.decay_shape,
+         "must be 'linear' or '1-sqrt'")
   _check(0.0 <= o.end_learning_rate_fraction <= 1.0, "optim.end_learning_rate_fraction",
          o.end_learning_rate_fraction, "must be in [0, 1]")
   _check(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "must be positive")

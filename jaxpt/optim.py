@@ -10,8 +10,8 @@ from typing import Callable
 
 from jaxpt.config import OptimConfig
 
-OPTIMIZERS = ("adamw", "lamb", "adafactor", "sgd", "rmsprop")
-SCHEDULES = ("linear", "cosine", "polynomial", "constant")
+OPTIMIZERS = ("adamw", "stable_adamw", "lamb", "adafactor", "sgd", "rmsprop")
+SCHEDULES = ("linear", "cosine", "polynomial", "constant", "wsd", "inverse_sqrt")
 
 
 def learning_rate_schedule(cfg: OptimConfig, num_steps: int) -> optax.Schedule:
@@ -28,12 +28,56 @@ def learning_rate_schedule(cfg: OptimConfig, num_steps: int) -> optax.Schedule:
     after = optax.polynomial_schedule(peak, end, cfg.power, rest)
   elif cfg.schedule == "constant":
     after = optax.constant_schedule(peak)
+  elif cfg.schedule == "wsd":
+    after = _stable_then_decay(peak, end, rest, cfg.decay_fraction, cfg.decay_shape)
+  elif cfg.schedule == "inverse_sqrt":
+    origin = max(warmup, 1)
+    after = lambda step: peak * jnp.sqrt(origin / (origin + jnp.asarray(step, jnp.float32)))
   else:
     raise ValueError(f"unknown schedule {cfg.schedule!r}")
   if warmup == 0:
     return after
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after],
                               boundaries=[warmup])
+
+
+def _stable_then_decay(peak: float, end: float, steps: int, fraction: float,
+                       shape: str) -> optax.Schedule:
+  """The peak for the first (1 - fraction) of `steps`, then down to `end` over the rest:
+  linearly, or as 1 - sqrt(progress)."""
+  decay = max(int(round(steps * fraction)), 1)
+  stable = steps - decay
+
+  def schedule(step):
+    progress = jnp.clip((jnp.asarray(step, jnp.float32) - stable) / decay, 0.0, 1.0)
+    drop = progress if shape == "linear" else jnp.sqrt(progress)
+    return peak + (end - peak) * drop
+  return schedule
+
+
+def stable_adamw(lr, *, b1: float, b2: float, eps: float, weight_decay: float,
+                 mask) -> optax.GradientTransformation:
+  """AdamW with per-tensor update clipping: the Adam update u = m_hat / (sqrt(v_hat) + eps)
+  of each tensor is divided by max(1, sqrt(mean(g^2 / max(v_hat, eps^2)))), then weight decay
+  and the learning rate apply as in AdamW."""
+
+  def init(params):
+    return optax.scale_by_adam(b1=b1, b2=b2, eps=eps).init(params)
+
+  def update(grads, state, params=None):
+    adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
+    updates, new_state = adam.update(grads, state, params)
+    count = new_state.count
+    v_hat = jax.tree.map(lambda v: v / (1 - b2 ** count.astype(v.dtype)), new_state.nu)
+
+    def clip(u, g, v):
+      rms = jnp.sqrt(jnp.mean(jnp.square(g) / jnp.maximum(v, eps * eps)))
+      return u / jnp.maximum(1.0, rms)
+    return jax.tree.map(clip, updates, grads, v_hat), new_state
+
+  return optax.chain(optax.GradientTransformation(init, update),
+                     optax.add_decayed_weights(weight_decay, mask),
+                     optax.scale_by_learning_rate(lr))
 
 
 def decay_mask(params):
@@ -64,6 +108,8 @@ def make_optimizer(cfg: OptimConfig, lr: optax.Schedule, *, skip_nonfinite: bool
   wd = cfg.weight_decay
   if cfg.name == "adamw":
     tx = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=wd, mask=decay_mask)
+  elif cfg.name == "stable_adamw":
+    tx = stable_adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=wd, mask=decay_mask)
   elif cfg.name == "lamb":  # You et al. 2020: BERT with batches of 32k-64k
     tx = optax.lamb(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=wd, mask=decay_mask)
   elif cfg.name == "adafactor":  # factored second moments: memory ~ rows + columns

@@ -240,14 +240,14 @@ def _trains(optim_cfg):
   return out
 
 
-@pytest.mark.parametrize("name,lr", [("adamw", 3e-3), ("lamb", 3e-2), ("adafactor", 3e-2),
-                                     ("sgd", 0.3), ("rmsprop", 1e-3)])
+@pytest.mark.parametrize("name,lr", [("adamw", 3e-3), ("stable_adamw", 3e-3), ("lamb", 3e-2),
+                                     ("adafactor", 3e-2), ("sgd", 0.3), ("rmsprop", 1e-3)])
 def test_every_optimizer_lowers_the_loss(name, lr):
   out = _trains(config_lib.OptimConfig(name=name, learning_rate=lr, warmup_steps=1))
   assert out[-1] < out[0] - 0.1, out
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "polynomial", "constant"])
+@pytest.mark.parametrize("schedule", ["cosine", "polynomial", "constant", "wsd", "inverse_sqrt"])
 def test_every_schedule_lowers_the_loss(schedule):
   out = _trains(config_lib.OptimConfig(schedule=schedule, learning_rate=3e-3, warmup_steps=2,
                                        power=2.0))
@@ -264,3 +264,38 @@ def test_schedule_shapes():
     assert float(f(60)) < 1.0
   f = optim.learning_rate_schedule(dataclasses.replace(cfg, schedule="constant"), 110)
   assert float(f(60)) == 1.0 == float(f(110))
+
+
+def test_wsd_and_inverse_sqrt_shapes():
+  cfg = config_lib.OptimConfig(learning_rate=1.0, warmup_steps=10, schedule="wsd",
+                               decay_fraction=0.2, end_learning_rate_fraction=0.0)
+  f = optim.learning_rate_schedule(cfg, 110)  # warm-up 10, stable 80, decay 20
+  assert float(f(5)) == 0.5 and float(f(10)) == 1.0 and float(f(90)) == 1.0
+  assert abs(float(f(100)) - 0.5) < 1e-6 and float(f(110)) == 0.0
+  g = optim.learning_rate_schedule(dataclasses.replace(cfg, decay_shape="1-sqrt"), 110)
+  assert float(g(90)) == 1.0 and abs(float(g(95)) - 0.5) < 1e-6  # 1 - sqrt(1/4)
+  assert float(g(110)) == 0.0
+  h = optim.learning_rate_schedule(dataclasses.replace(cfg, schedule="inverse_sqrt"), 110)
+  assert float(h(10)) == 1.0 and abs(float(h(40)) - 0.5) < 1e-6  # sqrt(10 / 40)
+
+
+def test_stable_adamw_clips_the_update_per_tensor_by_hand():
+  """One step from zero moments: m_hat = g, v_hat = g^2, so the Adam update is g / (|g| + eps)
+  and RMS(g^2 / v_hat) = 1: no clipping. A second step with a gradient 10x the first: v_hat
+  lags, the ratio's RMS exceeds 1 and the update is divided by it (numpy, by hand)."""
+  b1, b2, eps, lr = 0.9, 0.99, 1e-8, 0.1
+  tx = optim.stable_adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=0.0, mask=optim.decay_mask)
+  p = {"w": jnp.zeros((2, 3))}
+  g1 = np.array([[0.1, -0.2, 0.3], [0.05, 0.4, -0.1]], np.float32)
+  g2 = 10 * g1[::-1].copy()
+  state = tx.init(p)
+  u1, state = tx.update({"w": jnp.asarray(g1)}, state, p)
+  np.testing.assert_allclose(np.asarray(u1["w"]), -lr * g1 / (np.abs(g1) + eps), rtol=1e-5)
+  u2, state = tx.update({"w": jnp.asarray(g2)}, state, p)
+  m = (1 - b1) * (b1 * g1 + g2)  # EMA after two steps, then bias-corrected
+  v = (1 - b2) * (b2 * g1 ** 2 + g2 ** 2)
+  m_hat, v_hat = m / (1 - b1 ** 2), v / (1 - b2 ** 2)
+  adam = m_hat / (np.sqrt(v_hat) + eps)
+  rms = np.sqrt(np.mean(g2 ** 2 / v_hat))
+  assert rms > 1.2  # the clipping is active in this step
+  np.testing.assert_allclose(np.asarray(u2["w"]), -lr * adam / rms, rtol=1e-5)
