@@ -100,6 +100,10 @@ class DataConfig:
 
   dir: str = ""  # a directory written by `jaxpt prepare`
   mask_prob: float = 0.15  # BERT: 15% of tokens are prediction targets
+  # The masking rate by phase: "STEP:RATE,STEP:RATE" from those steps on (mmBERT: 30% -> 15% ->
+  # 5%, e.g. "0:0.3,8000:0.15,9000:0.05"); empty: mask_prob throughout. Targets stay capped by
+  # max_predictions_per_seq.
+  mask_prob_schedule: str = ""
   whole_word_masking: bool = False  # choose whole words (all their WordPiece pieces) together
   mask_token_prob: float = 0.8  # of the targets: 80% become [MASK]
   random_token_prob: float = 0.1  # 10% a random token; the remaining 10% stay unchanged
@@ -217,6 +221,27 @@ def _check(ok: bool, field: str, value, why: str) -> None:
     raise ConfigError(f"config.{field}={value!r}: {why}")
 
 
+def mask_rate_phases(d: "DataConfig") -> tuple[tuple[int, float], ...]:
+  """`data.mask_prob_schedule` as ((first step, rate), ...), or ((0, mask_prob),)."""
+  if not d.mask_prob_schedule.strip():
+    return ((0, d.mask_prob),)
+  phases = []
+  for part in d.mask_prob_schedule.split(","):
+    try:
+      step, rate = part.split(":")
+      phases.append((int(step), float(rate)))
+    except ValueError:
+      raise ConfigError(f"config.data.mask_prob_schedule={d.mask_prob_schedule!r}: {part!r} "
+                        "is not STEP:RATE") from None
+  steps = [s for s, _ in phases]
+  _check(steps[0] == 0 and steps == sorted(set(steps)), "data.mask_prob_schedule",
+         d.mask_prob_schedule, "steps must start at 0 and increase")
+  for _, rate in phases:
+    _check(0.0 < rate < 1.0, "data.mask_prob_schedule", d.mask_prob_schedule,
+           f"rate {rate} must be in (0, 1)")
+  return tuple(phases)
+
+
 def validate_model(m: ModelConfig) -> ModelConfig:
   """Checks a model config alone (HF imports use it too); returns `m`."""
   for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -268,6 +293,7 @@ def validate(cfg: Config) -> Config:
   validate_model(cfg.model)
   d = cfg.data
   _check(0.0 < d.mask_prob < 1.0, "data.mask_prob", d.mask_prob, "must be in (0, 1)")
+  mask_rate_phases(d)  # raises naming the field
   _check(0.0 <= d.mask_token_prob and 0.0 <= d.random_token_prob
          and d.mask_token_prob + d.random_token_prob <= 1.0, "data.mask_token_prob",
          (d.mask_token_prob, d.random_token_prob),

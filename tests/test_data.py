@@ -91,6 +91,27 @@ def test_masking_statistics():
   np.testing.assert_array_equal(out["attention_mask"].sum(1), lengths)
 
 
+def test_the_masking_rate_follows_its_phases():
+  """data.mask_prob_schedule "0:0.3,5:0.15,8:0.05": the targets per candidate token of each
+  step's batch are the phase's rate (mmBERT's 30% -> 15% -> 5%)."""
+  from jaxpt import config as config_lib
+  d = config_lib.DataConfig(mask_prob_schedule="0:0.3,5:0.15,8:0.05",
+                            max_predictions_per_seq=128)
+  spec = masking.MaskingSpec(vocab_size=1000, mask_id=4, special_ids=(0, 1, 2, 3, 4),
+                             max_predictions=128, rate_phases=config_lib.mask_rate_phases(d))
+  rng = np.random.default_rng(0)
+  ids = rng.integers(5, 1000, (200, 128))
+  rows = {"input_ids": ids, "token_type_ids": np.zeros_like(ids),
+          "lengths": np.full(200, 128), "nsp_labels": np.zeros(200)}
+  for step, want in ((0, 0.3), (4, 0.3), (5, 0.15), (7, 0.15), (8, 0.05), (100, 0.05)):
+    w = masking.mask_batch(rows, spec, seed=0, step=step)["masked_weights"]
+    assert abs(w.sum() / ids.size - want) < 0.005, (step, w.sum() / ids.size)
+  for bad, why in (("5:0.3", "start at 0"), ("0:0.3,3:1.5", "rate 1.5"),
+                   ("0:0.3,x", "is not STEP:RATE"), ("0:0.3,4:0.2,2:0.1", "increase")):
+    with pytest.raises(config_lib.ConfigError, match=why):
+      config_lib.mask_rate_phases(config_lib.DataConfig(mask_prob_schedule=bad))
+
+
 def _batches(prepared_dir, **kw):
   data = loader.PreparedData.open(str(prepared_dir))
   from jaxpt.config import DataConfig

@@ -168,6 +168,9 @@ def test_a_tiny_modernbert_pretrains_packed_and_its_held_out_loss_falls(corpus_d
   evals = [r["eval/mlm_loss"] for r in rows if "eval/mlm_loss" in r]
   assert len(evals) == 6 and evals[-1] < evals[0] - 0.5, evals
   assert not any("nsp" in k for r in rows for k in r)
+  # the family's 30% masking, as logged (targets per real token, [CLS] and [SEP] included)
+  logged = [r["train/masked_fraction"] for r in rows if "train/masked_fraction" in r]
+  assert logged and all(0.25 < f < 0.31 for f in logged), logged
 
   # Out to HuggingFace: transformers loads the model and the tokenizer and computes the logits
   # jaxpt computes; fill-mask runs on the workdir.

@@ -16,6 +16,7 @@ from typing import Iterator
 import grain
 import numpy as np
 
+from jaxpt import config as config_lib
 from jaxpt.config import DataConfig
 from jaxpt.data import masking, store, tokenizer
 
@@ -66,6 +67,7 @@ class PreparedData:
         mask_prob=cfg.mask_prob, mask_token_prob=cfg.mask_token_prob,
         random_token_prob=cfg.random_token_prob,
         max_predictions=min(cfg.max_predictions_per_seq, self.seq_length),
+        rate_phases=config_lib.mask_rate_phases(cfg),
         continues_word=(masking.continuation_table(self.tokenizer())
                         if cfg.whole_word_masking else None))
 

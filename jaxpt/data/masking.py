@@ -19,6 +19,16 @@ class MaskingSpec:
   # Whole-word masking: True at the ids of tokens that continue a word (WordPiece "##x"); a
   # word's tokens are then chosen together. None: tokens are chosen independently.
   continues_word: np.ndarray | None = dataclasses.field(default=None, compare=False)
+  # ((first step, rate), ...): the rate by phase (`data.mask_prob_schedule`); empty: mask_prob.
+  rate_phases: tuple[tuple[int, float], ...] = ()
+
+  def at_step(self, step: int) -> "MaskingSpec":
+    """This spec with the masking rate of `step`."""
+    rate = self.mask_prob
+    for first, r in self.rate_phases:
+      if step >= first:
+        rate = r
+    return self if rate == self.mask_prob else dataclasses.replace(self, mask_prob=rate)
 
 
 def continuation_table(tok) -> np.ndarray:
@@ -163,6 +173,7 @@ def mask_batch(rows: dict[str, np.ndarray], spec: MaskingSpec, seed: int, step: 
   ids = rows["input_ids"]
   batch, length = ids.shape
   lengths = rows["lengths"].astype(np.int64)
+  spec = spec.at_step(step)
   if spec.continues_word is None:
     out_ids, positions, targets, weights = _mask_vectorized(
         ids, lengths, spec, seed, step, np.arange(row_offset, row_offset + batch))

@@ -54,7 +54,8 @@ def pretraining_sums(model, batch: Batch, *, deterministic: bool, rngs=None) -> 
       segment_ids=batch.get("segment_ids"), cls_positions=batch.get("cls_positions"))
   weights = batch["masked_weights"]
   mlm_loss, mlm_correct = masked_cross_entropy(mlm_logits, batch["masked_ids"], weights)
-  sums = {"mlm_loss": mlm_loss, "mlm_correct": mlm_correct, "mlm_count": jnp.sum(weights)}
+  sums = {"mlm_loss": mlm_loss, "mlm_correct": mlm_correct, "mlm_count": jnp.sum(weights),
+          "real_tokens": jnp.sum(batch["attention_mask"] > 0).astype(jnp.float32)}
   if nsp_logits is not None:  # RoBERTa has no next-sentence task
     nsp_w = nsp_weights(batch)
     nsp_loss, nsp_correct = masked_cross_entropy(nsp_logits, batch["nsp_labels"], nsp_w)
@@ -68,6 +69,8 @@ def means(sums: dict, prefix: str) -> dict:
   mlm_loss = sums["mlm_loss"] / mlm_count
   out = {f"{prefix}/loss": mlm_loss, f"{prefix}/mlm_loss": mlm_loss,
          f"{prefix}/mlm_accuracy": sums["mlm_correct"] / mlm_count}
+  if "real_tokens" in sums:  # the masking rate in use: targets per real token
+    out[f"{prefix}/masked_fraction"] = sums["mlm_count"] / jnp.maximum(sums["real_tokens"], 1.0)
   if "nsp_loss" in sums:
     nsp_loss = sums["nsp_loss"] / sums["nsp_count"]
     out.update({f"{prefix}/loss": mlm_loss + nsp_loss, f"{prefix}/nsp_loss": nsp_loss,
