@@ -82,6 +82,11 @@ class ModelConfig:
   # in all, ending at the query (HuggingFace's decoder `sliding_window`). 0: all global.
   local_window: int = 0
   global_every: int = 1  # layer i is global when i % global_every == 0 (ModernBERT: 3)
+  # The kernel of every layer's attention: xla (scores materialised under a mask; any
+  # combination, dropout included) | splash (TPU splash attention, exact for padding, packed
+  # rows, causal and windows; lengths in multiples of 128, no dropout; interpreted off TPU) |
+  # auto (splash on TPU when it applies, else xla). Decoding with a cache always runs xla.
+  attention: str = "auto"
   pooler: bool = True  # BERT's tanh pooler over [CLS] (NSP and sequence classification)
   # What a sequence classifier reads: the [CLS] state (cls) or the mean over real tokens.
   classifier_pooling: str = "cls"  # cls | mean
@@ -255,7 +260,8 @@ def validate_model(m: ModelConfig) -> ModelConfig:
                         ("positions", ("learned", "rope")),
                         ("attention_kind", ("bidirectional", "causal")),
                         ("classifier_pooling", ("cls", "mean")),
-                        ("lm_head", ("transform", "tied"))):
+                        ("lm_head", ("transform", "tied")),
+                        ("attention", ("auto", "xla", "splash"))):
     _check(getattr(m, name) in allowed, f"model.{name}", getattr(m, name),
            "must be one of " + ", ".join(allowed))
   if m.positions == "rope":
@@ -265,6 +271,9 @@ def validate_model(m: ModelConfig) -> ModelConfig:
       _check(getattr(m, name) > 0, f"model.{name}", getattr(m, name), "must be positive")
   _check(m.variant != "bert" or m.pooler, "model.pooler", m.pooler,
          "BERT's next-sentence head reads the pooler: keep it with model.variant='bert'")
+  _check(m.attention != "splash" or m.attention_dropout == 0.0, "model.attention",
+         m.attention, f"splash has no attention dropout (model.attention_dropout="
+         f"{m.attention_dropout}); set it to 0 or use 'xla'")
   _check(m.hidden_size % m.num_heads == 0, "model.num_heads", m.num_heads,
          f"must divide model.hidden_size={m.hidden_size}")
   for name in ("hidden_dropout", "attention_dropout"):

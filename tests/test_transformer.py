@@ -304,3 +304,45 @@ def test_scaled_init_shrinks_only_the_output_projections():
   plain = params_lib.flatten(nnx.state(encoder(dataclasses.replace(cfg, scaled_init=False)),
                                    nnx.Param).to_pure_dict(), scanned=True, num_layers=8)
   assert abs(float(np.std(plain["encoder.layers.0.mlp.down.kernel"])) - full) < 0.1 * full
+
+
+@pytest.mark.parametrize("scan,causal", [(False, False), (True, True)])
+def test_splash_inside_the_stack_equals_xla(scan, causal):
+  """model.attention='splash' (the TPU kernel, interpreted on CPU): the same hidden states and
+  gradients as the XLA path, with packed rows, padding, and local and global layers (scanned
+  layers choose the kernel's window by a traced flag)."""
+  cfg = tiny(**MODERN, num_layers=3, local_window=32, global_every=2, max_position_embeddings=128,
+             scan_layers=scan, attention_kind="causal" if causal else "bidirectional")
+  rng = np.random.default_rng(0)
+  input_ids = jnp.asarray(rng.integers(5, 96, (2, 128)))
+  segments = np.zeros((2, 128), np.int32)
+  segments[0, :50], segments[0, 50:120] = 1, 2  # two documents, then padding
+  segments[1, :128] = 1
+  segments = jnp.asarray(segments)
+  mask = (segments > 0).astype(jnp.int32)
+  outs = {}
+  for kind in ("xla", "splash"):
+    model = encoder(dataclasses.replace(cfg, attention=kind))
+    graphdef, state = nnx.split(model)
+
+    def loss(state):
+      hidden = nnx.merge(graphdef, state).encoder(input_ids, None, mask, segment_ids=segments)
+      return jnp.sum(jnp.where(mask[..., None] > 0, hidden, 0.0) ** 2), hidden
+    (value, hidden), grads = jax.value_and_grad(loss, has_aux=True)(state)
+    outs[kind] = hidden, grads
+  real = np.asarray(mask) > 0
+  np.testing.assert_allclose(np.asarray(outs["splash"][0])[real], np.asarray(outs["xla"][0])[real],
+                             atol=2e-5, rtol=2e-5)
+  for a, b in zip(jax.tree.leaves(outs["splash"][1]), jax.tree.leaves(outs["xla"][1])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-3)
+
+
+def test_auto_attention_picks_splash_only_where_it_applies():
+  from jaxpt.models.attention import resolve
+  assert resolve("auto", length=1024, dropout=False, backend="tpu") == "splash"
+  assert resolve("auto", length=1000, dropout=False, backend="tpu") == "xla"  # not a tile
+  assert resolve("auto", length=1024, dropout=True, backend="tpu") == "xla"  # BERT's dropout
+  assert resolve("auto", length=1024, dropout=False, backend="gpu") == "xla"
+  assert resolve("splash", length=1024, dropout=False, backend="cpu") == "splash"
+  with pytest.raises(config_lib.ConfigError, match="splash has no attention dropout"):
+    tiny(attention="splash", attention_dropout=0.1)

@@ -8,6 +8,9 @@ i - left <= j <= i + right.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -104,6 +107,46 @@ def _splash(q, k, v, *, segment_ids, causal: bool, window, scale: float, interpr
     out = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=sk.SegmentIds(s, s)))(
         qh, heads_first(k), heads_first(v), segment_ids.astype(jnp.int32))
   return jnp.swapaxes(out, 1, 2).astype(q.dtype)
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["segment_ids", "is_local"],
+                   meta_fields=["causal", "local_window", "interpret"])
+@dataclasses.dataclass
+class KernelMask:
+  """What a layer passes to a kernel that builds its own mask (splash) in place of a mask
+  array: the segment ids (packed rows, or 1 at real tokens and 0 at padding), causality, the
+  local window, and whether this layer is local (a Python bool, or a traced flag of scanned
+  layers: then `lax.cond` picks the kernel)."""
+
+  segment_ids: jax.Array
+  is_local: object
+  causal: bool
+  local_window: tuple[int, int] | None
+  interpret: bool
+
+  def run(self, q, k, v, scale: float):
+    def kernel(window):
+      return attention(q, k, v, segment_ids=self.segment_ids, causal=self.causal,
+                       window=window, scale=scale, implementation="splash",
+                       interpret=self.interpret)
+    if self.local_window is None or self.is_local is False:
+      return kernel(None)
+    if self.is_local is True:
+      return kernel(self.local_window)
+    return jax.lax.cond(self.is_local, lambda: kernel(self.local_window),
+                        lambda: kernel(None))
+
+
+def resolve(implementation: str, *, length: int, dropout: bool,
+            backend: str | None = None) -> str:
+  """The kernel a model's layers run (`model.attention`): "auto" is splash on TPU when the
+  layers have no attention dropout and the length is a multiple of splash's 128-token tile,
+  else XLA's."""
+  if implementation != "auto":
+    return implementation
+  backend = backend or jax.default_backend()
+  chosen = choose(backend=backend, dropout=dropout)
+  return chosen if chosen != "splash" or length % 128 == 0 else "xla"
 
 
 def choose(*, backend: str, dropout: bool) -> str:

@@ -14,6 +14,8 @@ Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `head_dim
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -200,6 +202,8 @@ class SelfAttention(nnx.Module):
     v = self.value(x)
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    if isinstance(mask, attn_lib.KernelMask):  # splash: the kernel builds the mask itself
+      return self.out(mask.run(q, k, v, self.scale))
     if cache is not None:
       keys, values, index = cache
       keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), index, axis=1)
@@ -313,10 +317,22 @@ class Transformer(nnx.Module):
     return {kind: rope_tables(positions, cfg.head_dim, thetas[kind])
             if cfg.positions == "rope" else None for kind in self._kinds()}
 
+  def kernel(self, length: int) -> str:
+    """The attention implementation the layers run at this length (`model.attention`)."""
+    cfg = self.config
+    return attn_lib.resolve(cfg.attention, length=length, dropout=cfg.attention_dropout > 0)
+
   def _masks_and_ropes(self, input_ids, attention_mask, segment_ids):
-    """Per layer kind ("global", "local"): the mask and the rotary tables."""
+    """Per layer kind ("global", "local"): the mask (an array, or a `KernelMask` for splash)
+    and the rotary tables."""
     cfg, length = self.config, input_ids.shape[1]
     ropes = self._ropes(position_ids(length, segment_ids))
+    if self.kernel(length) == "splash":
+      segments = segment_ids if segment_ids is not None else (attention_mask > 0)
+      kinds = self._kinds()
+      return {kind: (attn_lib.KernelMask(
+          segments.astype(jnp.int32), kind == "local", cfg.attention_kind == "causal",
+          kinds.get("local"), jax.default_backend() != "tpu"), ropes[kind]) for kind in kinds}
     out = {}
     for kind, window in self._kinds().items():
       m = attn_lib.mask(length, key_mask=attention_mask, segment_ids=segment_ids,
@@ -358,8 +374,11 @@ class Transformer(nnx.Module):
     def pick(is_local):  # a traced per-layer flag chooses between the two kinds
       if "local" not in kinds:
         return kinds["global"]
-      return jax.tree.map(lambda a, b: jnp.where(is_local, a, b), kinds["local"],
-                          kinds["global"])
+      (mask, rope), (global_mask, global_rope) = kinds["local"], kinds["global"]
+      rope = jax.tree.map(lambda a, b: jnp.where(is_local, a, b), rope, global_rope)
+      if isinstance(mask, attn_lib.KernelMask):
+        return dataclasses.replace(mask, is_local=is_local), rope
+      return jnp.where(is_local, mask, global_mask), rope
 
     # Per layer: (is local, skips its attention norm).
     skip_first = cfg.norm_position == "pre" and not cfg.first_attention_norm

@@ -29,6 +29,7 @@ from jaxpt import config as config_lib
 from jaxpt import hf, pretrained, sharding
 from jaxpt.config import Config, ConfigError
 from jaxpt.data import loader, store
+from jaxpt.models import attention as attn_lib
 from jaxpt.models import heads
 from jaxpt.train import loop
 from jaxpt.train import metrics as metrics_lib
@@ -144,6 +145,10 @@ def check_data(cfg: Config, data: loader.PreparedData) -> None:
     raise ConfigError(
         f"config.model.max_position_embeddings={m.max_position_embeddings} is shorter than "
         f"the examples in {data.directory} (seq_length {data.seq_length})")
+  if m.attention == "splash" and data.seq_length % 128:
+    raise ConfigError(
+        f"config.model.attention='splash' needs a length in multiples of 128 (its tile); "
+        f"{data.directory} holds {data.seq_length}-token rows: use 'xla' or 'auto'")
   if data.num_examples("train") < 1:
     raise TrainError(f"{data.directory}: the train split is empty")
   if m.attention_kind == "causal" and data.manifest.get("examples") != "full_sentences":
@@ -190,8 +195,11 @@ class PretrainingTask:
         cfg.model, data.seq_length,
         data.seq_length if self.causal else self.spec.max_predictions)
     self.tokenizer_hash = data.manifest["tokenizer"]["hash"]
+    kernel = attn_lib.resolve(cfg.model.attention, length=data.seq_length,
+                              dropout=cfg.model.attention_dropout > 0)
     self.description = (f"{data.num_examples('train')} train examples of {data.seq_length} "
-                        "tokens")
+                        f"tokens, attention {kernel}"
+                        + (" (auto)" if cfg.model.attention == "auto" else ""))
     self._eval_set: list = []
     self._eval_step = None
 
