@@ -279,6 +279,21 @@ def compress(workdir: str, out: str, opts: Options, *, progress: bool = True) ->
             "recover_steps": opts.recover_steps, "quantize": opts.quantize,
             "dense_bytes": weight_bytes(params)}
   t0 = time.perf_counter()
+  # One writer per output: a sibling lock file (OUT itself appears only at the final rename).
+  parent, name = os.path.split(out)
+  lock = ckpt_lib.WorkdirLock(out, os.path.join(parent, f".{name}.lock"))
+  note = lock.acquire()
+  if note:
+    print(f"jaxpt compress: {out}: {note}", flush=True)
+  try:
+    return _write(runner, params, info, opts, out, record, t0, progress)
+  finally:
+    lock.release()
+
+
+def _write(runner, params, info: dict, opts: "Options", out: str, record: dict, t0: float,
+           progress: bool) -> dict:
+  workdir = record["source"]
   with atomic_directory(out) as tmp:
     tmp = str(tmp)
     if opts.prune:

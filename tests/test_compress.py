@@ -160,3 +160,23 @@ def test_a_workdir_without_a_classifier_is_refused(trained, tmp_path, capsys):
                    f"--out={root / 'int8_again'}", "--quantize=int8"]) == 2
   assert "already exists" in capsys.readouterr().err
   assert (root / "int8_again" / "keep.txt").exists()
+
+
+def test_a_second_writer_of_one_output_is_refused(trained, tmp_path, capsys):
+  """compress holds a lock on OUT (a sibling file: OUT appears only at the final rename); a
+  second writer refuses naming OUT and the holder, and writes nothing."""
+  root = trained[0]
+  out = tmp_path / "out"
+  holder = ckpt_lib.WorkdirLock(str(out), str(tmp_path / ".out.lock"))
+  assert holder.acquire() is None
+  try:
+    assert cli.main(["jaxpt", "compress", f"--workdir={root / 'run'}", f"--out={out}",
+                     "--quantize=int8"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} is in use by pid" in err and "one run per workdir" in err
+    assert not out.exists()
+  finally:
+    holder.release()
+  assert cli.main(["jaxpt", "compress", f"--workdir={root / 'run'}", f"--out={out}",
+                   "--quantize=int8"]) == 0  # released: the same command now runs
+  assert (out / compress.COMPRESSION_JSON).exists()

@@ -76,8 +76,11 @@ class LockError(UserError, RuntimeError):
 class WorkdirLock:
   """An exclusive lock on WORKDIR/.lock, holding "pid host" of the holder."""
 
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, ".lock")
+  def __init__(self, workdir: str, path: str | None = None):
+    """`path`: the lock file when it cannot live inside `workdir` (a directory created by
+    one rename at the end, as compress's output); default WORKDIR/.lock."""
+    self.workdir = workdir
+    self.path = path or os.path.join(workdir, ".lock")
     self._fd = None
 
   def acquire(self) -> str | None:
@@ -90,7 +93,7 @@ class WorkdirLock:
       holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
       os.close(fd)
       who = f"pid {holder[0]} on {holder[1]}" if len(holder) >= 2 else "another process"
-      raise LockError(f"{os.path.dirname(self.path)} is in use by {who}; one run per workdir "
+      raise LockError(f"{self.workdir} is in use by {who}; one run per workdir "
                       "(wait for it, stop it, or use another --workdir)") from None
     previous = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
     os.ftruncate(fd, 0)
