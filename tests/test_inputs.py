@@ -332,3 +332,30 @@ def subprocess_pid_that_exited() -> int:
   proc = subprocess.Popen(["true"])
   proc.wait()
   return proc.pid
+
+
+def test_a_huge_line_is_read_in_pieces_and_cut_into_bounded_documents(tmp_path, monkeypatch):
+  """Plain text arrives in chunks (multi-byte characters across a chunk's edge decode
+  right) and a document past MAX_DOCUMENT_CHARS is cut at whitespace: every piece within the
+  bound, the words all there, in order. A bad byte drops its line only."""
+  monkeypatch.setattr(inputs, "_CHUNK", 7)  # bytes per read: cuts inside "é" often
+  monkeypatch.setattr(inputs, "MAX_DOCUMENT_CHARS", 50)
+  words = [f"mot{i}é" for i in range(300)]
+  path = tmp_path / "huge.txt"
+  path.write_text("short first document here\n\n" + " ".join(words) + "\n\nlast one\n",
+                  encoding="utf-8")
+  docs = list(inputs.read_documents(str(path)))
+  assert docs[0] == "short first document here" and docs[-1] == "last one"
+  middle = docs[1:-1]
+  assert len(middle) > 10 and all(len(d) <= 50 for d in middle)
+  assert " ".join(middle).split() == words
+  # A line within one read: a bad byte drops that line whole (a line longer than a read
+  # loses what follows the bad byte).
+  monkeypatch.setattr(inputs, "_CHUNK", 1 << 20)
+  monkeypatch.setattr(inputs, "MAX_DOCUMENT_CHARS", 1_000_000)
+  bad = tmp_path / "bad.txt"
+  bad.write_bytes(("good line one\n" + " ".join(words[:40])).encode() + b"\xff tail\nkept\n")
+  report = collections.Counter()
+  got = list(inputs.read_documents(str(bad), on_bad_input="skip", report=report))
+  assert report["invalid_utf8"] == 1
+  assert " ".join(got).split() == ["good", "line", "one", "kept"]

@@ -12,10 +12,17 @@ each optionally gzip- or zstd-compressed; globs and folders. Documents stream ou
 A bad record (invalid UTF-8, a JSON line that does not parse) is an error naming the file and
 its byte offset or line, unless `on_bad_input="skip"`: then it is dropped and counted in the
 report. A binary file, an empty file, a missing column or an unknown format is always an error.
+
+Memory stays bounded whatever the input: plain text is read in pieces of at most 1 MiB (a
+single 50 MB line arrives as 50 pieces), and every document longer than
+`MAX_DOCUMENT_CHARS` (1M characters) is cut into pieces of at most that many, at whitespace
+before cleaning, deduplication and tokenizing see it (nothing is dropped). A
+JSONL or CSV row is parsed whole, so its own size is the bound there.
 """
 
 from __future__ import annotations
 
+import codecs
 import collections
 import csv
 import glob
@@ -33,6 +40,8 @@ FORMATS = {**{s: "text" for s in TEXT}, ".jsonl": "jsonl", ".json": "jsonl", ".c
            ".tsv": "tsv", ".parquet": "parquet"}
 ON_BAD_INPUT = ("error", "skip")
 _SNIFF = 1 << 16  # bytes checked for NUL (binary files)
+_CHUNK = 1 << 20  # bytes of a plain-text line read at a time
+MAX_DOCUMENT_CHARS = 1_000_000
 
 
 class InputError(UserError, ValueError):
@@ -119,31 +128,103 @@ def _check_not_binary(path: str) -> None:
     raise InputError(f"{path}: a binary file (NUL byte at offset {nul}), not text")
 
 
-def _lines(path: str, on_bad_input: str, report: collections.Counter) -> Iterator[tuple[int, str]]:
-  """(line number, decoded line) of a text-like file; bad UTF-8 named by its byte offset."""
-  offset = 0
+def _pieces(path: str, on_bad_input: str,
+            report: collections.Counter) -> Iterator[tuple[int, str, bool]]:
+  """(line number, decoded text, whether the line ends here) of a text-like file, read at most
+  `_CHUNK` bytes at a time: a longer line comes in several pieces. Bad UTF-8 is named by its
+  byte offset; with on_bad_input="skip" the line is dropped and counted (of a line longer
+  than one read, what follows the bad byte's read: the pieces before it are already out)."""
+  offset, number, start = 0, 0, True
+  decoder = codecs.getincrementaldecoder("utf-8")()
+  skipping = False
   with _open_binary(path) as raw:
-    for number, line in enumerate(io.BufferedReader(raw) if path.endswith(".zst") else raw, 1):
+    reader = io.BufferedReader(raw) if path.endswith(".zst") else raw
+    while True:
+      chunk = reader.readline(_CHUNK)
+      if not chunk:
+        break
+      if start:
+        number += 1
+      ends = chunk.endswith(b"\n")
       try:
-        yield number, line.decode("utf-8")
+        text = "" if skipping else decoder.decode(chunk, final=ends)
       except UnicodeDecodeError as e:
         if on_bad_input == "error":
           raise InputError(f"{path}: invalid UTF-8 at byte {offset + e.start} (line {number}); "
                            "pass --on_bad_input=skip to drop such lines") from None
         report["invalid_utf8"] += 1
-      offset += len(line)
+        decoder.reset()
+        skipping, text = True, ""
+      offset += len(chunk)
+      start = ends
+      if ends:
+        skipping = False
+        decoder.reset()
+      if text or ends:
+        yield number, text, ends
+    tail = decoder.decode(b"", final=True) if not skipping else ""
+    if tail:
+      yield number, tail, True
+
+
+def _lines(path: str, on_bad_input: str, report: collections.Counter) -> Iterator[tuple[int, str]]:
+  """(line number, decoded line) of a text-like file, each line whole (JSONL and CSV parse
+  rows whole); a line dropped for bad UTF-8 is not yielded."""
+  parts: list[str] = []
+  dropped = report["invalid_utf8"]
+  for number, text, ends in _pieces(path, on_bad_input, report):
+    parts.append(text)
+    if ends:
+      if report["invalid_utf8"] == dropped:
+        yield number, "".join(parts)
+      parts, dropped = [], report["invalid_utf8"]
+  if parts and report["invalid_utf8"] == dropped:
+    yield number, "".join(parts)
 
 
 def _text_documents(path, on_bad_input, report):
-  lines: list[str] = []
-  for _, line in _lines(path, on_bad_input, report):
-    if line.strip():
-      lines.append(line.rstrip("\r\n"))
-    elif lines:
-      yield "\n".join(lines)
-      lines = []
-  if lines:
-    yield "\n".join(lines)
+  """Paragraphs (blank-line separated), flushed early once they pass MAX_DOCUMENT_CHARS."""
+  lines: list[str] = []  # finished lines of the current paragraph
+  partial: list[str] = []  # pieces of the line being read
+  size = 0
+  for _, text, ends in _pieces(path, on_bad_input, report):
+    partial.append(text)
+    size += len(text)
+    if ends:
+      line = "".join(partial).rstrip("\r\n")
+      partial = []
+      if line.strip():
+        lines.append(line)
+      elif lines:
+        yield "\n".join(lines)
+        lines, size = [], 0
+    if size > MAX_DOCUMENT_CHARS:  # a huge paragraph or line: out before it grows further,
+      text = "\n".join(lines + ["".join(partial)])  # up to its last whitespace (a word read
+      cut = max(text.rfind(" "), text.rfind("\n"))  # halfway stays whole in the next one)
+      cut = cut if cut > 0 else len(text)
+      yield text[:cut]
+      lines, partial = [], [text[cut:]]
+      size = len(partial[0])
+  rest = "\n".join(lines + (["".join(partial)] if partial else []))
+  if rest.strip():
+    yield rest
+
+
+def bounded(doc: str, limit: int | None = None):
+  """`doc`, or its pieces of at most `limit` (default MAX_DOCUMENT_CHARS) characters, cut at
+  the last whitespace before the limit (at the limit where a piece has none)."""
+  limit = limit or MAX_DOCUMENT_CHARS
+  if len(doc) <= limit:
+    yield doc
+    return
+  start = 0
+  while len(doc) - start > limit:
+    cut = max(doc.rfind(" ", start, start + limit), doc.rfind("\n", start, start + limit))
+    if cut <= start:
+      cut = start + limit
+    yield doc[start:cut]
+    start = cut
+  yield doc[start:]
 
 
 def _jsonl_documents(path, column, on_bad_input, report):
@@ -241,6 +322,6 @@ def read_documents(path: str, *, text_column: str = "text", on_bad_input: str = 
   for doc in docs:
     if doc.strip():
       any_text = True
-      yield doc
+      yield from bounded(doc)
   if not any_text and sum(report.values()) == skipped_before:
     raise InputError(f"{path}: holds no text (empty or whitespace only)")
