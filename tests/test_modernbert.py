@@ -152,12 +152,14 @@ def test_a_tiny_modernbert_pretrains_packed_and_its_held_out_loss_falls(corpus_d
   from jaxpt.data.prepare import PrepareOptions, prepare
   m = prepare([str(corpus_dir)], str(tmp_path / "data"),
               PrepareOptions(vocab_size=300, seq_length=64, tokenizer_type="bpe",
-                             examples="full_sentences", pack=True, validation_fraction=0.2,
-                             progress=False))
+                             special_tokens="bert", examples="full_sentences", pack=True,
+                             validation_fraction=0.2, progress=False))
   assert m["packed"]
+  # ModernBERT's special tokens, [PAD] first: the preset's pad_token_id=0 fits as it is
+  assert m["tokenizer"]["special_ids"] == {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
   proc = jaxpt("pretrain", "--config=modernbert_tiny", "--noprogress",
                f"--workdir={tmp_path / 'run'}", f"--config.data.dir={tmp_path / 'data'}",
-               "--config.model.vocab_size=300", "--config.model.pad_token_id=1",
+               "--config.model.vocab_size=300",
                "--config.model.local_window=16",  # a window shorter than the rows
                "--config.train.batch_size=16", "--config.train.num_steps=60",
                "--config.train.log_every_steps=10", "--config.train.eval_every_steps=10",
@@ -178,6 +180,8 @@ def test_a_tiny_modernbert_pretrains_packed_and_its_held_out_loss_falls(corpus_d
   assert proc.returncode == 0, proc.stderr[-3000:]
   from transformers import AutoTokenizer
   tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+  assert (tok.cls_token, tok.sep_token, tok.mask_token) == ("[CLS]", "[SEP]", "[MASK]")
+  assert tok("the cat")["input_ids"][0] == 2 and tok("the cat")["input_ids"][-1] == 3
   reference = ModernBertForMaskedLM.from_pretrained(tmp_path / "hf").eval()
   enc = tok(["the cat sat on the mat", "a dog"], padding=True, return_tensors="np")
   with torch.no_grad():

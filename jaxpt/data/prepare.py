@@ -34,6 +34,11 @@ class PrepareOptions:
   tokenizer: str = option("", "A vocab.txt or tokenizer.json to use instead of training one.")
   tokenizer_type: str = option("wordpiece", "Tokenizer to train: wordpiece (BERT) or bpe "
                                "(byte-level, RoBERTa).", ("wordpiece", "bpe"))
+  special_tokens: str = option("auto", "Names of a trained tokenizer's special tokens: bert "
+                               "([CLS] [SEP] [PAD] [UNK] [MASK]; ModernBERT's, also for its "
+                               "BPE), roberta (<s> </s> <pad> <unk> <mask>; BPE only), auto "
+                               "(bert for WordPiece, roberta for BPE).",
+                               ("auto", "bert", "roberta"))
   examples: str = option("pairs", "pairs (BERT sentence pairs with NSP labels) or "
                          "full_sentences (RoBERTa packing across documents, MLM only).",
                          ("pairs", "full_sentences"))
@@ -81,7 +86,12 @@ def _validate(opts: PrepareOptions) -> None:
   if not 0.0 <= opts.near_duplicate_threshold <= 1.0:
     raise clean.InputError(f"--near_duplicate_threshold={opts.near_duplicate_threshold}: "
                            "must be in [0, 1] (0 disables)")
+  if opts.special_tokens == "roberta" and opts.tokenizer_type == "wordpiece":
+    raise clean.InputError("--special_tokens=roberta: RoBERTa's names go with "
+                           "--tokenizer_type=bpe; WordPiece has BERT's ([CLS] ...)")
   for name, value, allowed in (("tokenizer_type", opts.tokenizer_type, ("wordpiece", "bpe")),
+                               ("special_tokens", opts.special_tokens,
+                                ("auto", "bert", "roberta")),
                                ("examples", opts.examples, ("pairs", "full_sentences")),
                                ("on_bad_input", opts.on_bad_input, inputs.ON_BAD_INPUT)):
     if value not in allowed:
@@ -213,7 +223,8 @@ def _prepare_in(tmp: str, docs: clean.DocumentSpill, files, input_specs, opts: P
   if tok_given is not None:
     tok = tok_given
   elif opts.tokenizer_type == "bpe":
-    tok = tokenizer.train_bpe(train_lines, opts.vocab_size)
+    tok = tokenizer.train_bpe(train_lines, opts.vocab_size,
+                              specials="bert" if opts.special_tokens == "bert" else "roberta")
   else:
     tok = tokenizer.train_wordpiece(train_lines, opts.vocab_size, lowercase=opts.lowercase)
   if tok_given is None and tok.get_vocab_size() > opts.vocab_size:

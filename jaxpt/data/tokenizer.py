@@ -1,5 +1,5 @@
-"""Tokenizers: WordPiece (BERT) or byte-level BPE (RoBERTa), trained with `tokenizers` on the
-train split, or loaded from a file."""
+"""Tokenizers: WordPiece (BERT) or byte-level BPE (RoBERTa's special tokens, or ModernBERT's
+BERT-named ones), trained with `tokenizers` on the train split, or loaded from a file."""
 
 from __future__ import annotations
 
@@ -76,11 +76,21 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, *, lowercase: bool = 
   return _add_post_processor(tok)
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2) -> Tokenizer:
-  """Byte-level BPE as RoBERTa's: <s> A </s></s> B </s>, ids 0-3 and <mask> special."""
+def train_bpe(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2,
+              specials: str = "roberta") -> Tokenizer:
+  """Byte-level BPE. `specials="roberta"`: RoBERTa's <s> A </s></s> B </s>, ids 0-3 and
+  <mask> special. `specials="bert"`: ModernBERT's names, [CLS] A [SEP] (B [SEP]), with [PAD]
+  [UNK] [CLS] [SEP] [MASK] at ids 0-4."""
   tok = Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
+  if specials == "bert":
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    return _add_post_processor(tok)
   # <s>, <pad>, </s>, <unk> take ids 0-3 as in RoBERTa; <mask> is added last, as there.
   trainer = trainers.BpeTrainer(
       vocab_size=vocab_size - 1, min_frequency=min_frequency, show_progress=False,
@@ -181,7 +191,8 @@ def save_for_transformers(tok: Tokenizer, directory: str, variant: str, *,
   if variant == "roberta":
     special.update(bos_token=roles["cls"], eos_token=roles["sep"])
     config = {"tokenizer_class": "RobertaTokenizer", "add_prefix_space": False}
-  elif variant in ("modernbert", "gpt2"):  # the fast tokenizer from tokenizer.json
+  elif variant in ("modernbert", "gpt2") or isinstance(tok.model, models.BPE):
+    # the fast tokenizer from tokenizer.json
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": True}
     if variant == "gpt2":
       special.update(bos_token=roles["cls"], eos_token=roles["sep"])
