@@ -138,6 +138,20 @@ def test_greedy_generation_equals_transformers(family, tmp_path):
   assert len({tuple(g[-24:]) for g in got}) == 3  # three different continuations
 
 
+def next_token_logits(model, width=64):
+  """A jitted f(ids) -> the logits after the last of `ids` (a list), recomputed from the
+  whole right-padded sequence: one compile for every length."""
+  graphdef, state = nnx.split(model)
+  run = jax.jit(lambda state, ids, mask: nnx.merge(graphdef, state).lm_logits(ids, mask))
+
+  def f(seq):
+    ids = np.zeros((1, width), np.int32)
+    ids[0, :len(seq)] = seq
+    return np.asarray(run(state, ids, (np.arange(width) < len(seq))[None].astype(np.int32))
+                      [0, len(seq) - 1])
+  return f
+
+
 @pytest.mark.parametrize("scan", [False, True])
 def test_the_cache_equals_recomputing_the_sequence(scan, tmp_path):
   _, directory = decoder_reference(tmp_path)
@@ -147,14 +161,10 @@ def test_the_cache_equals_recomputing_the_sequence(scan, tmp_path):
     model = hf.build(imported.config, imported.params)
   prompt = [7, 8, 9, 10, 11]
   cached = jaxpt.generate(model, prompt, 20, eos_token_id=-1)
-  graphdef, state = nnx.split(model)
-  logits_of = jax.jit(lambda state, ids, mask: nnx.merge(graphdef, state).lm_logits(ids, mask))
+  logits_after = next_token_logits(model)
   seq = list(prompt)
-  for _ in range(20):  # no cache: the whole (right-padded) sequence at every step
-    ids = np.zeros((1, 32), np.int32)
-    ids[0, :len(seq)] = seq
-    logits = logits_of(state, ids, (np.arange(32) < len(seq))[None].astype(np.int32))
-    seq.append(int(jnp.argmax(logits[0, len(seq) - 1])))
+  for _ in range(20):  # no cache: the whole sequence at every step
+    seq.append(int(np.argmax(logits_after(seq))))
   assert cached == seq
 
 
@@ -214,16 +224,18 @@ def test_packed_documents_compute_what_they_compute_alone(family):
     at += len(d)
   packed = {"input_ids": jnp.asarray(row), "attention_mask": jnp.asarray(seg > 0, jnp.int32),
             "segment_ids": jnp.asarray(seg)}
-  total = pretraining.causal_sums(model, packed, deterministic=True)
-  alone = [pretraining.causal_sums(model, {"input_ids": jnp.asarray(d[None]),
-                                           "attention_mask": jnp.ones((1, len(d)), jnp.int32)},
-                                   deterministic=True) for d in docs]
+  graphdef, state = nnx.split(model)
+  sums = jax.jit(lambda state, batch: pretraining.causal_sums(nnx.merge(graphdef, state), batch,
+                                                              deterministic=True))
+  total = sums(state, packed)
+  alone = [sums(state, {"input_ids": jnp.asarray(d[None]),
+                        "attention_mask": jnp.ones((1, len(d)), jnp.int32)}) for d in docs]
   assert float(total["clm_count"]) == sum(len(d) - 1 for d in docs)
   np.testing.assert_allclose(float(total["clm_loss"]),
                              sum(float(a["clm_loss"]) for a in alone), rtol=1e-5)
   unpacked = dict(packed)
   del unpacked["segment_ids"]
-  leaky = pretraining.causal_sums(model, unpacked, deterministic=True)
+  leaky = sums(state, unpacked)
   assert abs(float(leaky["clm_loss"]) - float(total["clm_loss"])) > 1e-2
 
 
@@ -235,11 +247,12 @@ def test_sampling_is_reproducible_and_stays_in_the_allowed_set(tmp_path):
   b = jaxpt.generate(model, prompt, 16, temperature=1.5, seed=3, eos_token_id=-1)
   c = jaxpt.generate(model, prompt, 16, temperature=1.5, seed=4, eos_token_id=-1)
   assert a == b and a != c
+  logits_after = next_token_logits(model)
   for kwargs in ({"top_k": 3}, {"top_p": 0.3}, {"top_k": 5, "top_p": 0.5}):
     out = jaxpt.generate(model, prompt, 16, temperature=2.0, seed=0, eos_token_id=-1,
                          **kwargs)
     for t in range(len(prompt), len(out)):
-      logits = np.asarray(model.lm_logits(jnp.asarray([out[:t]])))[0, -1] / 2.0
+      logits = logits_after(out[:t]) / 2.0
       order = np.argsort(-logits)
       allowed = set(order[:kwargs.get("top_k", VOCAB)].tolist())
       if "top_p" in kwargs:

@@ -306,7 +306,8 @@ def test_scaled_init_shrinks_only_the_output_projections():
   assert abs(float(np.std(plain["encoder.layers.0.mlp.down.kernel"])) - full) < 0.1 * full
 
 
-@pytest.mark.parametrize("scan,causal", [(False, False), (True, True)])
+@pytest.mark.parametrize("scan,causal", [pytest.param(False, False, marks=pytest.mark.slow),
+                                         (True, True)])
 def test_splash_inside_the_stack_equals_xla(scan, causal):
   """model.attention='splash' (the TPU kernel, interpreted on CPU): the same hidden states and
   gradients as the XLA path, with packed rows, padding, and local and global layers (scanned

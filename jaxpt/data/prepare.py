@@ -18,6 +18,7 @@ import os
 import sys
 import time
 
+from tokenizers import pre_tokenizers
 from tqdm import tqdm
 
 from jaxpt.config import option
@@ -111,11 +112,17 @@ def _file_sha256(path: str) -> str:
 
 
 def _tokenize(tok, docs: list[str], desc: str, progress: bool) -> list[examples.Document]:
+  """Each document as its sentences' token ids. A byte-level tokenizer (BPE) sees each
+  sentence after the first with the space that separated it, so that the token stream decodes
+  back to running text; WordPiece drops whitespace anyway."""
   out = []
+  spaced = isinstance(tok.pre_tokenizer, pre_tokenizers.ByteLevel)
   batch = 16384  # large: `tokenizers` spreads one call over the cores
   for i in tqdm(range(0, len(docs), batch), desc=desc, unit="batch", disable=not progress,
                 leave=False):
     sents = [clean.sentences(d) for d in docs[i:i + batch]]
+    if spaced:  # byte-level BPE encodes the space between sentences (as a decoder reads it)
+      sents = [[s if j == 0 else " " + s for j, s in enumerate(ss)] for ss in sents]
     flat = [s for ss in sents for s in ss]
     encoded = tok.encode_batch_fast(flat, add_special_tokens=False)  # no offsets: faster
     k = 0
