@@ -202,6 +202,9 @@ class FinetuneConfig:
   augment_delete: float = 0.0  # per word: drop it with this probability (train only)
   augment_swap: float = 0.0  # per word: swap it with a random neighbour in the text
   augment_synonym: float = 0.0  # per word: replace it by a WordNet synonym when it has one
+  # --init=scratch without --tokenizer: a WordPiece vocabulary of (at most) this size is
+  # trained on the task's train split (nothing is downloaded).
+  scratch_vocab_size: int = 8192
 
 
 @dataclasses.dataclass

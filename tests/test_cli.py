@@ -103,6 +103,27 @@ def test_pretrain_refuses_data_the_model_cannot_hold(prepared_dir, tmp_path):
                  "seq_length 32")
 
 
+def test_a_preset_follows_the_data_unless_told_otherwise(prepared_dir, tmp_path):
+  """bert_tiny (30,522 tokens) on data with a small vocabulary builds the data's vocabulary,
+  and says so; an explicit --config.model.vocab_size wins (and a too small one is refused, see
+  above); a warm-up as long as the run is a warning with both numbers."""
+  vocab = json.loads((prepared_dir / "manifest.json").read_text())["tokenizer"]["vocab_size"]
+  assert vocab < 30522
+
+  def parameters(*extra):
+    proc = jaxpt("pretrain", "--config=bert_tiny", "--dry_run", f"--config.data.dir={prepared_dir}",
+                 "--config.train.batch_size=8", *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    count = int(proc.stdout.split("parameters:")[1].split()[0].replace(",", ""))
+    return count, proc.stdout
+  followed, out = parameters("--config.train.num_steps=50")
+  assert f"model.vocab_size={vocab} from {prepared_dir}" in out
+  assert "warning: optim.warmup_steps=10000 is not shorter than train.num_steps=50" in out
+  explicit, out = parameters("--config.model.vocab_size=30522")
+  assert "model.vocab_size=" not in out
+  assert explicit - followed == (30522 - vocab) * (128 + 1)  # embedding rows + the MLM bias
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--output=OUT", "--input=/no/such/file.txt"], "/no/such/file.txt"),
     (["--input=EMPTY"], "--output is required"),

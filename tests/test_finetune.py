@@ -285,3 +285,22 @@ def test_brown_pretraining_text_holds_no_held_out_document():
       kept += 1
       assert first in text, doc
   assert held_out > 100 and kept > 250
+
+
+def test_a_scratch_baseline_downloads_nothing(tmp_path, monkeypatch):
+  """--init=scratch without --tokenizer trains a WordPiece vocabulary on the task's train
+  split; no registry is called (the fetchers are made to fail)."""
+  def offline(*args, **kwargs):
+    raise AssertionError("a download was attempted")
+  monkeypatch.setattr(corpora, "fetch_weights", offline)
+  monkeypatch.setattr(corpora, "fetch_pypi", offline, raising=False)
+  task = write_task(tmp_path / "task")
+  cfg = dataclasses.replace(tiny(), finetune=dataclasses.replace(tiny().finetune,
+                                                                 scratch_vocab_size=200))
+  s = classification.setup(cfg, str(task), "scratch")
+  assert "trained on the task's train split" in s.init_source
+  size = s.tokenizer.get_vocab_size()
+  assert 100 <= size <= 200 and s.cfg.model.vocab_size == size
+  text = tasks.load(str(task)).splits["train"][0]["text"]
+  ids = s.tokenizer.encode(text).ids
+  assert s.tokenizer.token_to_id("[UNK]") not in ids  # its own text is covered

@@ -359,3 +359,34 @@ def test_a_huge_line_is_read_in_pieces_and_cut_into_bounded_documents(tmp_path, 
   got = list(inputs.read_documents(str(bad), on_bad_input="skip", report=report))
   assert report["invalid_utf8"] == 1
   assert " ".join(got).split() == ["good", "line", "one", "kept"]
+
+
+def test_text_as_it_comes_without_extensions_and_compressed(tmp_path):
+  """README, copyright, changelog.Debian.gz: files with no or an unknown extension are plain
+  text when they sniff as UTF-8 (in a folder and named alone); a binary file is skipped in a
+  folder and refused alone; --format forces a format."""
+  folder = tmp_path / "doc"
+  folder.mkdir()
+  (folder / "README").write_text("The package does things.\nIt is small.\n")
+  (folder / "copyright").write_text("Copyright 2026 someone.\n")
+  with gzip.open(folder / "changelog.Debian.gz", "wt") as f:
+    f.write("pkg (1.0) unstable; urgency=low\n\n  * First release.\n")
+  (folder / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+  found = [os.path.basename(p) for p in inputs.resolve_inputs([str(folder)])]
+  assert found == ["README", "changelog.Debian.gz", "copyright"]
+  docs = list(inputs.read_documents(str(folder / "changelog.Debian.gz")))
+  assert docs == ["pkg (1.0) unstable; urgency=low", "  * First release."]
+  with pytest.raises(inputs.InputError, match="logo.png: unknown input format"):
+    inputs.resolve_inputs([str(folder / "logo.png")])
+  (folder / "rows.data").write_text('{"text": "one row"}\n')
+  assert list(inputs.read_documents(str(folder / "rows.data"), fmt="jsonl")) == ["one row"]
+
+
+def test_documents_are_paragraphs_lines_or_files(tmp_path):
+  path = tmp_path / "t.txt"
+  path.write_text("first line\nsecond line\n\nthird line\n\n\nfourth line\n")
+  count = {d: len(list(inputs.read_documents(str(path), documents=d)))
+           for d in inputs.DOCUMENTS}
+  assert count == {"paragraph": 3, "line": 4, "file": 1}
+  assert list(inputs.read_documents(str(path), documents="file")) == [
+      "first line\nsecond line\nthird line\nfourth line"]

@@ -72,7 +72,10 @@ def _parse(fv: flags.FlagValues, argv: list[str], positional: bool) -> list[str]
 
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
-  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+  if len(argv) < 2:  # no command: usage, and a failing status for scripts
+    print(_usage(), file=sys.stderr)
+    return 2
+  if argv[1] in ("-h", "--help", "help"):
     print(_usage())
     return 0
   command = argv[1]

@@ -76,3 +76,11 @@ def initialize_distributed(fv: flags.FlagValues) -> None:
   from jaxpt import sharding
   sharding.initialize_distributed(fv.coordinator_address, fv.num_processes, fv.process_id,
                                   auto=fv.distributed, timeout_s=fv.distributed_timeout)
+
+
+def explicit_config_fields() -> set[str]:
+  """The config fields this command line sets (`--config.model.vocab_size=8192` ->
+  "model.vocab_size"); `jaxpt.cli.main` puts the command line in sys.argv while it runs."""
+  import sys
+  return {a[len("--config."):].split("=", 1)[0] for a in sys.argv[1:]
+          if a.startswith("--config.")}

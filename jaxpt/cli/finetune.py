@@ -27,7 +27,8 @@ def define(fv: flags.FlagValues) -> None:
                       "import-hf directory, hf:HF_DIR, or scratch (random; the baseline).",
                       flag_values=fv)
   flags.DEFINE_string("tokenizer", None, "vocab.txt / tokenizer.json for --init=scratch "
-                      "(default: bert-base-uncased's vocabulary); with another --init it must "
+                      "(default: a WordPiece vocabulary trained on the task's train split, "
+                      "config.finetune.scratch_vocab_size); with another --init it must "
                       "equal the weights' own.", flag_values=fv)
   flags.DEFINE_boolean("progress", True, "Show a progress bar.", flag_values=fv)
   distributed_flags(fv)

@@ -6,9 +6,10 @@ from __future__ import annotations
 from absl import flags
 
 from jaxpt.cli.common import (UsageError, config_flag, distributed_flags,
-                              initialize_distributed, load_config)
+                              explicit_config_fields, initialize_distributed, load_config)
 
-HELP = "pretrain an encoder (BERT, RoBERTa, ModernBERT) on prepared data; re-run to resume"
+HELP = ("pretrain an encoder (BERT, RoBERTa, ModernBERT) or a decoder (GPT-2, ModernBERT's) on "
+        "prepared data; re-run to resume")
 
 
 def define(fv: flags.FlagValues) -> None:
@@ -31,6 +32,11 @@ def run(fv: flags.FlagValues, args: list[str]) -> int:
   cfg = load_config(fv)
   initialize_distributed(fv)
   from jaxpt.tasks import pretraining
+  cfg, notes = pretraining.follow_data(cfg, explicit_config_fields())
+  import jax
+  if jax.process_index() == 0:
+    for note in notes:
+      print(f"jaxpt pretrain: {note}", flush=True)
   if fv.dry_run:
     print(pretraining.format_dry_run(pretraining.dry_run(cfg)))
     return 0

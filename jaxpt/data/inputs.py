@@ -1,8 +1,11 @@
 """Reading raw text inputs: plain text, JSONL, CSV/TSV, Parquet and saved `datasets` directories,
 each optionally gzip- or zstd-compressed; globs and folders. Documents stream out one at a time.
 
-- Plain text (.txt .text .md .rst): documents separated by blank lines, one sentence (or verse
-  line) per line, the format of Google's BERT `create_pretraining_data`.
+- Plain text (.txt .text .md .rst, and files with no extension or an unknown one whose first
+  64 KiB are UTF-8 without NUL bytes: README, copyright, changelog.Debian.gz): by default
+  documents separated by blank lines, one sentence (or verse line) per line, the format of
+  Google's BERT `create_pretraining_data` (`documents="paragraph"`); `documents="line"` makes
+  each non-empty line a document, `documents="file"` the whole file.
 - JSONL (.jsonl .json, one object per line), CSV (.csv) and TSV (.tsv): one document per row,
   the text in `text_column`.
 - Parquet (.parquet): one document per row of `text_column`, read in record batches.
@@ -39,6 +42,8 @@ TEXT = (".txt", ".text", ".md", ".rst")
 FORMATS = {**{s: "text" for s in TEXT}, ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv",
            ".tsv": "tsv", ".parquet": "parquet"}
 ON_BAD_INPUT = ("error", "skip")
+INPUT_FORMATS = ("auto", "text", "jsonl", "csv", "tsv", "parquet")
+DOCUMENTS = ("paragraph", "line", "file")
 _SNIFF = 1 << 16  # bytes checked for NUL (binary files)
 _CHUNK = 1 << 20  # bytes of a plain-text line read at a time
 MAX_DOCUMENT_CHARS = 1_000_000
@@ -54,24 +59,49 @@ def _is_dataset_dir(path: str) -> bool:
                                                       "dataset_dict.json", "state.json"))
 
 
-def format_of(path: str) -> str:
-  """'text', 'jsonl', 'csv', 'tsv', 'parquet' or 'datasets'; InputError for anything else."""
+def _sniffs_as_text(path: str) -> bool:
+  """The first 64 KiB (decompressed) hold no NUL byte and decode as UTF-8 (a character cut at
+  the end of the sample allowed)."""
+  try:
+    with _open_binary(path) as f:
+      head = f.read(_SNIFF)
+  except (OSError, EOFError):
+    return False
+  if not head or b"\x00" in head:
+    return False
+  try:
+    codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    return True
+  except UnicodeDecodeError:
+    return False
+
+
+def format_of(path: str, forced: str = "auto") -> str:
+  """'text', 'jsonl', 'csv', 'tsv', 'parquet' or 'datasets': `forced`, or from the name (a
+  known extension, after .gz / .zst), or 'text' for a file that sniffs as text; InputError for
+  anything else."""
   if _is_dataset_dir(path):
     return "datasets"
-  name = path.lower()
+  if forced != "auto":
+    return forced
+  name = os.path.basename(path).lower()
   for c in COMPRESSIONS:
     if name.endswith(c):
       name = name[:-len(c)]
   for suffix, fmt in FORMATS.items():
     if name.endswith(suffix):
       return fmt
+  if os.path.isfile(path) and _sniffs_as_text(path):
+    return "text"
   raise InputError(f"{path}: unknown input format (known: {', '.join(sorted(FORMATS))}, "
-                   f"optionally {' or '.join(COMPRESSIONS)}; or a saved `datasets` directory)")
+                   f"optionally {' or '.join(COMPRESSIONS)}, or any UTF-8 text file; or a "
+                   "saved `datasets` directory); pass --format to say which")
 
 
-def resolve_inputs(specs: list[str]) -> list[str]:
+def resolve_inputs(specs: list[str], fmt: str = "auto") -> list[str]:
   """Comma-separated paths, globs and folders -> a sorted list of input files (and saved
-  `datasets` directories). Folders are searched for files of the known formats."""
+  `datasets` directories). Folders are searched for files of the known formats and text files
+  (`format_of`)."""
   files: list[str] = []
   for spec in specs:
     for part in (p.strip() for p in spec.split(",")):
@@ -92,16 +122,16 @@ def resolve_inputs(specs: list[str]) -> list[str]:
               if name.startswith("."):
                 continue
               try:
-                format_of(name)
+                format_of(os.path.join(root, name), fmt)
               except InputError:
                 continue
               found.append(os.path.join(root, name))
           if not found:
             raise InputError(f"--input {path}: folder holds no input files "
-                             f"({', '.join(sorted(FORMATS))})")
+                             f"({', '.join(sorted(FORMATS))} or UTF-8 text)")
           files.extend(sorted(found))
         else:
-          format_of(path)  # an unknown format is an error before anything is read
+          format_of(path, fmt)  # an unknown format is an error before anything is read
           files.append(path)
   if not files:
     raise InputError("--input: no input given")
@@ -182,8 +212,9 @@ def _lines(path: str, on_bad_input: str, report: collections.Counter) -> Iterato
     yield number, "".join(parts)
 
 
-def _text_documents(path, on_bad_input, report):
-  """Paragraphs (blank-line separated), flushed early once they pass MAX_DOCUMENT_CHARS."""
+def _text_documents(path, on_bad_input, report, documents: str = "paragraph"):
+  """Paragraphs (blank-line separated; `documents="line"`: lines; "file": the file), flushed
+  early once they pass MAX_DOCUMENT_CHARS."""
   lines: list[str] = []  # finished lines of the current paragraph
   partial: list[str] = []  # pieces of the line being read
   size = 0
@@ -195,7 +226,10 @@ def _text_documents(path, on_bad_input, report):
       partial = []
       if line.strip():
         lines.append(line)
-      elif lines:
+        if documents == "line":
+          yield line
+          lines, size = [], 0
+      elif lines and documents == "paragraph":
         yield "\n".join(lines)
         lines, size = [], 0
     if size > MAX_DOCUMENT_CHARS:  # a huge paragraph or line: out before it grows further,
@@ -297,18 +331,20 @@ def _datasets_documents(path, column, report):
 
 
 def read_documents(path: str, *, text_column: str = "text", on_bad_input: str = "error",
-                   report: collections.Counter | None = None) -> Iterator[str]:
-  """The documents of one input, streamed. `report` counts what was skipped, by reason."""
+                   report: collections.Counter | None = None, fmt: str = "auto",
+                   documents: str = "paragraph") -> Iterator[str]:
+  """The documents of one input, streamed. `report` counts what was skipped, by reason;
+  `fmt` forces a format; `documents` splits plain text (paragraph | line | file)."""
   report = collections.Counter() if report is None else report
   skipped_before = sum(report.values())
-  fmt = format_of(path)
+  fmt = format_of(path, fmt)
   if fmt != "datasets":
     if os.path.getsize(path) == 0:
       raise InputError(f"{path}: empty file")
     if fmt != "parquet":
       _check_not_binary(path)
   if fmt == "text":
-    docs = _text_documents(path, on_bad_input, report)
+    docs = _text_documents(path, on_bad_input, report, documents)
   elif fmt == "jsonl":
     docs = _jsonl_documents(path, text_column, on_bad_input, report)
   elif fmt in ("csv", "tsv"):

