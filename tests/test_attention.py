@@ -135,3 +135,45 @@ def test_auto_picks_an_exact_implementation_for_every_backend():
   assert attention_lib.choose(backend="gpu", dropout=False) == "xla"
   assert attention_lib.choose(backend="tpu", dropout=False) == "splash"
   assert attention_lib.choose(backend="tpu", dropout=True) == "xla"  # BERT's dropout
+
+
+@pytest.mark.parametrize("window,causal,length", [((8, 8), False, L), ((4, 4), False, 37),
+                                                  ((7, 0), True, L), ((5, 2), False, 50)])
+def test_local_blocks_equal_the_reference_and_xla_gradients(window, causal, length):
+  """XLA's blockwise local attention (only 3 x block keys per query block) against the float64
+  reference, with packed rows and padding, lengths that are not a multiple of the block, and
+  its gradients against the full masked path's."""
+  q, k, v = (x[:, :length] for x in inputs(3))
+  seg = np.asarray(PACKED)[:, :length].copy()
+  seg[1, length - 5:] = 0  # padding at the end of row 1
+  window = (window[0], 0) if causal else window
+  real = seg > 0
+  got = attention_lib.local_blocks(q, k, v, jnp.asarray(seg), window=window, scale=D ** -0.5)
+  want = reference_at(q, k, v, seg, window, length)
+  np.testing.assert_allclose(np.asarray(got)[real], want[real], atol=2e-5, rtol=2e-5)
+
+  def loss(fn):
+    return lambda q, k, v: jnp.sum(jnp.where(jnp.asarray(real)[..., None, None], fn(q, k, v),
+                                             0.0) ** 2)
+  blocks = loss(lambda q, k, v: attention_lib.local_blocks(q, k, v, jnp.asarray(seg),
+                                                            window=window, scale=D ** -0.5))
+  full = loss(lambda q, k, v: attention_lib.dot_product(
+      q, k, v, attention_lib.mask(length, segment_ids=jnp.asarray(seg), window=window),
+      scale=D ** -0.5))
+  for a, b in zip(jax.grad(blocks, argnums=(0, 1, 2))(q, k, v),
+                  jax.grad(full, argnums=(0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)
+  # Planted: a window one token wider on the left is a different function.
+  wider = attention_lib.local_blocks(q, k, v, jnp.asarray(seg), window=(window[0] + 1, window[1]),
+                                     scale=D ** -0.5)
+  assert np.abs(np.asarray(wider)[real] - want[real]).max() > 1e-3
+
+
+def reference_at(q, k, v, seg, window, length):
+  """`reference` at another length (it reads the module's L)."""
+  global L
+  saved, L = L, length
+  try:
+    return reference(q, k, v, segment_ids=seg, window=window)
+  finally:
+    L = saved

@@ -26,8 +26,10 @@ def one_line_error(proc, *needles):
 
 
 def test_help_lists_commands():
-  proc = jaxpt()
-  assert proc.returncode == 0 and "prepare" in proc.stdout and "pretrain" in proc.stdout
+  proc = jaxpt()  # no command: the usage, and a failing status
+  assert proc.returncode == 2 and "prepare" in proc.stderr and "pretrain" in proc.stderr
+  proc = jaxpt("--help")
+  assert proc.returncode == 0 and "prepare" in proc.stdout and "generate" in proc.stdout
   proc = jaxpt("pretrain", "--help")
   assert proc.returncode == 0 and "--workdir" in proc.stdout and "--config" in proc.stdout
 

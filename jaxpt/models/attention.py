@@ -109,32 +109,80 @@ def _splash(q, k, v, *, segment_ids, causal: bool, window, scale: float, interpr
   return jnp.swapaxes(out, 1, 2).astype(q.dtype)
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["segment_ids", "is_local"],
-                   meta_fields=["causal", "local_window", "interpret"])
+def local_blocks(q, k, v, segment_ids, *, window: tuple[int, int], scale: float):
+  """Attention within a window `(left, right)` that computes only the scores it needs: the
+  length is cut into blocks of max(left, right) tokens, and each block of queries attends to
+  its own block and its two neighbours (3 x block keys, not the whole row). The same function
+  as `dot_product` under `mask(window=...)` with `segment_ids` (1..K per sequence, 0 at
+  padding) keeping sequences apart: O(length x window), not O(length^2). No dropout."""
+  b, length, n, d = q.shape
+  left, right = window
+  block = max(left, right, 1)
+  blocks = -(-length // block)
+  pad = blocks * block - length
+  if pad:
+    q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
+    segment_ids = jnp.pad(segment_ids, ((0, 0), (0, pad)), constant_values=-1)
+  groups = n // k.shape[2]
+  if groups > 1:
+    k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+
+  def around(x, fill):  # [b, blocks * block, ...] -> [b, blocks, 3 * block, ...]
+    x = x.reshape(b, blocks, block, *x.shape[2:])
+    widths = [(0, 0), (1, 1)] + [(0, 0)] * (x.ndim - 2)
+    x = jnp.pad(x, widths, constant_values=fill)
+    return jnp.concatenate([x[:, :-2], x[:, 1:-1], x[:, 2:]], axis=2)
+
+  qb = q.reshape(b, blocks, block, n, d)
+  kb, vb = around(k, 0), around(v, 0)
+  seg_q = segment_ids.reshape(b, blocks, block)
+  seg_k = around(segment_ids, -2)  # -2: outside the row, never equal to a query's segment
+  scores = jnp.einsum("bxqnd,bxknd->bxnqk", qb, kb,
+                      preferred_element_type=jnp.float32) * scale
+  i = jnp.arange(block)[:, None]  # query offset within its block
+  j = jnp.arange(3 * block)[None, :] - block  # key offset from the block's start
+  near = (j - i >= -left) & (j - i <= right)  # [block, 3 * block]
+  allowed = near[None, None] & (seg_q[..., :, None] == seg_k[..., None, :])
+  scores = jnp.where(allowed[:, :, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bxnqk,bxknd->bxqnd", probs, vb)
+  return out.reshape(b, blocks * block, n, d)[:, :length]
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["segment_ids", "is_local", "global_mask"],
+                   meta_fields=["causal", "local_window", "implementation", "interpret"])
 @dataclasses.dataclass
-class KernelMask:
-  """What a layer passes to a kernel that builds its own mask (splash) in place of a mask
-  array: the segment ids (packed rows, or 1 at real tokens and 0 at padding), causality, the
-  local window, and whether this layer is local (a Python bool, or a traced flag of scanned
-  layers: then `lax.cond` picks the kernel)."""
+class LayerMask:
+  """What a layer passes in place of a mask array when its kernel builds the mask itself:
+  splash, or XLA's local layers computed by blocks (`local_blocks`). It holds the segment ids
+  (packed rows, or 1 at real tokens and 0 at padding), the global layers' mask array (XLA),
+  causality, the local window, and whether this layer is local (a Python bool, or a traced
+  flag of scanned layers: then `lax.cond` picks the kernel)."""
 
   segment_ids: jax.Array
   is_local: object
+  global_mask: object  # [batch, 1, length, length] for XLA's global layers; None for splash
   causal: bool
   local_window: tuple[int, int] | None
-  interpret: bool
+  implementation: str  # "xla" | "splash"
+  interpret: bool = False
 
   def run(self, q, k, v, scale: float):
-    def kernel(window):
-      return attention(q, k, v, segment_ids=self.segment_ids, causal=self.causal,
-                       window=window, scale=scale, implementation="splash",
-                       interpret=self.interpret)
+    def kernel(local: bool):
+      window = self.local_window if local else None
+      if self.implementation == "splash":
+        return attention(q, k, v, segment_ids=self.segment_ids, causal=self.causal,
+                         window=window, scale=scale, implementation="splash",
+                         interpret=self.interpret)
+      if local:
+        return local_blocks(q, k, v, self.segment_ids, window=window, scale=scale)
+      return dot_product(q, k, v, self.global_mask, scale=scale)
     if self.local_window is None or self.is_local is False:
-      return kernel(None)
+      return kernel(False)
     if self.is_local is True:
-      return kernel(self.local_window)
-    return jax.lax.cond(self.is_local, lambda: kernel(self.local_window),
-                        lambda: kernel(None))
+      return kernel(True)
+    return jax.lax.cond(self.is_local, lambda: kernel(True), lambda: kernel(False))
 
 
 def resolve(implementation: str, *, length: int, dropout: bool,

@@ -202,7 +202,7 @@ class SelfAttention(nnx.Module):
     v = self.value(x)
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    if isinstance(mask, attn_lib.KernelMask):  # splash: the kernel builds the mask itself
+    if isinstance(mask, attn_lib.LayerMask):  # the kernel builds the mask itself
       return self.out(mask.run(q, k, v, self.scale))
     if cache is not None:
       keys, values, index = cache
@@ -323,16 +323,22 @@ class Transformer(nnx.Module):
     return attn_lib.resolve(cfg.attention, length=length, dropout=cfg.attention_dropout > 0)
 
   def _masks_and_ropes(self, input_ids, attention_mask, segment_ids):
-    """Per layer kind ("global", "local"): the mask (an array, or a `KernelMask` for splash)
-    and the rotary tables."""
+    """Per layer kind ("global", "local"): the mask (an array, or a `LayerMask` when the
+    kernel builds it: splash, and XLA's local layers by blocks) and the rotary tables."""
     cfg, length = self.config, input_ids.shape[1]
     ropes = self._ropes(position_ids(length, segment_ids))
-    if self.kernel(length) == "splash":
-      segments = segment_ids if segment_ids is not None else (attention_mask > 0)
-      kinds = self._kinds()
-      return {kind: (attn_lib.KernelMask(
-          segments.astype(jnp.int32), kind == "local", cfg.attention_kind == "causal",
-          kinds.get("local"), jax.default_backend() != "tpu"), ropes[kind]) for kind in kinds}
+    kinds = self._kinds()
+    kernel = self.kernel(length)
+    blocked = "local" in kinds and cfg.attention_dropout == 0.0  # local layers by blocks
+    if kernel == "splash" or blocked:
+      segments = (segment_ids if segment_ids is not None else attention_mask > 0)
+      global_mask = None if kernel == "splash" else attn_lib.mask(
+          length, key_mask=attention_mask, segment_ids=segment_ids,
+          causal=cfg.attention_kind == "causal")
+      return {kind: (attn_lib.LayerMask(
+          segments.astype(jnp.int32), kind == "local", global_mask,
+          cfg.attention_kind == "causal", kinds.get("local"), kernel,
+          jax.default_backend() != "tpu"), ropes[kind]) for kind in kinds}
     out = {}
     for kind, window in self._kinds().items():
       m = attn_lib.mask(length, key_mask=attention_mask, segment_ids=segment_ids,
@@ -376,7 +382,7 @@ class Transformer(nnx.Module):
         return kinds["global"]
       (mask, rope), (global_mask, global_rope) = kinds["local"], kinds["global"]
       rope = jax.tree.map(lambda a, b: jnp.where(is_local, a, b), rope, global_rope)
-      if isinstance(mask, attn_lib.KernelMask):
+      if isinstance(mask, attn_lib.LayerMask):
         return dataclasses.replace(mask, is_local=is_local), rope
       return jnp.where(is_local, mask, global_mask), rope
 
