@@ -72,6 +72,7 @@ def _config(preset: str) -> config_lib.Config:
                                                           _LENGTH.value))
   return config_lib.validate(dataclasses.replace(
       cfg, mesh=config_lib.MeshConfig(data, fsdp, tensor),
+      data=dataclasses.replace(cfg.data, dir=""),  # synthetic batches; --data_dir is separate
       train=dataclasses.replace(cfg.train, batch_size=_BATCH.value, num_steps=10_000)))
 
 
