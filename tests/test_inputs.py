@@ -65,7 +65,9 @@ def test_every_format_reads_the_same_documents(tmp_path):
     ("rows.jsonl", b'{"text": "ok"}\n{"body": "x"}\n', "rows.jsonl:2: no field 'text' (has: body)"),
     ("rows2.jsonl", b'{"text": "ok"}\nnot json\n', "rows2.jsonl:2: not a JSON object"),
     ("t.csv", b"id,body\n1,hello\n", "t.csv: no column 'text' (has: id, body)"),
-    ("notes.docx", b"whatever", "notes.docx: unknown input format"),
+    # a real .docx is a zip archive (NUL bytes): not text, whatever its name says
+    ("notes.docx", b"PK\x03\x04\x14\x00\x06\x00\x08\x00word/document.xml",
+     "notes.docx: unknown input format"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, name, content, needle):
   (tmp_path / name).write_bytes(content)
