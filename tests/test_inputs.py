@@ -392,3 +392,28 @@ def test_documents_are_paragraphs_lines_or_files(tmp_path):
   assert count == {"paragraph": 3, "line": 4, "file": 1}
   assert list(inputs.read_documents(str(path), documents="file")) == [
       "first line\nsecond line\nthird line\nfourth line"]
+
+
+def test_prepare_warns_about_padding_random_partners_a_small_vocabulary_and_empty_splits(
+    tmp_path):
+  """Short two-line documents at 128 tokens: mostly padding and mostly random next
+  sentences; 5,000 tokens asked of a text with a few hundred; a validation split too small
+  to hold a document. Each is a warning in the manifest, with its numbers."""
+  from jaxpt.data.prepare import PrepareOptions, prepare
+  (tmp_path / "in").mkdir()
+  docs = [f"word{i} goes here.\nand then word{i + 1} follows." for i in range(40)]
+  (tmp_path / "in" / "a.txt").write_text("\n\n".join(docs) + "\n")
+  manifest = prepare([str(tmp_path / "in")], str(tmp_path / "out"),
+                     PrepareOptions(vocab_size=5000, seq_length=128, validation_fraction=0.001,
+                                    near_duplicate_threshold=0.0, progress=False))
+  said = "\n".join(manifest["warnings"])
+  assert manifest["splits"]["train"]["padding_fraction"] > 0.3
+  assert "train: " in said and "of the tokens are padding" in said
+  assert "of next sentences are random" in said
+  assert f"{manifest['tokenizer']['vocab_size']} tokens, far below --vocab_size=5000" in said
+  assert "the validation split is empty" in said
+  # and a healthy corpus gets none
+  assert not prepare([str(tmp_path / "in")], str(tmp_path / "out2"),
+                     PrepareOptions(vocab_size=120, seq_length=16, validation_fraction=0.0,
+                                    examples="full_sentences", pack=True,
+                                    near_duplicate_threshold=0.0, progress=False))["warnings"]

@@ -52,4 +52,6 @@ def run(fv: flags.FlagValues, args: list[str]) -> int:
         f"{manifest['cleaning']['documents_in']} documents "
         f"(removed: {manifest['cleaning']['removed']}) in {manifest['seconds']} s, "
         f"{manifest['tokens_per_second']:,} tokens/s")
+  for warning in manifest.get("warnings", []):
+    print(f"jaxpt prepare: warning: {warning}")
   return 0

@@ -143,6 +143,36 @@ def _tokenize(tok, docs: list[str], desc: str, progress: bool) -> list[examples.
   return out
 
 
+PADDING_WARNING = 0.3  # a split whose rows are more than this much padding
+NSP_WARNING = 0.6  # random next-sentence partners beyond this (BERT's is 0.5)
+VOCAB_WARNING = 0.5  # a trained vocabulary below this fraction of the one asked for
+
+
+def warnings(manifest: dict, opts: PrepareOptions) -> list[str]:
+  """What a user should know before pretraining on the result: mostly padding, mostly
+  random next sentences, a vocabulary far below the one asked for, an empty held-out split."""
+  out = []
+  for name, split in manifest["splits"].items():
+    if split["padding_fraction"] > PADDING_WARNING:
+      out.append(f"{name}: {split['padding_fraction']:.0%} of the tokens are padding "
+                 f"(short documents for --seq_length={opts.seq_length}; try --pack, "
+                 "--examples=full_sentences or a shorter --seq_length)")
+    if opts.examples == "pairs" and split["nsp_random_fraction"] > NSP_WARNING:
+      out.append(f"{name}: {split['nsp_random_fraction']:.0%} of next sentences are random "
+                 "(documents too short for a real next sentence; --documents=file may keep "
+                 "them whole)")
+  got, asked = manifest["tokenizer"]["vocab_size"], opts.vocab_size
+  if manifest["tokenizer"]["trained"] and got < VOCAB_WARNING * asked:
+    out.append(f"the trained vocabulary has {got} tokens, far below --vocab_size={asked} "
+               "(the text has too few distinct pieces)")
+  for name in ("validation", "test"):
+    fraction = opts.validation_fraction if name == "validation" else opts.test_fraction
+    if fraction > 0 and not manifest["splits"].get(name, {}).get("examples"):
+      out.append(f"the {name} split is empty (--{name}_fraction={fraction} of too few "
+                 "documents)")
+  return out
+
+
 def prepare(input_specs: list[str], output: str, opts: PrepareOptions) -> dict:
   """Runs the whole preparation; returns the manifest. Raises InputError on bad input."""
   _validate(opts)
@@ -313,5 +343,6 @@ def _prepare_in(tmp: str, docs: clean.DocumentSpill, files, input_specs, opts: P
       "options": {k: v for k, v in dataclasses.asdict(opts).items()
                   if k not in ("overwrite", "progress")},
   }  # nothing run-dependent (time, host): two runs write the same bytes
+  manifest["warnings"] = warnings(manifest, opts)
   store.write_manifest(tmp, manifest)
   return manifest, split_info

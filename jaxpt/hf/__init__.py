@@ -374,7 +374,7 @@ def save_classifier(directory: str | os.PathLike, params: dict, cfg: ModelConfig
   table_of.check_exportable(cfg)
   architecture = (table_of.SEQUENCE if kind == "sequence" else table_of.TOKEN)[cfg.variant]
   if directory.exists() and any(directory.iterdir()) and not overwrite:
-    raise HFError(f"{directory}: exists and is not empty (pass overwrite to replace it)")
+    raise HFError(f"{directory}: exists and is not empty (--overwrite, or overwrite=True, replaces it)")
   params = jax.tree.map(np.asarray, params)
   tensors = _concatenate_parts(table_of.classifier_table(cfg, kind), flatten(params, cfg))
   hf_config = config_to_hf(cfg, architecture)
@@ -435,7 +435,7 @@ def save_model(directory: str | os.PathLike, model_or_params, config: ModelConfi
                   f"choose from {', '.join(choices)}")
   table_of.check_exportable(cfg)
   if directory.exists() and any(directory.iterdir()) and not overwrite:
-    raise HFError(f"{directory}: exists and is not empty (pass overwrite to replace it)")
+    raise HFError(f"{directory}: exists and is not empty (--overwrite, or overwrite=True, replaces it)")
   if cfg.attention_kind == "causal" and cfg.eos_token_id < 0 and tokenizer is not None:
     # a jaxpt-trained decoder ends its documents with the tokenizer's [SEP] / </s>
     cfg = dataclasses.replace(cfg, eos_token_id=tok_lib.special_ids(tokenizer)["sep"])

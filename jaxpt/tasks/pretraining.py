@@ -306,6 +306,9 @@ class PretrainingTask:
     return {"tokenizer_hash": self.tokenizer_hash}
 
   def check_resume(self, saved: dict, where: str) -> None:
+    if saved.get("tokenizer_hash") is None:
+      raise TrainError(f"{where}: not a pretraining checkpoint (a fine-tuning workdir?); "
+                       "pretrain into a workdir of its own")
     if saved.get("tokenizer_hash") != self.tokenizer_hash:
       raise TrainError(f"{where}: trained with tokenizer {saved.get('tokenizer_hash')}, "
                        f"but {self.data.directory} uses {self.tokenizer_hash}")
