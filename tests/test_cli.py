@@ -201,3 +201,9 @@ def test_options_dataclasses_are_the_flags():
       assert fv[field.name].help.startswith(field.metadata["help"]), field.name
     fv(["prog", *argv])
     assert options_from(cls, fv) == cls(**want)
+
+
+def test_a_misspelt_config_key_gets_a_suggestion(tmp_path):
+  proc = jaxpt("pretrain", "--config=bert_tiny", f"--workdir={tmp_path / 'w'}",
+               "--config.train.num_step=5")
+  one_line_error(proc, "num_step", "did you mean --config.train.num_steps?")

@@ -64,10 +64,38 @@ def _parse(fv: flags.FlagValues, argv: list[str], positional: bool) -> list[str]
   except (KeyError, AttributeError, TypeError, ValueError) as e:
     # ml_collections reports an unknown --config.key as KeyError, a bad type as TypeError.
     message = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
-    raise UsageError(message.splitlines()[0]) from None
+    raise UsageError(message.splitlines()[0] + _did_you_mean(argv)) from None
   if len(rest) > 1 and not positional:
     raise UsageError(f"unexpected argument {rest[1]!r}")
   return rest[1:]
+
+
+def _config_fields(cls=None, prefix: str = "") -> list[str]:
+  """Every dotted field of `jaxpt.config.Config` ("train.num_steps", ...)."""
+  import dataclasses
+  from jaxpt.config import Config
+  out = []
+  for f in dataclasses.fields(cls or Config):
+    if dataclasses.is_dataclass(f.type) or (isinstance(f.default_factory, type)
+                                            and dataclasses.is_dataclass(f.default_factory)):
+      out += _config_fields(f.default_factory, f"{prefix}{f.name}.")
+    else:
+      out.append(prefix + f.name)
+  return out
+
+
+def _did_you_mean(argv: list[str]) -> str:
+  """"; did you mean --config.train.num_steps?" for a --config.KEY that does not exist."""
+  import difflib
+  fields = _config_fields()
+  for arg in argv:
+    if arg.startswith("--config."):
+      key = arg[len("--config."):].split("=", 1)[0]
+      if key not in fields:
+        close = difflib.get_close_matches(key, fields, n=1)
+        if close:
+          return f"; did you mean --config.{close[0]}?"
+  return ""
 
 
 def main(argv: list[str] | None = None) -> int:
