@@ -6,11 +6,20 @@
 #       --config.data.dir=data/mine --config.model.dtype=bfloat16 --config.mesh.fsdp=8
 #
 # Install once: pip install -e . 'jax[cuda13]'   (or the CUDA build matching your driver).
-# Env: CUDA_VISIBLE_DEVICES selects GPUs; JAXPT (default: jaxpt).
+# Env: CUDA_VISIBLE_DEVICES selects GPUs; JAXPT (default: jaxpt on the PATH, else .venv/bin/jaxpt).
 set -euo pipefail
 dry_run=0
 if [[ "${1:-}" == "--dry_run" ]]; then dry_run=1; shift; fi
-jaxpt=${JAXPT:-jaxpt}
+# The jaxpt command: $JAXPT, else `jaxpt` on the PATH, else this checkout's .venv.
+here=$(cd "$(dirname "$0")/.." && pwd)
+if [[ -n "${JAXPT:-}" ]]; then jaxpt=$JAXPT
+elif command -v jaxpt >/dev/null 2>&1; then jaxpt=jaxpt
+elif [[ -x "$here/.venv/bin/jaxpt" ]]; then jaxpt="$here/.venv/bin/jaxpt"
+elif ((dry_run)); then jaxpt=jaxpt
+else
+  echo "$0: no jaxpt command: run \`make install\` and \`source .venv/bin/activate\`, or set JAXPT" >&2
+  exit 2
+fi
 # Let XLA use most of each GPU's memory up front, and overlap collectives with compute.
 cmd="XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9} $jaxpt pretrain $*"
 if ((dry_run)); then

@@ -7,7 +7,7 @@
 #   launch/local_multiprocess.sh 2 --config=shakespeare_tiny --workdir=runs/mp \
 #       --config.mesh.data=2 --config.mesh.fsdp=4
 #
-# Env: DEVICES_PER_PROCESS (default 4), PORT (default: a free one), JAXPT (default: jaxpt).
+# Env: DEVICES_PER_PROCESS (default 4), PORT (default: a free one), JAXPT (default: jaxpt on the PATH, else .venv/bin/jaxpt).
 set -euo pipefail
 dry_run=0
 if [[ "${1:-}" == "--dry_run" ]]; then dry_run=1; shift; fi
@@ -18,7 +18,16 @@ fi
 n=$1; shift
 devices=${DEVICES_PER_PROCESS:-4}
 port=${PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
-jaxpt=${JAXPT:-jaxpt}
+# The jaxpt command: $JAXPT, else `jaxpt` on the PATH, else this checkout's .venv.
+here=$(cd "$(dirname "$0")/.." && pwd)
+if [[ -n "${JAXPT:-}" ]]; then jaxpt=$JAXPT
+elif command -v jaxpt >/dev/null 2>&1; then jaxpt=jaxpt
+elif [[ -x "$here/.venv/bin/jaxpt" ]]; then jaxpt="$here/.venv/bin/jaxpt"
+elif ((dry_run)); then jaxpt=jaxpt
+else
+  echo "$0: no jaxpt command: run \`make install\` and \`source .venv/bin/activate\`, or set JAXPT" >&2
+  exit 2
+fi
 
 cmds=()
 for ((i = 0; i < n; i++)); do
