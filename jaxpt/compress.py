@@ -347,7 +347,8 @@ def _recover(runner: classification.ClassificationTask, params, info: dict, step
                                      warmup_steps=min(cfg.optim.warmup_steps, steps // 10)),
       train=dataclasses.replace(cfg.train, num_steps=steps,
                                 eval_every_steps=max(1, steps // 4)),
-      finetune=dataclasses.replace(cfg.finetune, epochs=0.0, eval_every_epochs=0.0))
+      finetune=dataclasses.replace(cfg.finetune, epochs=0.0, eval_every_epochs=0.0,
+                                   evaluations=0, warmup_fraction=0.0))
   s = runner.setup
   setup = classification.Setup(config_lib.validate(cfg), s.task, s.tokenizer, params,
                          f"{info['init']} (pruned)")

@@ -124,7 +124,9 @@ class OptimConfig:
   # adamw | stable_adamw (AdamW whose update is clipped per tensor by its RMS ratio, as
   # ModernBERT trains) | lamb | adafactor | sgd | rmsprop
   name: str = "adamw"
-  learning_rate: float = 1e-4  # peak; BERT paper, batch 256
+  # Peak; BERT paper, batch 256. 0 (the fine-tuning preset): chosen by the encoder's size,
+  # `classification.learning_rate_for`.
+  learning_rate: float = 1e-4
   warmup_steps: int = 10_000  # BERT paper
   # After warm-up: linear | cosine | polynomial | constant | wsd (warmup-stable-decay: the
   # peak, then a decay over the last `decay_fraction` of the steps) | inverse_sqrt (the peak
@@ -195,8 +197,20 @@ class FinetuneConfig:
 
   max_length: int = 128  # tokens per example, [CLS] and [SEP] included
   too_long: str = "truncate"  # a longer example: truncate (counted and reported) | error
-  epochs: float = 3.0  # sets train.num_steps from the train split size when > 0
-  eval_every_epochs: float = 1.0  # sets train.eval_every_steps from the epoch length when > 0
+  # The most epochs (when > 0; else train.num_steps): early stopping on the validation metric
+  # usually ends a run sooner. A small task trains at least `min_steps` steps.
+  epochs: float = 3.0
+  min_steps: int = 0
+  # Validation this many times a run, evenly spaced (when > 0: early stopping sees a small
+  # task as often as a large one); else every `eval_every_epochs` (when > 0; else
+  # train.eval_every_steps).
+  evaluations: int = 0
+  eval_every_epochs: float = 1.0
+  warmup_fraction: float = 0.0  # > 0: optim.warmup_steps is this share of the run's steps
+  # Batches are padded to the smallest of this many lengths that fits them (max_length halved
+  # each time, in multiples of 8): a few compiled shapes, far less padding on short texts.
+  # 1: always max_length.
+  length_buckets: int = 4
   metric: str = "f1_macro"  # validation metric for early stopping and best/
   class_weights: bool = False  # weight the loss by inverse class frequency (imbalance)
   augment_delete: float = 0.0  # per word: drop it with this probability (train only)
@@ -325,7 +339,8 @@ def validate(cfg: Config) -> Config:
          "must be 'linear' or '1-sqrt'")
   _check(0.0 <= o.end_learning_rate_fraction <= 1.0, "optim.end_learning_rate_fraction",
          o.end_learning_rate_fraction, "must be in [0, 1]")
-  _check(o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "must be positive")
+  _check(o.learning_rate >= 0, "optim.learning_rate", o.learning_rate,
+         "must be positive (or 0 when fine-tuning: chosen by model size)")
   _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be >= 0")
   _check(o.grad_clip_norm >= 0, "optim.grad_clip_norm", o.grad_clip_norm, "must be >= 0")
   for name in ("data", "fsdp", "tensor"):
@@ -357,6 +372,12 @@ def validate(cfg: Config) -> Config:
   _check(f.epochs >= 0, "finetune.epochs", f.epochs, "must be >= 0 (0: use train.num_steps)")
   _check(f.eval_every_epochs >= 0, "finetune.eval_every_epochs", f.eval_every_epochs,
          "must be >= 0 (0: use train.eval_every_steps)")
+  _check(f.min_steps >= 0, "finetune.min_steps", f.min_steps, "must be >= 0")
+  _check(f.evaluations >= 0, "finetune.evaluations", f.evaluations, "must be >= 0")
+  _check(0.0 <= f.warmup_fraction < 1.0, "finetune.warmup_fraction", f.warmup_fraction,
+         "must be in [0, 1)")
+  _check(f.length_buckets >= 1, "finetune.length_buckets", f.length_buckets,
+         "must be at least 1 (1: always pad to max_length)")
   _check(f.metric in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "mcc"),
          "finetune.metric", f.metric,
          "must be one of accuracy, f1_macro, precision_macro, recall_macro, mcc")
@@ -395,3 +416,46 @@ def load(path: str) -> Config:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def field_names(cls=None, prefix: str = "") -> list[str]:
+  """Every dotted field of `Config` ("train.num_steps", ...)."""
+  out = []
+  for f in dataclasses.fields(cls or Config):
+    if isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
+      out += field_names(f.default_factory, f"{prefix}{f.name}.")
+    else:
+      out.append(prefix + f.name)
+  return out
+
+
+def suggestion(key: str) -> str:
+  """"; did you mean train.num_steps?" for a misspelt dotted field, or ""."""
+  import difflib
+  close = difflib.get_close_matches(key, field_names(), n=1)
+  return f"; did you mean {close[0]}?" if close else ""
+
+
+def replace_field(cfg: Config, key: str, text: str) -> Config:
+  """`cfg` with the dotted field `key` set from the command-line `text` (parsed to the
+  field's type); a ConfigError naming the key or the value otherwise. Not validated."""
+  if key not in field_names():
+    raise ConfigError(f"config.{key}: no such field{suggestion(key)}")
+  section, _, name = key.rpartition(".")
+  parent = getattr(cfg, section) if section else cfg
+  kind = type(getattr(parent, name))
+  try:
+    if kind is bool:
+      if text.lower() not in ("true", "false", "1", "0"):
+        raise ValueError
+      value = text.lower() in ("true", "1")
+    elif kind is int and float(text) != int(float(text)):
+      raise ValueError
+    else:
+      value = kind(float(text)) if kind is int else kind(text)
+  except ValueError:
+    wanted = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "text")
+    raise ConfigError(f"config.{key}={text!r}: must be {wanted}") from None
+  if not section:
+    return dataclasses.replace(cfg, **{name: value})
+  return dataclasses.replace(cfg, **{section: dataclasses.replace(parent, **{name: value})})

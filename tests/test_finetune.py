@@ -26,8 +26,9 @@ CUES = ("apple", "banana", "cherry")
 
 def write_task(directory: pathlib.Path, *, shuffle_labels: bool = False, seed: int = 0,
                sizes=(("train", 384), ("validation", 64), ("test", 64)),
-               cues: int = 3) -> pathlib.Path:
-  """Label = which fruit word is planted (`cues` times, anywhere) among 8 random words."""
+               cues: int = 3, kind: str = "sequence") -> pathlib.Path:
+  """Label = which fruit word is planted (`cues` times, anywhere) among 8 random words; a
+  token task (`kind`) tags each word: B-FRUIT for the planted ones, O for the others."""
   rng = np.random.default_rng(seed)
   directory.mkdir(parents=True, exist_ok=True)
   for split, n in sizes:
@@ -37,7 +38,9 @@ def write_task(directory: pathlib.Path, *, shuffle_labels: bool = False, seed: i
       words = rng.choice(WORDS, 8).tolist()
       for _ in range(cues):
         words.insert(int(rng.integers(0, len(words) + 1)), CUES[label])
-      rows.append({"text": " ".join(words), "label": f"class_{label}"})
+      rows.append({"text": " ".join(words), "label": f"class_{label}"} if kind == "sequence"
+                  else {"tokens": words, "tags": ["B-FRUIT" if w in CUES else "O"
+                                                  for w in words]})
     if shuffle_labels and split == "train":
       labels = [r["label"] for r in rows]
       rng.shuffle(labels)
@@ -66,8 +69,8 @@ def tiny(**finetune_changes) -> config_lib.Config:
       cfg, mesh=dataclasses.replace(cfg.mesh, data=8),
       optim=dataclasses.replace(cfg.optim, learning_rate=2e-3, warmup_steps=5),
       train=dataclasses.replace(cfg.train, early_stopping_patience=0),
-      finetune=dataclasses.replace(cfg.finetune, max_length=16, epochs=6.0,
-                                   **finetune_changes))
+      finetune=dataclasses.replace(cfg.finetune, max_length=16, epochs=6.0, min_steps=0,
+                                   evaluations=0, warmup_fraction=0.0, **finetune_changes))
 
 
 def test_planted_task_is_learned_and_shuffled_labels_are_not(tmp_path, vocab_file, capsys):
@@ -77,6 +80,8 @@ def test_planted_task_is_learned_and_shuffled_labels_are_not(tmp_path, vocab_fil
                "--config.model.num_heads=4", "--config.model.intermediate_size=128",
                "--config.model.max_position_embeddings=16", "--config.mesh.data=8",
                "--config.finetune.max_length=16", "--config.finetune.epochs=6",
+               "--config.finetune.min_steps=0", "--config.finetune.evaluations=0",
+               "--config.finetune.warmup_fraction=0",
                "--config.optim.learning_rate=2e-3", "--config.optim.warmup_steps=5",
                "--config.train.early_stopping_patience=0", "--config.model.hidden_dropout=0",
                "--config.model.attention_dropout=0"]

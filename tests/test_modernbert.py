@@ -201,7 +201,8 @@ def test_a_tiny_modernbert_pretrains_packed_and_its_held_out_loss_falls(corpus_d
   task = write_task(tmp_path / "task", sizes=(("train", 64), ("validation", 16), ("test", 16)))
   proc = jaxpt("finetune", f"--workdir={tmp_path / 'ft'}", f"--task={task}",
                f"--init={tmp_path / 'run'}", "--noprogress", "--config.finetune.max_length=24",
-               "--config.finetune.epochs=2", "--config.train.batch_size=16",
+               "--config.finetune.epochs=2", "--config.finetune.min_steps=0",
+               "--config.train.batch_size=16",
                "--config.model.classifier_pooling=mean", timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.loads((tmp_path / "ft" / "eval.json").read_text())

@@ -12,7 +12,8 @@ import textwrap
 
 from absl import flags
 
-from jaxpt.cli import compress, fill_mask, finetune, generate, hf, plot, prepare, pretrain
+from jaxpt.cli import (compress, fill_mask, finetune, fusion, generate, hf, plot, prepare,
+                       pretrain)
 from jaxpt.cli.common import UsageError
 from jaxpt.config import resolve_preset
 from jaxpt.errors import UserError
@@ -28,6 +29,8 @@ COMMANDS = {
     "generate": (generate.HELP, generate.define, generate.run, True),
     "finetune": (finetune.HELP, finetune.define, finetune.run, False),
     "evaluate": (finetune.EVALUATE_HELP, finetune.define_evaluate, finetune.run_evaluate, False),
+    "ensemble": (fusion.ENSEMBLE_HELP, fusion.define_ensemble, fusion.run_ensemble, False),
+    "average": (fusion.AVERAGE_HELP, fusion.define_average, fusion.run_average, False),
     "compress": (compress.HELP, compress.define, compress.run, False),
 }
 
@@ -70,31 +73,15 @@ def _parse(fv: flags.FlagValues, argv: list[str], positional: bool) -> list[str]
   return rest[1:]
 
 
-def _config_fields(cls=None, prefix: str = "") -> list[str]:
-  """Every dotted field of `jaxpt.config.Config` ("train.num_steps", ...)."""
-  import dataclasses
-  from jaxpt.config import Config
-  out = []
-  for f in dataclasses.fields(cls or Config):
-    if dataclasses.is_dataclass(f.type) or (isinstance(f.default_factory, type)
-                                            and dataclasses.is_dataclass(f.default_factory)):
-      out += _config_fields(f.default_factory, f"{prefix}{f.name}.")
-    else:
-      out.append(prefix + f.name)
-  return out
-
-
 def _did_you_mean(argv: list[str]) -> str:
   """"; did you mean --config.train.num_steps?" for a --config.KEY that does not exist."""
-  import difflib
-  fields = _config_fields()
+  from jaxpt import config
+  fields = config.field_names()
   for arg in argv:
     if arg.startswith("--config."):
       key = arg[len("--config."):].split("=", 1)[0]
-      if key not in fields:
-        close = difflib.get_close_matches(key, fields, n=1)
-        if close:
-          return f"; did you mean --config.{close[0]}?"
+      if key not in fields and config.suggestion(key):
+        return config.suggestion(key).replace("mean ", "mean --config.")
   return ""
 
 

@@ -30,6 +30,11 @@ def define(fv: flags.FlagValues) -> None:
                       "(default: a WordPiece vocabulary trained on the task's train split, "
                       "config.finetune.scratch_vocab_size); with another --init it must "
                       "equal the weights' own.", flag_values=fv)
+  flags.DEFINE_multi_string("sweep", [], "KEY=V1,V2,...: one run per value (a grid over "
+                            "several --sweep flags) in WORKDIR/sweep/, the best by the "
+                            "validation metric left in WORKDIR, all in WORKDIR/sweep.json; "
+                            "re-running skips finished candidates. E.g. "
+                            "--sweep=optim.learning_rate=3e-5,1e-4,3e-4", flag_values=fv)
   flags.DEFINE_boolean("progress", True, "Show a progress bar.", flag_values=fv)
   distributed_flags(fv)
 
@@ -39,6 +44,10 @@ def run(fv: flags.FlagValues, args: list[str]) -> int:
     raise UsageError("--workdir and --task are required")
   cfg = load_config(fv)
   initialize_distributed(fv)
+  if fv.sweep:
+    from jaxpt import sweep
+    sweep.run(cfg, fv.sweep, fv.task, fv.init, fv.tokenizer, fv.workdir, progress=fv.progress)
+    return 0
   from jaxpt.tasks import classification
   setup = classification.setup(cfg, fv.task, fv.init, fv.tokenizer)
   classification.finetune(setup, fv.workdir, progress=fv.progress)

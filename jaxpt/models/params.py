@@ -110,3 +110,38 @@ def prunable(path) -> bool:
 def count(tree) -> int:
   """Number of parameters (abstract trees too)."""
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def mismatch(a, b) -> str | None:
+  """Why trees `a` and `b` cannot be averaged (the first path missing from one, or shaped
+  differently), or None when they have one structure and shapes."""
+  sa, sb = shapes(a), shapes(b)
+  for name in sorted(set(sa) | set(sb)):
+    if name not in sa or name not in sb:
+      return f"{name} is only in one of them"
+    if sa[name] != sb[name]:
+      return f"{name} is {list(sa[name])} in one and {list(sb[name])} in the other"
+  return None
+
+
+def average(trees: list, weights=None):
+  """The weighted mean of parameter trees of one structure and shapes: a model soup of
+  fine-tuned runs, or a run's last checkpoints. Accumulates in float64 on the host; each
+  leaf keeps its dtype. `weights` (default uniform) are normalised to sum to 1."""
+  if not trees:
+    raise ValueError("nothing to average")
+  for other in trees[1:]:
+    why = mismatch(trees[0], other)
+    if why:
+      raise ValueError(why)
+  w = np.ones(len(trees)) if weights is None else np.asarray(weights, np.float64)
+  if w.shape != (len(trees),) or np.any(w < 0) or w.sum() <= 0:
+    raise ValueError(f"weights {list(w)} must be {len(trees)} non-negative numbers, not all 0")
+  w = w / w.sum()
+
+  def mean(*leaves):
+    host = [np.asarray(jax.device_get(x)) for x in leaves]
+    total = sum(wi * x.astype(np.float64) for wi, x in zip(w, host))
+    return total.astype(host[0].dtype)
+
+  return jax.tree.map(mean, *trees)

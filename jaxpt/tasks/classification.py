@@ -130,6 +130,35 @@ class ClassificationObjective:
             f"{prefix}/accuracy": sums["correct"] / jnp.maximum(sums["count"], 1.0)}
 
 
+def bucket_lengths(max_length: int, count: int) -> tuple[int, ...]:
+  """`count` padded lengths, ascending: max_length, then halved, each a multiple of 8 (at
+  least 8); fewer when halving reaches 8."""
+  lengths = {max_length}
+  for k in range(1, count):
+    lengths.add(min(max_length, max(8, -(-max_length // (2 ** k * 8)) * 8)))
+  return tuple(sorted(lengths))
+
+
+def fit_length(buckets: tuple[int, ...], longest: int) -> int:
+  """The smallest bucket holding `longest` tokens."""
+  return next((b for b in buckets if b >= longest), buckets[-1])
+
+
+# Fine-tuning learning rates by encoder width (`optim.learning_rate=0`, the fine-tuning
+# preset): the rates BERT's authors swept for BERT-base and -large (Devlin et al. 2019,
+# appendix A.3: 5e-5, 3e-5, 2e-5) and Turc et al. 2019 for their compact BERTs (arXiv
+# 1908.08962: 1e-4, 5e-5, 3e-5), the narrower the model the larger the rate.
+LEARNING_RATES = ((256, 1e-4), (512, 5e-5), (768, 3e-5), (1 << 30, 2e-5))
+# A random encoder has no pretrained features to preserve and learns nothing useful at those
+# rates in a few hundred steps; from scratch the rate is this many times the table's.
+SCRATCH_FACTOR = 10.0
+
+
+def learning_rate_for(model: config_lib.ModelConfig, scratch: bool) -> float:
+  rate = next(r for width, r in LEARNING_RATES if model.hidden_size <= width)
+  return rate * (SCRATCH_FACTOR if scratch else 1.0)
+
+
 def create_classifier(cfg: config_lib.ModelConfig, num_labels: int, kind: str, seed: int):
   with nnx.use_eager_sharding(False):
     return heads.EncoderForClassification(cfg, num_labels, kind, rngs=nnx.Rngs(params=seed))
@@ -205,6 +234,9 @@ def setup(cfg: Config, task_spec: str | labelled.Task, init: str,
       params["head"] = {"transform": adapted["mlm"]["transform"],
                         "norm": adapted["mlm"]["norm"]}
     source = loaded.source
+  if cfg.optim.learning_rate == 0:
+    rate = learning_rate_for(cfg.model, scratch=init == "scratch")
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, learning_rate=rate))
   if tokenizer.get_vocab_size() > cfg.model.vocab_size:
     raise TrainError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens, more than "
                      f"model.vocab_size={cfg.model.vocab_size}")
@@ -245,12 +277,18 @@ class ClassificationTask:
       raise TrainError(f"the train split has {n_train} examples, fewer than "
                        f"train.batch_size={t.batch_size}")
     self.steps_per_epoch = n_train // t.batch_size
-    self.num_steps = (max(1, round(f.epochs * self.steps_per_epoch)) if f.epochs > 0
-                      else t.num_steps)
+    self.num_steps = (max(1, round(f.epochs * self.steps_per_epoch), f.min_steps)
+                      if f.epochs > 0 else t.num_steps)
     self.eval_every_steps = (max(1, round(f.eval_every_epochs * self.steps_per_epoch))
                              if f.eval_every_epochs > 0 else t.eval_every_steps)
+    if f.evaluations:
+      self.eval_every_steps = max(1, self.num_steps // f.evaluations)
+    if f.warmup_fraction > 0:
+      self.cfg = cfg = dataclasses.replace(cfg, optim=dataclasses.replace(
+          cfg.optim, warmup_steps=round(f.warmup_fraction * self.num_steps)))
     self.best_metric = "eval/" + f.metric
-    self.tokens_per_step = t.batch_size * f.max_length
+    self.buckets = bucket_lengths(f.max_length, f.length_buckets)
+    self.lengths = {split: enc.attention_mask.sum(1) for split, enc in self.encoded.items()}
     self.description = (f"{task.name} ({task.kind}, {len(task.labels)} labels; "
                         + ", ".join(f"{k} {len(v)}" for k, v in task.splits.items())
                         + f") from {s.init_source}, {self.steps_per_epoch} steps an epoch")
@@ -302,7 +340,11 @@ class ClassificationTask:
     augment = self.augment.active and task.kind == "sequence"  # words of text only
     lo, hi = rows
     for step in itertools.count(start_step):
-      index = self.train_rows(step, start_step, first_example)[lo:hi]
+      index = self.train_rows(step, start_step, first_example)
+      # Every process picks the same length: from the whole global batch.
+      length = (cfg.finetune.max_length if augment  # augmented texts change length
+                else fit_length(self.buckets, int(self.lengths["train"][index].max())))
+      index = index[lo:hi]
       enc = self.encoded["train"]
       if augment:  # re-encode this batch's texts, each augmented by (seed, step, example)
         examples = []
@@ -313,8 +355,7 @@ class ClassificationTask:
               example["text"], self.augment, rng, self.synonyms)))
         enc = encode(examples, self.setup.tokenizer, task, cfg.finetune.max_length)
         index = slice(None)
-      yield {"input_ids": enc.input_ids[index], "token_type_ids": enc.token_type_ids[index],
-             "attention_mask": enc.attention_mask[index], "labels": enc.labels[index]}
+      yield _rows(enc, index, length)
 
   # Prediction and evaluation.
 
@@ -356,21 +397,39 @@ class ClassificationTask:
 
     return predict_step
 
+  def eval_order(self, split: str) -> np.ndarray:
+    """The order `eval_batches` visits `split` in: shortest first when batches are bucketed
+    (so that each batch pads to little), else as stored."""
+    if len(self.buckets) == 1:
+      return np.arange(len(self.lengths[split]))
+    return np.argsort(self.lengths[split], kind="stable")
+
   def eval_batches(self, split: str):
-    """(global batch, real rows in it) over `split` in order; the last batch is padded with
-    rows whose labels are IGNORE (not scored)."""
+    """(global batch, real rows in it) over `split` in `eval_order`; the last batch is padded
+    with rows whose labels are IGNORE (not scored)."""
     enc, b = self.encoded[split], self.cfg.train.batch_size
-    n = enc.labels.shape[0]
+    order = self.eval_order(split)
+    n = len(order)
     lo, hi = self.rows
     for start in range(0, n, b):
-      index = np.arange(start, start + b)
-      real = index < n
-      index = np.where(real, index, 0)[lo:hi]
-      labels = enc.labels[index].copy()
-      labels[~real[lo:hi]] = IGNORE
-      batch = {"input_ids": enc.input_ids[index], "token_type_ids": enc.token_type_ids[index],
-               "attention_mask": enc.attention_mask[index], "labels": labels}
+      index = order[np.minimum(np.arange(start, start + b), n - 1)]
+      real = np.arange(start, start + b) < n
+      length = fit_length(self.buckets, int(self.lengths[split][index].max()))
+      batch = _rows(enc, index[lo:hi], length)
+      batch["labels"][~real[lo:hi]] = IGNORE
       yield loop.to_device(batch, self.batch_sh), min(b, n - start)
+
+  def _gather(self, split: str, outputs: list[np.ndarray], fill) -> np.ndarray:
+    """Per-batch outputs (in `eval_order`, of bucketed lengths) as one array in the split's
+    order, token outputs padded to max_length with `fill`."""
+    if self.setup.task.kind == "token":
+      width = self.cfg.finetune.max_length
+      outputs = [np.pad(o, [(0, 0), (0, width - o.shape[1])] + [(0, 0)] * (o.ndim - 2),
+                        constant_values=fill) for o in outputs]
+    ordered = np.concatenate(outputs)
+    out = np.empty_like(ordered)
+    out[self.eval_order(split)] = ordered
+    return out
 
   def predict(self, params, split: str, predict_step=None) -> tuple[np.ndarray, float]:
     """(predictions shaped like the split's labels, mean loss); `predict_step` replaces the
@@ -381,22 +440,44 @@ class ClassificationTask:
       pred, l, w = fetch(predict_step(params, batch))
       predictions.append(pred[:real])
       loss, weight = loss + float(l), weight + float(w)
-    return np.concatenate(predictions), loss / max(weight, 1e-9)
+    return self._gather(split, predictions, 0), loss / max(weight, 1e-9)
+
+  def probabilities(self, params, split: str) -> np.ndarray:
+    """Class probabilities, [n, labels] (sequence) or [n, max_length, labels] (token; 0 where
+    nothing is scored): what `jaxpt ensemble` averages."""
+    if "probability_step" not in self.__dict__:
+      objective, graphdef = self.objective, self.graphdef
+
+      def probability_step(params, batch):
+        logits = objective.logits(nnx.merge(graphdef, params), batch, deterministic=True)
+        return jax.nn.softmax(logits.astype(jnp.float32), -1)
+
+      self.probability_step = jax.jit(probability_step, in_shardings=(self.param_sh,
+                                                                      self.batch_sh),
+                                      out_shardings=sharding.replicated(self.mesh))
+    with jax.set_mesh(self.mesh):
+      out = [fetch(self.probability_step(params, batch))[:real]
+             for batch, real in self.eval_batches(split)]
+    return self._gather(split, out, 0.0)
+
+  def report_predictions(self, predictions: np.ndarray, split: str) -> dict:
+    """Metrics of `predictions` (shaped like the split's labels) on `split`."""
+    task, labels = self.setup.task, self.encoded[split].labels
+    if task.kind == "sequence":
+      return evaluation.classification_report(labels, predictions, task.labels)
+    scored = labels != IGNORE
+    out = evaluation.classification_report(labels[scored], predictions[scored], task.labels)
+    if evaluation.is_bio(task.labels):
+      names = np.asarray(task.labels)
+      true = [list(names[l[m]]) for l, m in zip(labels, scored)]
+      pred = [list(names[p[m]]) for p, m in zip(predictions, scored)]
+      out.update(evaluation.entity_report(true, pred))
+    return out
 
   def report(self, params, split: str, predict_step=None) -> dict:
     with jax.set_mesh(self.mesh):
       predictions, loss = self.predict(params, split, predict_step)
-    task, labels = self.setup.task, self.encoded[split].labels
-    if task.kind == "sequence":
-      out = evaluation.classification_report(labels, predictions, task.labels)
-    else:
-      scored = labels != IGNORE
-      out = evaluation.classification_report(labels[scored], predictions[scored], task.labels)
-      if evaluation.is_bio(task.labels):
-        names = np.asarray(task.labels)
-        true = [list(names[l[m]]) for l, m in zip(labels, scored)]
-        pred = [list(names[p[m]]) for p, m in zip(predictions, scored)]
-        out.update(evaluation.entity_report(true, pred))
+    out = self.report_predictions(predictions, split)
     out["loss"] = loss
     out["split"] = split
     return out
@@ -407,6 +488,15 @@ class ClassificationTask:
     out = {f"eval/{k}": val[k] for k in ("loss", "accuracy", "f1_macro", "mcc")}
     out["eval/" + metric] = val[metric]
     return out
+
+
+def _rows(enc: Encoded, index, length: int) -> dict:
+  """Rows `index` of `enc`, cut to their first `length` positions (the rest is padding)."""
+  labels = enc.labels[index]
+  return {"input_ids": enc.input_ids[index, :length],
+          "token_type_ids": enc.token_type_ids[index, :length],
+          "attention_mask": enc.attention_mask[index, :length],
+          "labels": labels if labels.ndim == 1 else labels[:, :length]}
 
 
 def bound_task(s: Setup) -> ClassificationTask:
@@ -421,7 +511,7 @@ def bound_task(s: Setup) -> ClassificationTask:
 # The run.
 
 
-def _write_json(path: str, value: dict) -> None:
+def write_json(path: str, value: dict) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(value, f, indent=2)
@@ -446,7 +536,7 @@ def finetune(s: Setup, workdir: str, *, progress: bool = True) -> dict:
                        f"{len(saved['labels'])} labels); use a new workdir")
   truncated = sum(v.truncated for v in runner.encoded.values())
   if runner.is_main:
-    _write_json(task_json, info)
+    write_json(task_json, info)
     tok_dir = os.path.join(workdir, "tokenizer")
     if not os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
       os.makedirs(tok_dir, exist_ok=True)
@@ -522,7 +612,7 @@ def evaluate_workdir(workdir: str, *, split: str = "test",
 
 
 def write_report(workdir: str, split: str, report: dict, out: str | None = None) -> None:
-  _write_json(out or os.path.join(workdir, "eval.json" if split == "test"
+  write_json(out or os.path.join(workdir, "eval.json" if split == "test"
                                   else f"eval_{split}.json"), report)
 
 

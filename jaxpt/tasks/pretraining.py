@@ -208,6 +208,9 @@ class PretrainingTask:
 
   def __init__(self, cfg: Config, workdir: str | None = None, *, data=None):
     config_lib.validate(cfg)
+    if cfg.optim.learning_rate <= 0:
+      raise ConfigError(f"config.optim.learning_rate={cfg.optim.learning_rate}: pretraining "
+                        "needs a positive peak (0, chosen by model size, is for fine-tuning)")
     if data is None:
       if not cfg.data.dir:
         raise ConfigError("config.data.dir is empty: point it at a `jaxpt prepare` output")
@@ -221,7 +224,6 @@ class PretrainingTask:
     self.num_steps = cfg.train.num_steps
     self.eval_every_steps = cfg.train.eval_every_steps
     self.spec = None if self.causal else data.masking_spec(cfg.data)
-    self.tokens_per_step = cfg.train.batch_size * data.seq_length
     self.flops_per_token = metrics_lib.flops_per_token(
         cfg.model, data.seq_length,
         data.seq_length if self.causal else self.spec.max_predictions)

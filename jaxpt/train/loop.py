@@ -63,7 +63,6 @@ class Task(Protocol):
   best_metric: str  # a key of `evaluate`'s result, e.g. "eval/loss"
   higher_is_better: bool
   description: str  # the data, for the line that starts a run
-  tokens_per_step: int  # input tokens of one global batch (padding included)
   flops_per_token: float  # training matmul FLOPs per token, for MFU
 
   def create_model(self, rngs: nnx.Rngs) -> nnx.Module: ...
@@ -332,6 +331,8 @@ SAFE_TO_CHANGE = (
     "model.kernels",
     "data.dir", "data.prefetch_batches", "data.read_threads", "mesh.data", "mesh.fsdp",
     "mesh.tensor", "finetune.epochs", "finetune.eval_every_epochs", "finetune.too_long",
+    "finetune.min_steps", "finetune.evaluations", "finetune.warmup_fraction",
+    "finetune.length_buckets",
 )
 
 
@@ -604,14 +605,15 @@ def _train(task, workdir, mesh, say, progress, checkpointer, best_checkpointer) 
     with jax.set_mesh(mesh):
       batches = device_prefetch(host_batches, batch_sh)
       while step < task.num_steps and stopped is None:
-        state, step_metrics = program.train_step(state, next(batches))
+        batch = next(batches)
+        state, step_metrics = program.train_step(state, batch)
         step += 1
         pending.append(step_metrics)
         in_flight.append(step_metrics["train/loss"])
         while len(in_flight) > t.max_steps_in_flight:
           in_flight.popleft().block_until_ready()
           bar.update(1)
-        meter.add(task.tokens_per_step)
+        meter.add(batch["input_ids"].size)  # a static shape: fine-tuning's vary by bucket
         is_last = step == task.num_steps
         stopped = stop.reached(step)
         checkpoint_now = step % ck.every_steps == 0 or is_last or stopped is not None

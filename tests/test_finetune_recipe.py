@@ -1,0 +1,116 @@
+"""The fine-tuning recipe's parts that need no full run: length buckets change no result,
+the learning rate follows the model's width, the averaging function averages, and a bad
+--sweep is one line."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from jaxpt import config as config_lib
+from jaxpt import sweep
+from jaxpt.models import params as params_lib
+from jaxpt.tasks import classification
+from jaxpt.train import loop
+from test_finetune import tiny, vocab_file, write_task  # noqa: F401 (a fixture)
+
+
+def test_bucket_lengths_halve_in_multiples_of_eight():
+  assert classification.bucket_lengths(128, 4) == (16, 32, 64, 128)
+  assert classification.bucket_lengths(128, 1) == (128,)
+  assert classification.bucket_lengths(16, 4) == (8, 16)
+  assert classification.bucket_lengths(100, 3) == (32, 56, 100)
+  buckets = (16, 32, 64, 128)
+  assert [classification.fit_length(buckets, n) for n in (1, 16, 17, 64, 65, 128)] == [
+      16, 16, 32, 64, 128, 128]
+
+
+def _bound(cfg, task_dir, vocab_file):
+  runner = classification.bound_task(
+      classification.setup(cfg, str(task_dir), "scratch", vocab_file))
+  return runner, runner.program
+
+
+@pytest.mark.parametrize("kind", ["sequence", "token"])
+def test_bucketed_batches_equal_padding_to_the_maximum(tmp_path, vocab_file, kind):
+  task_dir = write_task(tmp_path / "task", sizes=(("train", 64), ("validation", 40),
+                                                  ("test", 8)), kind=kind)
+  results = {}
+  for buckets in (1, 4):
+    cfg = tiny(length_buckets=buckets)
+    cfg = dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, max_position_embeddings=64),
+        finetune=dataclasses.replace(cfg.finetune, max_length=64))
+    runner, program = _bound(cfg, task_dir, vocab_file)
+    with jax.set_mesh(runner.mesh):
+      state = program.init_state()
+      predictions, loss = runner.predict(state.params, "validation")
+      probabilities = runner.probabilities(state.params, "validation")
+      batch = next(runner.train_batches(0, 0, runner.rows))
+      _, metrics = program.train_step(state, loop.to_device(batch, program.batch_sharding))
+    scored = runner.encoded["validation"].labels != classification.IGNORE
+    results[buckets] = (predictions[scored], loss, probabilities[scored],
+                        batch["input_ids"].shape[1], float(loop.fetch(metrics)["train/loss"]))
+  (p1, l1, q1, w1, t1), (p4, l4, q4, w4, t4) = results[1], results[4]
+  assert w1 == 64 and w4 == 16  # ~13-token texts pad to 16, not 64
+  np.testing.assert_array_equal(p4, p1)  # on every scored label
+  np.testing.assert_allclose(q4, q1, atol=1e-5)
+  assert l4 == pytest.approx(l1, abs=1e-5) and t4 == pytest.approx(t1, abs=1e-5)
+  assert len(p1) == (40 if kind == "sequence" else 40 * 11)  # 8 words and 3 cues each
+
+
+def test_the_learning_rate_follows_the_width():
+  m = config_lib.ModelConfig
+  assert classification.learning_rate_for(m(hidden_size=128), scratch=False) == 1e-4
+  assert classification.learning_rate_for(m(hidden_size=768), scratch=False) == 3e-5
+  assert classification.learning_rate_for(m(hidden_size=1024), scratch=False) == 2e-5
+  assert classification.learning_rate_for(m(hidden_size=256), scratch=True) == pytest.approx(1e-3)
+  cfg = config_lib.load("finetune")
+  assert cfg.optim.learning_rate == 0  # by size, resolved by setup
+
+
+def test_pretraining_refuses_a_learning_rate_of_zero():
+  from jaxpt.tasks import pretraining
+  cfg = config_lib.load("bert_tiny")
+  cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, learning_rate=0.0))
+  with pytest.raises(config_lib.ConfigError, match="optim.learning_rate=0.0: pretraining"):
+    pretraining.PretrainingTask(cfg, data=object())
+
+
+def test_the_average_of_trees_is_their_mean_and_shapes_must_agree():
+  rng = np.random.default_rng(0)
+  a = {"x": rng.normal(size=(3, 2)).astype(np.float32), "y": {"b": np.arange(4.0)}}
+  b = {"x": rng.normal(size=(3, 2)).astype(np.float32), "y": {"b": np.arange(4.0) * 3}}
+  mean = params_lib.average([a, b])
+  np.testing.assert_allclose(mean["x"], (a["x"] + b["x"]) / 2, rtol=1e-6)
+  assert mean["x"].dtype == np.float32
+  np.testing.assert_allclose(mean["y"]["b"], np.arange(4.0) * 2)
+  np.testing.assert_array_equal(params_lib.average([a])["x"], a["x"])
+  weighted = params_lib.average([a, b], [3, 1])
+  np.testing.assert_allclose(weighted["y"]["b"], np.arange(4.0) * 1.5)
+  with pytest.raises(ValueError, match=r"x is \[3, 2\] in one and \[2, 3\] in the other"):
+    params_lib.average([a, dict(b, x=b["x"].T)])
+  with pytest.raises(ValueError, match="only in one"):
+    params_lib.average([a, {"x": b["x"]}])
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("optim.learnin_rate=1e-4,3e-4", "no such field; did you mean optim.learning_rate?"),
+    ("optim.learning_rate=1e-4,fast", "optim.learning_rate='fast': must be a number"),
+    ("train.batch_size=16,8.5", "train.batch_size='8.5': must be an integer"),
+    ("optim.learning_rate", "expected KEY=VALUE,VALUE"),
+    ("optim.warmup_steps=-3", "optim.warmup_steps=-3: must be >= 0"),
+])
+def test_a_bad_sweep_is_one_line(spec, needle):
+  with pytest.raises(sweep.SweepError, match=needle.replace("?", r"\?").replace("(", r"\(")):
+    sweep.candidates(config_lib.load("finetune"), [spec])
+
+
+def test_sweep_candidates_form_a_grid():
+  grid = sweep.candidates(config_lib.load("finetune"),
+                          ["optim.learning_rate=1e-4,3e-4", "seed=0,1"])
+  assert [name for name, _, _ in grid] == [
+      "optim.learning_rate=1e-4,seed=0", "optim.learning_rate=1e-4,seed=1",
+      "optim.learning_rate=3e-4,seed=0", "optim.learning_rate=3e-4,seed=1"]
+  assert grid[3][1].optim.learning_rate == 3e-4 and grid[3][1].seed == 1
