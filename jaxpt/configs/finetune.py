@@ -4,7 +4,8 @@
   hidden 256 ... 2e-5 above 768, ten times that from scratch), AdamW, weight decay 0.01, a
   linear warm-up over the first 10% of the steps then a linear decay;
 - batch 32, at most 20 epochs and at least 300 steps, 20 validations a run, early stopping
-  after 5 without improvement (a quarter of the run), the best checkpoint kept;
+  after 10 without improvement (half the run: a small model from scratch can sit on a
+  plateau for a third of it before it finds the last class), the best checkpoint kept;
 - batches padded to the smallest of 4 lengths that fits (128, 64, 32, 16).
 
 With `--init=scratch` the model is BERT-mini (4 layers, hidden 256); with pretrained weights the
@@ -23,7 +24,7 @@ def get_config() -> config.Config:
       cfg,
       optim=dataclasses.replace(cfg.optim, learning_rate=0.0, weight_decay=0.01),
       train=dataclasses.replace(cfg.train, batch_size=32, eval_every_steps=0,
-                                early_stopping_patience=5),
+                                early_stopping_patience=10),
       checkpoint=dataclasses.replace(cfg.checkpoint, max_to_keep=2),
       finetune=dataclasses.replace(cfg.finetune, max_length=128, epochs=20.0, min_steps=300,
                                    evaluations=20, warmup_fraction=0.1, length_buckets=4))
