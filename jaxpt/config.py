@@ -211,6 +211,10 @@ class FinetuneConfig:
   # each time, in multiples of 8): a few compiled shapes, far less padding on short texts.
   # 1: always max_length.
   length_buckets: int = 4
+  # Each run of this many training batches of an epoch is sorted by length
+  # before it is cut into batches (then shuffled), so that a batch's texts are of similar
+  # length; every example is still seen once an epoch. 1: batches as drawn.
+  group_by_length: int = 50
   metric: str = "f1_macro"  # validation metric for early stopping and best/
   class_weights: bool = False  # weight the loss by inverse class frequency (imbalance)
   augment_delete: float = 0.0  # per word: drop it with this probability (train only)
@@ -376,6 +380,8 @@ def validate(cfg: Config) -> Config:
   _check(f.evaluations >= 0, "finetune.evaluations", f.evaluations, "must be >= 0")
   _check(0.0 <= f.warmup_fraction < 1.0, "finetune.warmup_fraction", f.warmup_fraction,
          "must be in [0, 1)")
+  _check(f.group_by_length >= 1, "finetune.group_by_length", f.group_by_length,
+         "must be at least 1 (1: no grouping)")
   _check(f.length_buckets >= 1, "finetune.length_buckets", f.length_buckets,
          "must be at least 1 (1: always pad to max_length)")
   _check(f.metric in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "mcc"),

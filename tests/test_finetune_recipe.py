@@ -114,3 +114,16 @@ def test_sweep_candidates_form_a_grid():
       "optim.learning_rate=1e-4,seed=0", "optim.learning_rate=1e-4,seed=1",
       "optim.learning_rate=3e-4,seed=0", "optim.learning_rate=3e-4,seed=1"]
   assert grid[3][1].optim.learning_rate == 3e-4 and grid[3][1].seed == 1
+
+
+def test_grouping_by_length_keeps_each_epoch_a_permutation_and_evens_batches():
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(3, 120, size=1000)
+  order = rng.permutation(1000)
+  grouped = classification.group_by_length(order, lengths, 32, 10, np.random.default_rng(1))
+  assert sorted(grouped) == list(range(1000))  # every example once
+  def spread(o):  # mean over batches of (longest - shortest)
+    return np.mean([np.ptp(lengths[o[i:i + 32]]) for i in range(0, 1000, 32)])
+  assert spread(grouped) < spread(order) / 4
+  again = classification.group_by_length(order, lengths, 32, 10, np.random.default_rng(1))
+  np.testing.assert_array_equal(grouped, again)  # a pure function of its inputs

@@ -144,6 +144,22 @@ def fit_length(buckets: tuple[int, ...], longest: int) -> int:
   return next((b for b in buckets if b >= longest), buckets[-1])
 
 
+def group_by_length(order: np.ndarray, lengths: np.ndarray, batch_size: int, group: int,
+                    rng: np.random.Generator) -> np.ndarray:
+  """`order` (an epoch's permutation) with each run of `group` batches sorted by length and
+  cut into batches whose order is then shuffled: still a permutation (every example once an
+  epoch), random across runs, but each batch holds texts of similar length and so pads to
+  a small bucket."""
+  size = group * batch_size
+  out = []
+  for start in range(0, len(order), size):
+    chunk = order[start:start + size]
+    chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+    batches = [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    out.extend(batches[i] for i in rng.permutation(len(batches)))
+  return np.concatenate(out) if out else order
+
+
 # Fine-tuning learning rates by encoder width (`optim.learning_rate=0`, the fine-tuning
 # preset): the rates BERT's authors swept for BERT-base and -large (Devlin et al. 2019,
 # appendix A.3: 5e-5, 3e-5, 2e-5) and Turc et al. 2019 for their compact BERTs (arXiv
@@ -319,8 +335,13 @@ class ClassificationTask:
     if epoch not in cache:
       if len(cache) > 2:
         cache.clear()
-      cache[epoch] = np.random.default_rng([self.cfg.seed, epoch]).permutation(
-          len(self.setup.task.splits["train"]))
+      rng = np.random.default_rng([self.cfg.seed, epoch])
+      order = rng.permutation(len(self.setup.task.splits["train"]))
+      group = self.cfg.finetune.group_by_length
+      if group > 1:
+        order = group_by_length(order, self.lengths["train"], self.cfg.train.batch_size,
+                                group, rng)
+      cache[epoch] = order
     return cache[epoch]
 
   def train_rows(self, step: int, start_step: int, first_example: int) -> np.ndarray:
