@@ -15,6 +15,7 @@ from jaxpt import hf
 from jaxpt.config import ModelConfig, validate_model
 from jaxpt.data import tokenizer as tok_lib
 from jaxpt.errors import UserError
+from jaxpt.models import params as params_lib
 from jaxpt.train import checkpoint as ckpt_lib
 
 MODEL_JSON = "model.json"  # the model config and the import report of an imported directory
@@ -129,6 +130,43 @@ def write_imported(directory: str, imported: hf.Imported) -> pathlib.Path:
       tok_lib.save(imported.tokenizer, str(tmp / "tokenizer"))
     (tmp / "config.py").write_text(_preset(imported.config, imported.source))
   return out
+
+
+def average_checkpoints(workdir: str, out: str, *, last: int = 0,
+                        steps: list[int] | None = None) -> tuple[pathlib.Path, list[int]]:
+  """The mean of a run's checkpoints (its `last` newest, or the given `steps`), written as
+  `import-hf` writes a directory: `--init`, `train.init_from` and `export-hf` take it.
+  Averaging the last checkpoints of a run smooths its final iterate (Kaddour 2022, "Stop
+  wasting my time!", arXiv 2209.14981; Sanyal et al. 2023, arXiv 2306.03241).
+  Returns (the directory, the steps averaged)."""
+  ckpt_dir = pathlib.Path(workdir) / "checkpoints"
+  if not ckpt_dir.is_dir():
+    raise SourceError(f"{workdir}: no checkpoints/; not a pretraining workdir")
+  checkpointer = ckpt_lib.Checkpointer(str(ckpt_dir), max_to_keep=1, async_save=False)
+  try:
+    available = sorted(checkpointer.all_steps())
+  finally:
+    checkpointer.close()
+  if steps:
+    missing = [s for s in steps if s not in available]
+    if missing:
+      raise SourceError(f"{ckpt_dir}: no checkpoint at step {missing[0]} (steps: {available})")
+  elif last > 0:
+    if last > len(available):
+      raise SourceError(f"{ckpt_dir}: --last={last}, but only {len(available)} checkpoints "
+                        f"are kept ({available}; checkpoint.max_to_keep keeps more)")
+    steps = available[-last:]
+  else:
+    raise SourceError("name the checkpoints to average: --last=N or --steps=A,B")
+  loaded = [load(workdir, step=s) for s in steps]
+  try:
+    params = params_lib.average([p.params for p in loaded])
+  except ValueError as e:
+    raise SourceError(f"{workdir}: its checkpoints differ: {e}") from None
+  first = loaded[0]
+  imported = hf.Imported(first.config, params, first.tokenizer, [], [],
+                         f"{workdir} (mean of steps {', '.join(map(str, steps))})")
+  return write_imported(out, imported), list(steps)
 
 
 def _preset(cfg: ModelConfig, source: str) -> str:

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO, start_steps
@@ -68,6 +69,20 @@ def test_prepare_then_pretrain_then_resume(corpus_dir, tmp_path):
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == [5, 10, 15, 20, 25, 30]
   # (A checkpoint of another model is refused: test_resilience.py.)
+
+  # The mean of the last two checkpoints, as a directory pretraining and export start from.
+  from jaxpt import cli, pretrained
+  from jaxpt.models import params as params_lib
+  assert cli.main(["jaxpt", "average", f"--workdir={workdir}", "--last=2",
+                   f"--out={tmp_path / 'avg'}"]) == 0
+  a, b = (params_lib.flatten(pretrained.load(str(workdir), step=s).params) for s in (20, 30))
+  mean = params_lib.flatten(pretrained.load(str(tmp_path / "avg")).params)
+  assert set(mean) == set(a)
+  for name in a:
+    np.testing.assert_allclose(mean[name], (a[name] + b[name]) / 2, rtol=1e-6, atol=1e-7)
+  assert cli.main(["jaxpt", "average", f"--workdir={workdir}", "--last=9",
+                   f"--out={tmp_path / 'avg9'}"]) == 2
+  assert not (tmp_path / "avg9").exists()
 
 
 def test_config_typo_is_one_line(prepared_dir, tmp_path):

@@ -8,7 +8,8 @@ from absl import flags
 from jaxpt.cli.common import UsageError
 
 ENSEMBLE_HELP = "average the predicted probabilities of fine-tuned runs; score on a split"
-AVERAGE_HELP = "average the weights of fine-tuned runs of one start (a model soup)"
+AVERAGE_HELP = ("average weights: fine-tuned runs of one start (a model soup), or a run's "
+                "last checkpoints")
 
 
 def _common(fv: flags.FlagValues, out_help: str) -> None:
@@ -42,8 +43,16 @@ def run_ensemble(fv: flags.FlagValues, args: list[str]) -> int:
 
 
 def define_average(fv: flags.FlagValues) -> None:
-  _common(fv, "The averaged run: a fine-tuning workdir (task.json, tokenizer/, best/, "
-          "eval.json).")
+  _common(fv, "The average: for --workdirs a fine-tuning workdir (task.json, tokenizer/, "
+          "best/, eval.json); for --workdir an import-hf style directory (params/, "
+          "model.json, tokenizer/) that --init, train.init_from and export-hf take.")
+  flags.DEFINE_string("workdir", None, "A pretraining (or any) run whose checkpoints to "
+                      "average (with --last or --steps), instead of --workdirs.",
+                      flag_values=fv)
+  flags.DEFINE_integer("last", 0, "With --workdir: average its N newest checkpoints.",
+                       flag_values=fv)
+  flags.DEFINE_list("steps", None, "With --workdir: average these checkpoint steps.",
+                    flag_values=fv)
   flags.DEFINE_boolean("greedy", False, "A greedy soup: runs in order of validation score, "
                        "each kept only if the soup's validation score does not fall.",
                        flag_values=fv)
@@ -52,6 +61,20 @@ def define_average(fv: flags.FlagValues) -> None:
 
 def run_average(fv: flags.FlagValues, args: list[str]) -> int:
   from jaxpt import evaluation, fusion
+  if fv.workdir:
+    if fv.workdirs:
+      raise UsageError("--workdir (one run's checkpoints) or --workdirs (fine-tuned runs), "
+                       "not both")
+    if not fv.out:
+      raise UsageError("--out is required")
+    from jaxpt import pretrained
+    try:
+      steps = [int(s) for s in fv.steps or []]
+    except ValueError:
+      raise UsageError(f"--steps={','.join(fv.steps)}: expected step numbers") from None
+    out, steps = pretrained.average_checkpoints(fv.workdir, fv.out, last=fv.last, steps=steps)
+    print(f"jaxpt average: {fv.workdir}, steps {', '.join(map(str, steps))} -> {out}")
+    return 0
   report = fusion.soup(_workdirs(fv), fv.out, greedy=fv.greedy, task_spec=fv.task,
                        overwrite=fv.overwrite)
   kind = "greedy soup" if fv.greedy else "uniform soup"
