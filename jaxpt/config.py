@@ -134,6 +134,10 @@ class OptimConfig:
   schedule: str = "linear"
   power: float = 1.0  # exponent of the polynomial schedule
   decay_fraction: float = 0.1  # wsd: the share of num_steps the decay takes
+  # wsd: the decay's length in steps, when > 0 (instead of decay_fraction); with
+  # train.branch_from=RUN:STEP and num_steps = STEP + decay_steps, a run that is only the
+  # decay of a stable run, branched from any of its checkpoints.
+  decay_steps: int = 0
   decay_shape: str = "linear"  # wsd's decay: linear | 1-sqrt (Hägele et al. 2024)
   end_learning_rate_fraction: float = 0.0  # decay to this fraction of the peak
   b1: float = 0.9
@@ -189,6 +193,11 @@ class TrainConfig:
   # checkpoint), a `jaxpt import-hf` directory, or a HuggingFace directory (hf:DIR). Only the
   # parameters are taken; the optimizer starts fresh.
   init_from: str = ""
+  # RUN:STEP (or RUN for its latest): a new workdir continues checkpoint STEP of RUN whole
+  # (parameters, optimizer state, step and data position) under this config's schedule, e.g.
+  # one of several decays branched off a stable wsd run. Used only while WORKDIR has no
+  # checkpoint of its own; RUN is never written.
+  branch_from: str = ""
 
 
 @dataclasses.dataclass
@@ -354,6 +363,9 @@ def validate(cfg: Config) -> Config:
   _check(c.every_steps > 0, "checkpoint.every_steps", c.every_steps, "must be positive")
   _check(c.max_to_keep > 0, "checkpoint.max_to_keep", c.max_to_keep, "must be positive")
   t = cfg.train
+  _check(not (t.branch_from and t.init_from), "train.branch_from", t.branch_from,
+         "continues a run whole; train.init_from starts one from weights: give one")
+  _check(o.decay_steps >= 0, "optim.decay_steps", o.decay_steps, "must be >= 0")
   _check(t.batch_size > 0, "train.batch_size", t.batch_size, "must be positive")
   _check(t.microbatches > 0 and t.batch_size % t.microbatches == 0, "train.microbatches",
          t.microbatches, f"must be positive and divide train.batch_size={t.batch_size}")

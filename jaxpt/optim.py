@@ -29,7 +29,8 @@ def learning_rate_schedule(cfg: OptimConfig, num_steps: int) -> optax.Schedule:
   elif cfg.schedule == "constant":
     after = optax.constant_schedule(peak)
   elif cfg.schedule == "wsd":
-    after = _stable_then_decay(peak, end, rest, cfg.decay_fraction, cfg.decay_shape)
+    after = _stable_then_decay(peak, end, rest, cfg.decay_fraction, cfg.decay_shape,
+                               cfg.decay_steps)
   elif cfg.schedule == "inverse_sqrt":
     origin = max(warmup, 1)
     after = lambda step: peak * jnp.sqrt(origin / (origin + jnp.asarray(step, jnp.float32)))
@@ -42,10 +43,10 @@ def learning_rate_schedule(cfg: OptimConfig, num_steps: int) -> optax.Schedule:
 
 
 def _stable_then_decay(peak: float, end: float, steps: int, fraction: float,
-                       shape: str) -> optax.Schedule:
-  """The peak for the first (1 - fraction) of `steps`, then down to `end` over the rest:
-  linearly, or as 1 - sqrt(progress)."""
-  decay = max(int(round(steps * fraction)), 1)
+                       shape: str, decay_steps: int = 0) -> optax.Schedule:
+  """The peak for the first (1 - fraction) of `steps` (or all but the last `decay_steps`),
+  then down to `end` over the rest: linearly, or as 1 - sqrt(progress)."""
+  decay = min(decay_steps, steps) if decay_steps > 0 else max(int(round(steps * fraction)), 1)
   stable = steps - decay
 
   def schedule(step):

@@ -131,14 +131,15 @@ def test_runs_of_other_labels_or_starts_are_refused(swept, tmp_path, capsys):
   assert not (tmp_path / "s").exists()
 
 
-def test_the_default_recipe_learns_a_planted_task_from_scratch(tmp_path, vocab_file):
-  # The packaged defaults (learning rate by width, warm-up share, 20 evaluations, early
-  # stopping, length buckets) with only the model made tiny; 128 training labels.
+def test_the_default_recipe_learns_a_planted_task_from_scratch(tmp_path):
+  # The packaged defaults (a WordPiece vocabulary trained on the task, learning rate by
+  # width, warm-up share, 20 evaluations, early stopping, length buckets) with only the model
+  # made tiny; 128 training labels.
   task = write_task(tmp_path / "task", sizes=(("train", 128), ("validation", 64),
                                               ("test", 64)))
   cfg = config_lib.with_model(config_lib.load("finetune"), num_layers=2, hidden_size=64,
                               num_heads=4, intermediate_size=128)
-  s = classification.setup(cfg, str(task), "scratch", vocab_file)
+  s = classification.setup(cfg, str(task), "scratch")
   assert s.cfg.optim.learning_rate == pytest.approx(1e-3)
   report = classification.finetune(s, str(tmp_path / "run"), progress=False)
   predicted = np.sum(report["confusion_matrix"], 0)  # test examples per predicted class

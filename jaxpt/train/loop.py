@@ -327,6 +327,7 @@ SAFE_TO_CHANGE = (
     # The learning-rate schedule: asked for by the user, so applied as given (only a changed
     # num_steps is made continuous, by `resumed_schedule`).
     "optim.learning_rate", "optim.warmup_steps", "optim.schedule", "optim.power",
+    "optim.decay_fraction", "optim.decay_steps", "optim.decay_shape", "train.branch_from",
     "optim.end_learning_rate_fraction", "optim.grad_clip_norm", "model.dtype", "model.remat",
     "model.kernels",
     "data.dir", "data.prefetch_batches", "data.read_threads", "mesh.data", "mesh.fsdp",
@@ -422,7 +423,53 @@ def _read_latest(task: Task, mesh, checkpointer, workdir: str, say) -> tuple:
     raise TrainError(f"{checkpointer.directory}: no readable checkpoint ("
                      + "; ".join(f"step {s}: {r}" for s, r in unreadable)
                      + "); nothing was changed. Move them away to start from scratch")
+  if cfg.train.branch_from:
+    return _read_branch(task, mesh, say)
   return build_program(task, mesh), None, []
+
+
+def branch_source(spec: str) -> tuple[str, int | None]:
+  """`train.branch_from`'s (checkpoint directory, step or None for the latest)."""
+  run, sep, step = spec.rpartition(":")
+  if not sep or not step.isdigit():
+    run, step = spec, ""
+  return os.path.join(run, "checkpoints"), (int(step) if step else None)
+
+
+def _read_branch(task: Task, mesh, say) -> tuple:
+  """(program, Resumed, []) from `train.branch_from`'s checkpoint, its schedule history and
+  best-checkpoint record dropped: this run's schedule is its own config's."""
+  spec = task.cfg.train.branch_from
+  directory, step = branch_source(spec)
+  if not os.path.isdir(directory):
+    raise TrainError(f"config.train.branch_from={spec}: {directory} does not exist")
+  source = ckpt_lib.Checkpointer(directory, max_to_keep=1, async_save=False)
+  try:
+    steps = source.all_steps()
+    step = max(steps) if step is None and steps else step
+    if step is None or step not in steps:
+      raise TrainError(f"config.train.branch_from={spec}: no checkpoint at step "
+                       f"{step} in {directory} (steps: {sorted(steps)})")
+    where = f"{directory}/{step}"
+    data, saved = source.restore_metadata(step)
+    program = build_program(task, mesh)
+    problems = source.mismatches(step, program.abstract_state)
+    if problems:
+      raise TrainError(f"{where} does not fit this run: {'; '.join(problems)}")
+    _check_config(task, saved, data, where)
+    task.check_resume(data, where)
+    with jax.set_mesh(program.mesh):
+      state, _, _ = source.restore(step, program.abstract_state)
+  finally:
+    source.close()
+  if step >= task.num_steps:
+    raise TrainError(f"config.train.branch_from={spec}: step {step} is not before "
+                     f"train.num_steps={task.num_steps}")
+  say(f"branched from {where}; this run's schedule from step {step} on")
+  data = {k: v for k, v in data.items()
+          if k not in ("schedule_segments", "best", "evals_since_best")}
+  data["num_steps"] = task.num_steps
+  return program, Resumed(state, data, saved), []
 
 
 def _sync(name: str) -> None:
