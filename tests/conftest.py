@@ -6,10 +6,10 @@ import os
 # The suite compiles hundreds of small programs and runs each briefly: compiling dominates, so
 # XLA's backend optimisations are off (they change no result an assertion here looks at;
 # measured: a third less CPU time). JAXPT_TEST_XLA_OPT=1 keeps them.
+FAST_COMPILE = ("" if os.environ.get("JAXPT_TEST_XLA_OPT")
+                else "--xla_backend_optimization_level=0")  # for subprocesses' own XLA_FLAGS
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8"
-                           + ("" if os.environ.get("JAXPT_TEST_XLA_OPT")
-                              else " --xla_backend_optimization_level=0")).strip()
+                           + " --xla_force_host_platform_device_count=8 " + FAST_COMPILE).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One XLA compilation cache for the session, subprocesses included: the many small runs of the
 # same tiny config (kill-and-resume, multi-process, CLI) compile each program once. A fresh

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, start_steps
+from conftest import FAST_COMPILE, REPO, start_steps
 
 
 def jaxpt(*args, timeout=300):
@@ -183,7 +183,7 @@ def test_presets_by_name_from_any_directory(tmp_path):
                            "--dry_run", "--config.model.max_position_embeddings=32",
                            "--config.train.batch_size=8"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=180,
-                          env=dict(os.environ, XLA_FLAGS=""))
+                          env=dict(os.environ, XLA_FLAGS=FAST_COMPILE))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "compiled the train step" in proc.stdout
   proc = subprocess.run([sys.executable, "-m", "jaxpt", "pretrain", "--config=bert_tiniest",

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import REPO, start_steps
+from conftest import FAST_COMPILE, REPO, start_steps
 from jaxpt import config as config_lib
 from jaxpt import optim, sharding
 from jaxpt.tasks import pretraining
@@ -42,8 +42,7 @@ def command(data, workdir, vocab, *extra):
 
 
 # One CPU device: these runs test the loop, not sharding, and 8 fake devices slow tiny steps.
-ONE_DEVICE = dict(os.environ, PYTHONUNBUFFERED="1", XLA_FLAGS=" ".join(
-    f for f in os.environ["XLA_FLAGS"].split() if "device_count" not in f))
+ONE_DEVICE = dict(os.environ, PYTHONUNBUFFERED="1", XLA_FLAGS=FAST_COMPILE)
 
 
 def run(cmd, timeout=240):
