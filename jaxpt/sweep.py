@@ -69,7 +69,7 @@ def _read(path: str) -> dict | None:
 
 
 def run(cfg: Config, specs: list[str], task_spec: str, init: str, tokenizer_path: str | None,
-        workdir: str, *, progress: bool = True) -> dict:
+        workdir: str, *, progress: bool = True, like: str | None = None) -> dict:
   """Runs (or resumes) the sweep; returns {"candidates": rows, "best": name} or, when a
   candidate was preempted, {"stopped": ..., "candidate": name}."""
   grid = candidates(cfg, specs)
@@ -90,7 +90,7 @@ def run(cfg: Config, specs: list[str], task_spec: str, init: str, tokenizer_path
       else:
         if is_main:
           print(f"jaxpt finetune: sweep: {name}", flush=True)
-        s = classification.setup(c, task_spec, init, tokenizer_path)
+        s = classification.setup(c, task_spec, init, tokenizer_path, like)
         result = classification.finetune(s, directory, progress=progress)
         if result.get("stopped") in ("preempted", "interrupted"):
           return {"stopped": result["stopped"], "candidate": name}

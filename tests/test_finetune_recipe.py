@@ -127,3 +127,29 @@ def test_grouping_by_length_keeps_each_epoch_a_permutation_and_evens_batches():
   assert spread(grouped) < spread(order) / 4
   again = classification.group_by_length(order, lengths, 32, 10, np.random.default_rng(1))
   np.testing.assert_array_equal(grouped, again)  # a pure function of its inputs
+
+
+def test_a_scratch_baseline_like_a_pretrained_model_takes_its_shape_and_tokenizer(
+    tmp_path, vocab_file):
+  import transformers
+  from jaxpt.data import tokenizer as tok_lib
+  hf_dir = tmp_path / "hf"
+  vocab = tok_lib.load(vocab_file).get_vocab()
+  transformers.BertForMaskedLM(transformers.BertConfig(
+      vocab_size=len(vocab), hidden_size=48, num_hidden_layers=3, num_attention_heads=4,
+      intermediate_size=96, max_position_embeddings=128)).save_pretrained(hf_dir)
+  (hf_dir / "vocab.txt").write_text(open(vocab_file).read())
+  task = write_task(tmp_path / "task", sizes=(("train", 32), ("validation", 8), ("test", 8)))
+  s = classification.setup(config_lib.load("finetune"), str(task), "scratch", like=str(hf_dir))
+  m = s.cfg.model
+  assert (m.num_layers, m.hidden_size, m.num_heads, m.vocab_size) == (3, 48, 4, len(vocab))
+  assert m.hidden_dropout == 0.1  # the fine-tuning preset's, not the checkpoint's
+  assert s.init_params is None and s.init_source.startswith("scratch (the architecture")
+  assert s.tokenizer.get_vocab() == vocab
+  assert s.cfg.optim.learning_rate == pytest.approx(1e-3)  # width 48, from scratch
+  with pytest.raises(classification.TrainError, match="--like brings its own tokenizer"):
+    classification.setup(config_lib.load("finetune"), str(task), "scratch", vocab_file,
+                         like=str(hf_dir))
+  with pytest.raises(classification.TrainError, match="shapes a model from scratch"):
+    classification.setup(config_lib.load("finetune"), str(task), str(hf_dir),
+                         like=str(hf_dir))

@@ -30,6 +30,10 @@ def define(fv: flags.FlagValues) -> None:
                       "(default: a WordPiece vocabulary trained on the task's train split, "
                       "config.finetune.scratch_vocab_size); with another --init it must "
                       "equal the weights' own.", flag_values=fv)
+  flags.DEFINE_string("like", None, "With --init=scratch: the architecture and tokenizer of "
+                      "this pretrained source (a workdir, import-hf or HuggingFace "
+                      "directory), the weights random: the baseline that differs from "
+                      "--init=SOURCE only by pretraining.", flag_values=fv)
   flags.DEFINE_multi_string("sweep", [], "KEY=V1,V2,...: one run per value (a grid over "
                             "several --sweep flags) in WORKDIR/sweep/, the best by the "
                             "validation metric left in WORKDIR, all in WORKDIR/sweep.json; "
@@ -46,10 +50,11 @@ def run(fv: flags.FlagValues, args: list[str]) -> int:
   initialize_distributed(fv)
   if fv.sweep:
     from jaxpt import sweep
-    sweep.run(cfg, fv.sweep, fv.task, fv.init, fv.tokenizer, fv.workdir, progress=fv.progress)
+    sweep.run(cfg, fv.sweep, fv.task, fv.init, fv.tokenizer, fv.workdir, progress=fv.progress,
+              like=fv.like)
     return 0
   from jaxpt.tasks import classification
-  setup = classification.setup(cfg, fv.task, fv.init, fv.tokenizer)
+  setup = classification.setup(cfg, fv.task, fv.init, fv.tokenizer, fv.like)
   classification.finetune(setup, fv.workdir, progress=fv.progress)
   return 0
 

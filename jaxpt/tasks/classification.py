@@ -211,11 +211,37 @@ def _scratch_tokenizer(path: str | None, task: labelled.Task, vocab_size: int):
   return tok_lib.train_wordpiece(texts, max(vocab_size, 100), min_frequency=1)
 
 
+def _architecture(cfg: Config, loaded: pretrained.Pretrained) -> Config:
+  """`cfg` with `loaded`'s architecture; dropout, dtype, remat, scan and pooling stay `cfg`'s."""
+  m = cfg.model
+  arch = dataclasses.replace(loaded.config, hidden_dropout=m.hidden_dropout,
+                             attention_dropout=m.attention_dropout, dtype=m.dtype,
+                             remat=m.remat, scan_layers=m.scan_layers,
+                             classifier_pooling=m.classifier_pooling)
+  return dataclasses.replace(cfg, model=arch)
+
+
 def setup(cfg: Config, task_spec: str | labelled.Task, init: str,
-          tokenizer_path: str | None = None) -> Setup:
-  """Resolves --task, --init and the tokenizer; every check happens here, before compiling."""
+          tokenizer_path: str | None = None, like: str | None = None) -> Setup:
+  """Resolves --task, --init (and --like) and the tokenizer; every check happens here, before
+  compiling. `like` (with init="scratch"): the architecture and tokenizer of that pretrained
+  source, the weights random: the baseline that differs from it only by pretraining."""
   task = task_spec if isinstance(task_spec, labelled.Task) else labelled.load(task_spec)
-  if init == "scratch":
+  if like and init != "scratch":
+    raise TrainError(f"--like={like} shapes a model from scratch; with --init={init} the "
+                     "architecture comes from the weights")
+  if like:
+    if tokenizer_path:
+      raise TrainError("--like brings its own tokenizer; drop --tokenizer")
+    try:
+      loaded = pretrained.load(like)
+    except (pretrained.SourceError, hf.HFError) as e:
+      raise TrainError(f"--like={like}: {e}") from None
+    if loaded.tokenizer is None:
+      raise TrainError(f"--like={like}: no tokenizer beside the weights")
+    tokenizer, cfg = loaded.tokenizer, _architecture(cfg, loaded)
+    params, source = None, f"scratch (the architecture and tokenizer of {loaded.source})"
+  elif init == "scratch":
     tokenizer = _scratch_tokenizer(tokenizer_path, task, cfg.finetune.scratch_vocab_size)
     cfg = config_lib.with_model(cfg, vocab_size=tokenizer.get_vocab_size())
     params, source = None, "scratch" + (
@@ -236,12 +262,8 @@ def setup(cfg: Config, task_spec: str | labelled.Task, init: str,
     if tokenizer is None:
       raise TrainError(f"--init={init}: no tokenizer beside the weights; pass --tokenizer")
     # The architecture comes from the weights; dropout, dtype, remat from the config.
-    m = cfg.model
-    arch = dataclasses.replace(loaded.config, hidden_dropout=m.hidden_dropout,
-                               attention_dropout=m.attention_dropout, dtype=m.dtype,
-                               remat=m.remat, scan_layers=m.scan_layers,
-                               classifier_pooling=m.classifier_pooling)
-    cfg = dataclasses.replace(cfg, model=arch)
+    cfg = _architecture(cfg, loaded)
+    arch = cfg.model
     adapted = pretrained.adapt(loaded, arch, allow_missing=("mlm.", "nsp.", "pooler."))
     params = {k: v for k, v in adapted.items() if k in ("encoder", "pooler")}
     if not arch.pooler and "mlm" in adapted:
@@ -251,7 +273,7 @@ def setup(cfg: Config, task_spec: str | labelled.Task, init: str,
                         "norm": adapted["mlm"]["norm"]}
     source = loaded.source
   if cfg.optim.learning_rate == 0:
-    rate = learning_rate_for(cfg.model, scratch=init == "scratch")
+    rate = learning_rate_for(cfg.model, scratch=init == "scratch")  # --like too
     cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, learning_rate=rate))
   if tokenizer.get_vocab_size() > cfg.model.vocab_size:
     raise TrainError(f"the tokenizer has {tokenizer.get_vocab_size()} tokens, more than "
