@@ -1,14 +1,18 @@
 """The fine-tuning scoreboard: does pretraining help, measured on real labelled tasks.
 
-For each task and each start (random init, jaxpt's own pretrained model, the real
-all-MiniLM-L6-v2 weights) and each seed: fine-tune, keep the best validation checkpoint, score
-it on the test split. Reports the mean and spread of macro-F1 and the CPU time per column,
-writes a Markdown table into benchmarks/RESULTS.md (between markers) and a bar chart PNG.
+For each task, training-set size (a learning curve), start (random init shaped like the
+jaxpt model, jaxpt's own pretrained model, the real all-MiniLM-L6-v2 weights) and seed:
+fine-tune with the packaged defaults (`jaxpt/configs/finetune.py`: learning rate by width,
+early stopping), keep the best validation checkpoint, score it on the test split. Then, per
+(task, size, start), the ensemble of the seeds (`jaxpt ensemble`) and, for pretrained starts,
+their uniform soup (`jaxpt average`). Reports mean and spread of macro-F1 and the CPU time per
+cell, writes Markdown tables into benchmarks/RESULTS.md (between markers) and a chart.
 
-  python benchmarks/finetune_report.py                       # the published configuration
-  python benchmarks/finetune_report.py --train_examples=256 --seeds=0 --epochs=1   # a quick look
+  python benchmarks/finetune_report.py --jaxpt_workdir=workdirs/embedded     # the plan
+  python benchmarks/finetune_report.py --tasks=shakespeare_genre --train_sizes=64 \
+      --starts=scratch --seeds=0,1 --override=finetune.min_steps=20  # a quick look
 
-Runs are resumable: a finished (task, start, seed) keeps its eval.json and is not re-run.
+Resumable: a finished cell keeps its result.json and is not re-run; an unfinished one resumes.
 """
 
 from __future__ import annotations
@@ -34,25 +38,20 @@ BEGIN, END = "<!-- finetune_report:begin -->", "<!-- finetune_report:end -->"
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--tasks", default="spamassassin,brown_genre")
+  p.add_argument("--tasks", default="spamassassin,brown_genre,brown_pos")
   p.add_argument("--starts", default="scratch,jaxpt,minilm",
-                 help="scratch (random init, BERT-mini), jaxpt (--jaxpt_workdir), minilm")
+                 help="scratch (random init; shaped like --jaxpt_workdir when it exists, "
+                      "else the preset's BERT-mini), jaxpt (--jaxpt_workdir), minilm")
   p.add_argument("--jaxpt_workdir", default=str(REPO / "workdirs" / "shakespeare"),
                  help="a jaxpt pretraining workdir (default: the `make pretrain` demo)")
-  p.add_argument("--jaxpt_description",
-                 default="BERT-tiny (L2/H128, vocab 8192) from `make pretrain` (Shakespeare only, "
-                         "2000 steps of 32 x 128 tokens)",
+  p.add_argument("--jaxpt_description", default="",
                  help="what --jaxpt_workdir holds, for the table's caption")
   p.add_argument("--seeds", default="0,1,2")
-  p.add_argument("--train_examples", type=int, default=1024,
-                 help="train examples per task (a fixed subset; 0 = all). Validation and test "
-                      "splits are always complete.")
-  p.add_argument("--epochs", type=float, default=3.0)
-  p.add_argument("--max_length", type=int, default=64)
-  p.add_argument("--learning_rate", type=float, default=1e-4)
-  p.add_argument("--augment_task", default="",
-                 help="also run the scratch start with augmentation (delete/swap 0.1, synonym "
-                      "0.1) on this task; empty: no augmentation column")
+  p.add_argument("--train_sizes", default="64,256,1024,0",
+                 help="train examples per task, a fixed subset each (0 = all); validation "
+                      "and test splits are always complete")
+  p.add_argument("--override", action="append", default=[],
+                 help="KEY=VALUE of the fine-tuning config, e.g. finetune.max_length=64")
   p.add_argument("--out_dir", default=str(REPO / "runs" / "finetune_report"))
   p.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
   p.add_argument("--png", default=str(REPO / "benchmarks" / "finetune_report.png"))
@@ -63,90 +62,134 @@ def subsample(task, n: int):
   if n and len(task.splits["train"]) > n:
     order = np.random.default_rng(1234).permutation(len(task.splits["train"]))[:n]
     task.splits["train"] = [task.splits["train"][i] for i in sorted(order)]
-    missing = set(task.labels) - {e["label"] for e in task.splits["train"]}
-    if missing:
-      raise SystemExit(f"{task.name}: a {n}-example subset lacks labels {sorted(missing)}")
   return task
 
 
-def run_one(args, task_name: str, start: str, seed: int, augment: bool) -> dict:
+def config(args, seed: int):
   from jaxpt import config as config_lib
-  from jaxpt.data import labelled as tasks
-  from jaxpt.tasks import classification as finetune
-  from jaxpt.data import corpora
+  cfg = dataclasses.replace(config_lib.load("finetune"), seed=seed)
+  for item in args.override:
+    key, _, value = item.partition("=")
+    cfg = config_lib.replace_field(cfg, key, value)
+  return config_lib.validate(cfg)
 
-  column = start + ("+augment" if augment else "")
-  workdir = pathlib.Path(args.out_dir) / task_name / column / f"seed{seed}"
+
+def _cell_dir(args, task: str, size: int, start: str) -> pathlib.Path:
+  return pathlib.Path(args.out_dir) / task / f"n{size or 'all'}" / start
+
+
+def run_one(args, task_name: str, size: int, start: str, seed: int) -> dict:
+  from jaxpt.data import corpora
+  from jaxpt.data import labelled
+  from jaxpt.tasks import classification
+  workdir = _cell_dir(args, task_name, size, start) / f"seed{seed}"
   result_path = workdir / "result.json"
   if result_path.exists():
     return json.loads(result_path.read_text())
-  init = {"scratch": "scratch", "jaxpt": args.jaxpt_workdir,
-          "minilm": "hf:" + str(corpora.fetch_weights("all-minilm-l6-v2"))}[start]
-  cfg = config_lib.load("finetune")
-  cfg = dataclasses.replace(
-      cfg, seed=seed,
-      optim=dataclasses.replace(cfg.optim, learning_rate=args.learning_rate),
-      finetune=dataclasses.replace(
-          cfg.finetune, epochs=args.epochs, max_length=args.max_length,
-          **(dict(augment_delete=0.1, augment_swap=0.1, augment_synonym=0.1) if augment
-             else {})))
-  if workdir.exists():  # an unfinished run: start it again from scratch
-    import shutil
-    shutil.rmtree(workdir)
-  task = subsample(tasks.load(task_name), args.train_examples)
+  like = None
+  if start == "scratch":
+    init = "scratch"
+    like = args.jaxpt_workdir if os.path.isdir(args.jaxpt_workdir) else None
+  elif start == "jaxpt":
+    init = args.jaxpt_workdir
+  else:
+    init = "hf:" + str(corpora.fetch_weights("all-minilm-l6-v2"))
+  task = subsample(labelled.load(task_name), size)
   cpu, wall = time.process_time(), time.time()
-  setup = finetune.setup(cfg, task, init)
-  report = finetune.finetune(setup, str(workdir), progress=False)
-  if report.get("stopped") == "preempted":
-    raise SystemExit("SIGTERM: the run was checkpointed; re-run this script to continue")
-  result = {"task": task_name, "start": column, "seed": seed, "f1_macro": report["f1_macro"],
-            "accuracy": report["accuracy"], "mcc": report["mcc"],
-            "cpu_s": time.process_time() - cpu, "wall_s": time.time() - wall,
-            "best_step": report["step"], "init": setup.init_source}
+  setup = classification.setup(config(args, seed), task, init, like=like)
+  report = classification.finetune(setup, str(workdir), progress=False)
+  if report.get("stopped") in ("preempted", "interrupted"):
+    raise SystemExit("stopped: the run was checkpointed; re-run this script to continue")
+  result = {"task": task_name, "size": size, "start": start, "seed": seed,
+            "f1_macro": report["f1_macro"], "accuracy": report["accuracy"],
+            "mcc": report["mcc"], "cpu_s": time.process_time() - cpu,
+            "wall_s": time.time() - wall, "best_step": report["step"],
+            "train_examples": len(task.splits["train"]), "init": setup.init_source,
+            "learning_rate": setup.cfg.optim.learning_rate}
   result_path.write_text(json.dumps(result, indent=2) + "\n")
   return result
 
 
-def table(results: list[dict], tasks_: list[str], columns: list[str]) -> str:
-  head = "| task | " + " | ".join(columns) + " |"
-  lines = [head, "|" + "---|" * (len(columns) + 1)]
+def fuse(args, task: str, size: int, start: str, seeds: list[int], kind: str) -> dict | None:
+  """The ensemble (or soup) of a cell's seeds, scored on the test split; cached."""
+  from jaxpt import fusion
+  cell = _cell_dir(args, task, size, start)
+  path = cell / f"{kind}.json"
+  if path.exists():
+    return json.loads(path.read_text())
+  runs = [str(cell / f"seed{seed}") for seed in seeds]
+  if len(runs) < 2:
+    return None
+  cpu = time.process_time()
+  if kind == "ensemble":
+    report = fusion.ensemble(runs, str(cell / "ensemble_out"))
+  else:
+    report = fusion.soup(runs, str(cell / "soup_out"), overwrite=True)
+  out = {"f1_macro": report["f1_macro"], "cpu_s": time.process_time() - cpu,
+         "members": [m.get("f1_macro") for m in report["members"]]}
+  path.write_text(json.dumps(out, indent=2) + "\n")
+  return out
+
+
+def _mean_sd(values) -> str:
+  v = np.asarray(values, np.float64)
+  return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}"
+
+
+def tables(results: list[dict], fused: dict, tasks_, sizes, starts) -> str:
+  out = []
   for task in tasks_:
-    cells = []
-    for column in columns:
-      rows = [r for r in results if r["task"] == task and r["start"] == column]
-      if not rows:
-        cells.append("")
-        continue
-      f1 = np.array([r["f1_macro"] for r in rows])
-      cpu = sum(r["cpu_s"] for r in rows) / 60
-      cells.append(f"{f1.mean():.3f} ± {f1.std(ddof=1) if len(f1) > 1 else 0:.3f} "
-                   f"(n={len(f1)}; {cpu:.1f} CPU-min)")
-    lines.append(f"| {task} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+    columns = []
+    for start in starts:
+      columns += [start, f"{start} ensemble"] + ([f"{start} soup"] if start != "scratch" else [])
+    lines = [f"**{task}** (test macro-F1; mean ± sd over seeds; CPU-min of the seeds)", "",
+             "| train examples | " + " | ".join(columns) + " |",
+             "|" + "---|" * (len(columns) + 1)]
+    for size in sizes:
+      cells, n_train = [], None
+      for start in starts:
+        rows = [r for r in results if (r["task"], r["size"], r["start"]) == (task, size, start)]
+        if rows:
+          n_train = rows[0]["train_examples"]
+          cpu = sum(r["cpu_s"] for r in rows) / 60
+          cells.append(f"{_mean_sd([r['f1_macro'] for r in rows])} ({cpu:.0f} min)")
+        else:
+          cells.append("")
+        for kind in ("ensemble", "soup") if start != "scratch" else ("ensemble",):
+          f = fused.get((task, size, start, kind))
+          cells.append(f"{f['f1_macro']:.3f}" if f else "")
+      lines.append(f"| {n_train or size} | " + " | ".join(cells) + " |")
+    out.append("\n".join(lines))
+  return "\n\n".join(out)
 
 
-def chart(results, tasks_, columns, path):
+def chart(results, tasks_, sizes, starts, path):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(7, 4))
-  width = 0.8 / len(columns)
-  for j, column in enumerate(columns):
-    means, errs = [], []
-    for task in tasks_:
-      f1 = [r["f1_macro"] for r in results if r["task"] == task and r["start"] == column]
-      means.append(np.mean(f1) if f1 else 0)
-      errs.append(np.std(f1, ddof=1) if len(f1) > 1 else 0)
-    ax.bar(np.arange(len(tasks_)) + j * width, means, width, yerr=errs, label=column,
-           capsize=3)
-  ax.set_xticks(np.arange(len(tasks_)) + width * (len(columns) - 1) / 2, tasks_)
-  ax.set_ylabel("test macro-F1")
-  ax.set_ylim(0, 1)
-  ax.legend()
-  ax.set_title("Fine-tuning: macro-F1 by starting point (mean ± sd over seeds)")
+  fig, axes = plt.subplots(1, len(tasks_), figsize=(4.5 * len(tasks_), 3.6), squeeze=False)
+  for ax, task in zip(axes[0], tasks_):
+    for start in starts:
+      xs, means, errs = [], [], []
+      for size in sizes:
+        f1 = [r["f1_macro"] for r in results
+              if (r["task"], r["size"], r["start"]) == (task, size, start)]
+        if f1:
+          xs.append(next(r["train_examples"] for r in results
+                         if (r["task"], r["size"], r["start"]) == (task, size, start)))
+          means.append(np.mean(f1))
+          errs.append(np.std(f1, ddof=1) if len(f1) > 1 else 0)
+      if xs:
+        ax.errorbar(xs, means, yerr=errs, marker="o", capsize=3, label=start)
+    ax.set_xscale("log")
+    ax.set_xlabel("training labels")
+    ax.set_title(task)
+    ax.set_ylim(0, 1)
+  axes[0][0].set_ylabel("test macro-F1")
+  axes[0][-1].legend()
   fig.tight_layout()
   tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=120)
+  fig.savefig(tmp, dpi=110)
   os.replace(tmp, path)
 
 
@@ -169,30 +212,36 @@ def main(argv=None):
   tasks_ = args.tasks.split(",")
   starts = args.starts.split(",")
   seeds = [int(s) for s in args.seeds.split(",")]
-  plan = [(t, s, seed, False) for t in tasks_ for s in starts for seed in seeds]
-  if args.augment_task:
-    plan += [(args.augment_task, "scratch", seed, True) for seed in seeds]
-  results = []
-  for i, (task, start, seed, augment) in enumerate(plan, 1):
-    print(f"[{i}/{len(plan)}] {task} / {start}{'+augment' if augment else ''} / seed {seed}",
+  sizes = [int(s) for s in args.train_sizes.split(",")]
+  plan = [(t, n, s, seed) for t in tasks_ for n in sizes for s in starts for seed in seeds]
+  results, fused = [], {}
+  for i, (task, size, start, seed) in enumerate(plan, 1):
+    print(f"[{i}/{len(plan)}] {task} / {size or 'all'} labels / {start} / seed {seed}",
           flush=True)
-    r = run_one(args, task, start, seed, augment)
+    r = run_one(args, task, size, start, seed)
     print(f"    macro-F1 {r['f1_macro']:.4f}, {r['cpu_s'] / 60:.1f} CPU-min", flush=True)
     results.append(r)
-  columns = starts + (["scratch+augment"] if args.augment_task else [])
-  md = table(results, tasks_, columns)
-  chart(results, tasks_, columns, args.png)
+    if seed == seeds[-1]:
+      for kind in ("ensemble", "soup") if start != "scratch" else ("ensemble",):
+        f = fuse(args, task, size, start, seeds, kind)
+        if f:
+          fused[(task, size, start, kind)] = f
+          print(f"    {kind} of {len(seeds)} seeds: macro-F1 {f['f1_macro']:.4f}", flush=True)
+  md = tables(results, fused, tasks_, sizes, starts)
+  chart(results, tasks_, sizes, starts, args.png)
   versions = f"jax {jax.__version__}, {platform.processor() or platform.machine()}"
+  scratch_shape = (f"random weights shaped like `{args.jaxpt_workdir}` (`--like`)"
+                   if os.path.isdir(args.jaxpt_workdir) else "BERT-mini from random weights")
   section = "\n".join([
       f"### Fine-tuning scoreboard ({datetime.date.today().isoformat()})", "",
-      f"Command: `python benchmarks/finetune_report.py "
+      "Command: `python benchmarks/finetune_report.py "
       + " ".join(a for a in (argv or sys.argv[1:])) + "`", "",
-      f"Machine: {os.cpu_count()} CPU cores ({versions}). Test macro-F1 of the best validation "
-      f"checkpoint, mean ± sd over seeds {args.seeds}; {args.train_examples or 'all'} train "
-      f"examples per task, {args.epochs:g} epochs, {args.max_length} tokens, AdamW "
-      f"{args.learning_rate:g}. Columns: `scratch` = BERT-mini (L4/H256) from random init; "
-      f"`jaxpt` = {args.jaxpt_description}; `minilm` = the real all-MiniLM-L6-v2 weights (L6/H384). CPU-min is the "
-      f"process CPU time of the whole column.", "", md, "",
+      f"Machine: {os.cpu_count()} CPU cores ({versions}). Test macro-F1 of the best "
+      f"validation checkpoint, mean ± sd over seeds {args.seeds}, with the packaged "
+      "fine-tuning defaults" + (f" and {', '.join(args.override)}" if args.override else "")
+      + f". Starts: `scratch` = {scratch_shape}; `jaxpt` = {args.jaxpt_description or args.jaxpt_workdir}; "
+      "`minilm` = the real all-MiniLM-L6-v2 weights (L6/H384). Ensemble: the seeds' mean "
+      "probabilities; soup: the mean of their weights.", "", md, "",
       f"![scoreboard]({os.path.relpath(args.png, os.path.dirname(args.results))})"])
   write_results(args.results, section)
   print(section)
