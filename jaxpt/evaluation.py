@@ -19,7 +19,9 @@ def classification_report(labels: np.ndarray, predictions: np.ndarray,
       "num_examples": int(labels.size),
       "accuracy": float(skm.accuracy_score(labels, predictions)),
       "precision_macro": float(p), "recall_macro": float(r), "f1_macro": float(f),
-      "mcc": float(skm.matthews_corrcoef(labels, predictions)) if labels.size else 0.0,
+      # Undefined (scikit-learn warns, and says 0) when one class is all there is.
+      "mcc": (float(skm.matthews_corrcoef(labels, predictions))
+              if np.unique(np.concatenate([labels, predictions])).size > 1 else 0.0),
       "labels": list(names),
       "confusion_matrix": skm.confusion_matrix(labels, predictions, labels=ids).tolist(),
   }
