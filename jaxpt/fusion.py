@@ -174,7 +174,7 @@ def soup(workdirs: list[str], out: str, *, greedy: bool = False,
   if jax.process_index() == 0:
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    info = dict(first.info, init=first.info["init"],
+    info = dict(first.info,
                 soup={"members": [m.workdir for m in members],
                       "chosen": [members[i].workdir for i in chosen],
                       "greedy": greedy, "validation": dict(zip(workdirs, scores))})
