@@ -424,6 +424,14 @@ class ClassificationTask:
 
     self.grad_step = jax.jit(grad_step, in_shardings=(self.param_sh, self.batch_sh),
                              out_shardings=self.param_sh)
+
+    def probability_step(params, batch):
+      logits = objective.logits(nnx.merge(graphdef, params), batch, deterministic=True)
+      return jax.nn.softmax(logits.astype(jnp.float32), -1)
+
+    self.probability_step = jax.jit(probability_step, in_shardings=(self.param_sh,
+                                                                    self.batch_sh),
+                                    out_shardings=sharding.replicated(self.mesh))
     return self
 
   prepare_eval = bind
@@ -488,16 +496,6 @@ class ClassificationTask:
   def probabilities(self, params, split: str) -> np.ndarray:
     """Class probabilities, [n, labels] (sequence) or [n, max_length, labels] (token; 0 where
     nothing is scored): what `jaxpt ensemble` averages."""
-    if "probability_step" not in self.__dict__:
-      objective, graphdef = self.objective, self.graphdef
-
-      def probability_step(params, batch):
-        logits = objective.logits(nnx.merge(graphdef, params), batch, deterministic=True)
-        return jax.nn.softmax(logits.astype(jnp.float32), -1)
-
-      self.probability_step = jax.jit(probability_step, in_shardings=(self.param_sh,
-                                                                      self.batch_sh),
-                                      out_shardings=sharding.replicated(self.mesh))
     with jax.set_mesh(self.mesh):
       out = [fetch(self.probability_step(params, batch))[:real]
              for batch, real in self.eval_batches(split)]
