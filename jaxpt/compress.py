@@ -272,7 +272,7 @@ def compress(workdir: str, out: str, opts: Options, *, progress: bool = True) ->
   except TrainError as e:
     raise CompressError(f"--workdir={workdir}: {e}") from None
   cfg = runner.setup.cfg
-  params = jax.device_get(state.params)
+  params = jax.device_get(state.eval_params)
   del state
   record = {"source": workdir, "source_step": step, "config": config_lib.to_dict(cfg),
             "prune": opts.prune, "scheme": opts.scheme if opts.prune else None,
@@ -354,7 +354,7 @@ def _recover(runner: classification.ClassificationTask, params, info: dict, step
                          f"{info['init']} (pruned)")
   classification.finetune(setup, workdir, progress=progress)
   _, state, _, _ = classification.load_best(workdir)
-  return jax.device_get(state.params)
+  return jax.device_get(state.eval_params)
 
 
 @dataclasses.dataclass

@@ -150,6 +150,11 @@ class OptimConfig:
   # Hold a pruning mask: no update reaches a weight of the encoder's dense kernels that is
   # exactly zero (`jaxpt compress --recover_steps` sets it).
   keep_pruned: bool = False
+  # An exponential moving average of the parameters, kept in the train state and checkpointed,
+  # when > 0 (e.g. 0.999): evaluation, the best checkpoint, export-hf, finetune's init and
+  # every command that loads the workdir use it. Its decay is min(ema_decay, (1 + step) /
+  # (10 + step)). 0: none.
+  ema_decay: float = 0.0
 
 
 @dataclasses.dataclass
@@ -356,6 +361,8 @@ def validate(cfg: Config) -> Config:
          "must be positive (or 0 when fine-tuning: chosen by model size)")
   _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be >= 0")
   _check(o.grad_clip_norm >= 0, "optim.grad_clip_norm", o.grad_clip_norm, "must be >= 0")
+  _check(0.0 <= o.ema_decay < 1.0, "optim.ema_decay", o.ema_decay,
+         "must be in [0, 1) (0: no moving average)")
   for name in ("data", "fsdp", "tensor"):
     size = getattr(cfg.mesh, name)
     _check(size == -1 or size > 0, f"mesh.{name}", size, "must be positive or -1")

@@ -70,7 +70,7 @@ def _members(workdirs: list[str], task_spec: str | None) -> list[Member]:
 def _scored(member: Member, split: str) -> tuple[np.ndarray, np.ndarray]:
   """(probabilities [scored, labels], scored positions per example) of a token task's first
   sub-words, which align across tokenizers word by word."""
-  probs = member.runner.probabilities(member.state.params, split)
+  probs = member.runner.probabilities(member.state.eval_params, split)
   scored = member.runner.encoded[split].labels != IGNORE
   return probs[scored], scored.sum(1)
 
@@ -86,7 +86,7 @@ def ensemble(workdirs: list[str], out: str, *, split: str = "test",
   probabilities, counts, scores = [], [], []
   for m in members:
     if kind == "sequence":
-      p, c = m.runner.probabilities(m.state.params, split), None
+      p, c = m.runner.probabilities(m.state.eval_params, split), None
     else:
       p, c = _scored(m, split)
       if counts and not np.array_equal(c, counts[0]):
@@ -131,7 +131,7 @@ def _check_soup(members: list[Member]) -> None:
     if m.info["init"] != first.info["init"]:
       raise FusionError(f"{m.workdir} started from {m.info['init']}, {first.workdir} from "
                         f"{first.info['init']}: a soup averages runs of one start")
-    why = params_lib.mismatch(first.state.params, m.state.params)
+    why = params_lib.mismatch(first.state.eval_params, m.state.eval_params)
     if why:
       raise FusionError(f"{m.workdir} and {first.workdir} differ in shape: {why}")
     if m.runner.setup.tokenizer.get_vocab() != first.runner.setup.tokenizer.get_vocab():
@@ -150,7 +150,7 @@ def soup(workdirs: list[str], out: str, *, greedy: bool = False,
   first = members[0]
   runner = first.runner
   metric = runner.cfg.finetune.metric
-  host = [jax.device_get(m.state.params) for m in members]
+  host = [jax.device_get(m.state.eval_params) for m in members]
 
   def validation(params) -> float:
     with jax.set_mesh(runner.mesh):
@@ -182,7 +182,9 @@ def soup(workdirs: list[str], out: str, *, greedy: bool = False,
     shutil.copytree(os.path.join(first.workdir, "tokenizer"), os.path.join(tmp, "tokenizer"))
   _, saved_config = _saved_config(first.workdir, first.step)
   with jax.set_mesh(runner.mesh):
-    state = dataclasses.replace(first.state, params=sharding.place(averaged, runner.param_sh))
+    placed = sharding.place(averaged, runner.param_sh)
+    state = dataclasses.replace(first.state, params=placed,
+                                ema=None if first.state.ema is None else placed)
     best = ckpt_lib.Checkpointer(os.path.join(tmp, "best"), max_to_keep=1, async_save=False)
     try:
       best.save(first.step, state, data={"soup": [members[i].workdir for i in chosen]},

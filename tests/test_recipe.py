@@ -1,5 +1,6 @@
 """The pretraining recipe across runs: a decay branched off a stable warmup-stable-decay run
-continues it exactly, decays over its own steps, and leaves the stable run as it was."""
+continues it exactly, decays over its own steps, and leaves the stable run as it was; a
+moving average of the parameters follows its recurrence and is what the workdir gives."""
 
 import json
 import os
@@ -59,3 +60,48 @@ def test_a_decay_branches_off_a_stable_run_and_continues_it_exactly(prepared_dir
   assert "no checkpoint at step 7" in proc.stderr and "[10, 20, 30]" in proc.stderr
   assert not (tmp_path / "other" / "checkpoints").exists() or not os.listdir(
       tmp_path / "other" / "checkpoints")
+
+
+def test_the_moving_average_follows_its_recurrence_and_is_what_the_workdir_gives(
+    prepared_dir, vocab, tmp_path):
+  """optim.ema_decay: each checkpoint's EMA is the previous one moved (1 - d) of the way to
+  the new parameters, d = min(decay, (1 + step) / (10 + step)); commands loading the workdir
+  get the EMA; switching it off on resume is refused in one line, before compiling."""
+  import orbax.checkpoint as ocp
+
+  from jaxpt import pretrained
+  from jaxpt.models import params as params_lib
+  from jaxpt.train import step as step_lib
+
+  ema = np.asarray(step_lib.update_ema({"w": np.float32([1.0, 3.0])},
+                                       {"w": np.float32([2.0, 1.0])}, 0.99, 30)["w"])
+  np.testing.assert_allclose(ema, [1.0 + 9 / 40, 3.0 - 2 * 9 / 40], rtol=1e-6)  # d = 31/40
+  kept = step_lib.update_ema({"w": np.float32([1.0])}, {"w": np.float32([2.0])}, 0.5, 100,
+                             skipped=True)["w"]
+  assert float(kept[0]) == 1.0
+
+  workdir = tmp_path / "ema"
+  proc = run(command(prepared_dir, workdir, vocab, "--config.optim.ema_decay=0.5",
+                     "--config.train.num_steps=4", "--config.checkpoint.every_steps=1",
+                     "--config.checkpoint.max_to_keep=5"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+  def state(step):
+    tree = ocp.PyTreeCheckpointer().restore(str(workdir / "checkpoints" / str(step) / "state"))
+    return params_lib.flatten(tree["params"]), params_lib.flatten(tree["ema"])
+
+  (p3, e3), (p4, e4) = state(3), state(4)
+  d = min(0.5, 4 / 13)  # the update from step 3 to step 4
+  for name in p4:
+    np.testing.assert_allclose(e4[name], e3[name] + (1 - d) * (p4[name] - e3[name]),
+                               rtol=1e-5, atol=1e-7)
+  assert any(not np.array_equal(e4[n], p4[n]) for n in p4)
+  loaded = params_lib.flatten(pretrained.load(str(workdir)).params)
+  assert all(np.array_equal(loaded[n], e4[n]) for n in e4)
+
+  proc = run(command(prepared_dir, workdir, vocab, "--config.train.num_steps=6",
+                     "--config.train.allow_config_change=optim.ema_decay"))
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert "moving average" in proc.stderr and "optim.ema_decay=0" in proc.stderr, proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+  assert max(int(s) for s in os.listdir(workdir / "checkpoints")) == 4

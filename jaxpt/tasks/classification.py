@@ -645,7 +645,7 @@ def evaluate_workdir(workdir: str, *, split: str = "test",
                      out: str | None = None) -> dict:
   """The best checkpoint of a fine-tuning workdir on `split`: report, printed and written."""
   runner, state, info, step = load_best(workdir, task_spec=task_spec, runner=runner)
-  report = runner.report(state.params, split)
+  report = runner.report(state.eval_params, split)
   report.update(step=step, task=info["task"], init=info["init"])
   if runner.is_main:
     write_report(workdir, split, report, out)

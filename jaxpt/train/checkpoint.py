@@ -193,6 +193,12 @@ class Checkpointer:
         problems.append(f"{name}: checkpoint {have or 'absent'}, model {want or 'absent'}")
     if len(problems) > limit:
       problems = problems[:limit] + [f"and {len(problems) - limit} more"]
+    saved_ema = any(k.startswith("ema.") for k in saved)
+    if not problems and saved_ema != any(k.startswith("ema.") for k in wanted):
+      problems.append("ema: the checkpoint keeps a moving average of the parameters and this "
+                      "config does not (optim.ema_decay=0)" if saved_ema else
+                      "ema: the checkpoint has no moving average of the parameters and this "
+                      "config keeps one (optim.ema_decay > 0)")
     if not problems:
       opt_saved = {k: v for k, v in saved.items() if k.startswith("opt_state.")}
       opt_wanted = {k: v for k, v in wanted.items() if k.startswith("opt_state.")}
@@ -233,8 +239,9 @@ def save_params(path: str, params) -> None:
 
 
 def restore_params(path: str) -> dict:
-  """Only the `params` of a saved pytree, as numpy arrays: `<checkpoints>/<step>/state` of a
-  TrainState, or a `save_params` directory.
+  """Only the parameters of a saved pytree, as numpy arrays: `<checkpoints>/<step>/state` of a
+  TrainState (its `ema` when it keeps one: what the run evaluated), or a `save_params`
+  directory.
 
   A partial restore: the optimizer moments (twice the parameters, for Adam) are never read.
   """
@@ -244,12 +251,13 @@ def restore_params(path: str) -> dict:
     metadata = checkpointer.metadata(path)
   tree = getattr(metadata, "item_metadata", None)
   tree = getattr(tree, "tree", tree) if tree is not None else metadata
-  params = tree["params"]
+  key = "ema" if isinstance(tree.get("ema"), dict) and tree["ema"] else "params"
+  params = tree[key]
   target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), params)
   restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), params)
   restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-      item={"params": target}, restore_args={"params": restore_args}, partial_restore=True))
-  return _int_keys(restored["params"])
+      item={key: target}, restore_args={key: restore_args}, partial_restore=True))
+  return _int_keys(restored[key])
 
 
 def _int_keys(tree):

@@ -115,7 +115,8 @@ def build_model(create: Callable[[nnx.Rngs], nnx.Module], mesh, seed: int = 0):
   return model, lambda: nnx.state(split()[1], nnx.Param).to_pure_dict()
 
 
-def state_shardings(model: Model, tx: optax.GradientTransformation, mesh) -> TrainState:
+def state_shardings(model: Model, tx: optax.GradientTransformation, mesh,
+                    ema: bool = False) -> TrainState:
   """TrainState of NamedShardings: optimizer moments sharded like their parameters."""
   abstract_opt = jax.eval_shape(tx.init, model.abstract_params)
   rep = sharding.replicated(mesh)
@@ -125,7 +126,7 @@ def state_shardings(model: Model, tx: optax.GradientTransformation, mesh) -> Tra
       tx, lambda leaf, s, p: s if leaf.shape == p.shape else rep, abstract_opt,
       model.param_shardings, model.abstract_params, transform_non_params=lambda _: rep)
   return TrainState(step=sharding.replicated(mesh), params=model.param_shardings,
-                    opt_state=opt)
+                    opt_state=opt, ema=model.param_shardings if ema else None)
 
 
 @dataclasses.dataclass
@@ -166,12 +167,14 @@ def build_program(task: Task, mesh, schedule_segments=()) -> Program:
                               schedule_segments)
   tx = optim.make_optimizer(cfg.optim, schedule, skip_nonfinite=cfg.train.nonfinite == "skip",
                             prunable=params_lib.prunable)
-  state_sh = state_shardings(model, tx, mesh)
+  ema_decay = cfg.optim.ema_decay
+  state_sh = state_shardings(model, tx, mesh, ema=ema_decay > 0)
   batch_sh = sharding.batch_sharding(mesh)
   rep = sharding.replicated(mesh)
 
   def fresh(params):
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      ema=params if ema_decay > 0 else None)
 
   abstract = jax.eval_shape(lambda: fresh(random_params()))
   compiled_init = {}
@@ -192,7 +195,7 @@ def build_program(task: Task, mesh, schedule_segments=()) -> Program:
       batch_sharding=batch_sh, abstract_state=ckpt_lib.abstract_like(abstract, state_sh),
       init_state=init_state,
       train_step=jax.jit(make_train_step(model.graphdef, tx, schedule, cfg.seed, task.objective,
-                                         cfg.train.microbatches),
+                                         cfg.train.microbatches, ema_decay),
                          in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep),
                          donate_argnums=0))
 
@@ -685,7 +688,7 @@ def _train(task, workdir, mesh, say, progress, checkpointer, best_checkpointer) 
                             refresh=False)
         if not stopped and ((task.eval_every_steps and step % task.eval_every_steps == 0)
                             or is_last):
-          evaluated = task.evaluate(state.params)
+          evaluated = task.evaluate(state.eval_params)
           row.update(evaluated)
           meter.rate()  # evaluation time is not training throughput
           value = evaluated.get(task.best_metric)

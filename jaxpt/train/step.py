@@ -26,6 +26,32 @@ class TrainState:
   step: jax.Array  # int32 scalar: optimizer updates applied so far
   params: Any  # pure dict of parameter arrays (nnx.State.to_pure_dict())
   opt_state: Any
+  # With optim.ema_decay > 0: an exponential moving average of `params` (same tree), what
+  # evaluation, the best checkpoint and every command reading the checkpoint use. Else None.
+  ema: Any = None
+
+  @property
+  def eval_params(self):
+    """The parameters a model is evaluated and exported with: the EMA when kept."""
+    return self.params if self.ema is None else self.ema
+
+
+def ema_decay_at(decay: float, step) -> jax.Array:
+  """The EMA's decay for the update that makes `step + 1`: min(decay, (1 + step) / (10 +
+  step)), so the first updates are not dominated by the random initialisation."""
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def update_ema(ema, params, decay: float, step, skipped=None):
+  """ema + (1 - d) (params - ema) with d = `ema_decay_at(decay, step)`; unchanged where
+  `skipped` (a non-finite update that left the parameters as they were)."""
+  d = ema_decay_at(decay, step)
+  new = jax.tree.map(lambda e, p: (e + (1.0 - d) * (p.astype(e.dtype) - e)).astype(e.dtype),
+                     ema, params)
+  if skipped is None:
+    return new
+  return jax.tree.map(lambda n, e: jnp.where(skipped, e, n), new, ema)
 
 
 def cross_entropy(logits, targets):
@@ -81,13 +107,13 @@ def split_microbatches(batch: Batch, microbatches: int) -> Batch:
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, seed: int, objective: Objective,
-                    microbatches: int = 1) -> Callable:
+                    microbatches: int = 1, ema_decay: float = 0.0) -> Callable:
   """Returns `train_step(state, batch) -> (state, metrics)`.
 
   With `microbatches > 1` the batch is processed in that many slices under `lax.scan` and the
   gradients summed: the loss is normalised by the whole batch's counts, so the update equals
   the single-pass one up to float summation order. Dropout keys fold in the step and the
-  micro-batch index.
+  micro-batch index. With `ema_decay > 0` the state's EMA follows the new parameters.
   """
 
   def loss_fn(params, batch, rng, norms):
@@ -119,8 +145,14 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     metrics["train/grad_norm"] = optax.global_norm(grads)
     metrics["train/real_token_fraction"] = jnp.mean(batch["attention_mask"] > 0)
     metrics["lr"] = schedule(state.step)
-    metrics.update(optim.nonfinite_counts(opt_state))
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    counts = optim.nonfinite_counts(opt_state)
+    metrics.update(counts)
+    ema = state.ema
+    if ema_decay > 0:
+      skipped = counts["train/nonfinite_in_a_row"] > 0 if counts else None
+      ema = update_ema(ema, params, ema_decay, state.step, skipped)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                      ema=ema), metrics
 
   return train_step
 
