@@ -104,6 +104,13 @@ class DataConfig:
   """Where prepared examples live and how they are masked on the host."""
 
   dir: str = ""  # a directory written by `jaxpt prepare`
+  # A mixture instead of one directory: "[NAME=]DIR:WEIGHT,..." (weights are normalised; NAME
+  # defaults to DIR's last component), e.g. "web=data/web:0.8,books=data/books:0.2". Each
+  # block of 4096 rows of the batch stream holds every source in proportion to its weight, in
+  # an order drawn from (seed, block); each source is shuffled and read epoch by epoch on its
+  # own. Sources share one tokenizer, length and example kind; evaluation reports each one
+  # (`eval/NAME/...`) and their pool, and the mix drawn is logged (`data/fraction/NAME`).
+  sources: str = ""
   mask_prob: float = 0.15  # BERT: 15% of tokens are prediction targets
   # The masking rate by phase: "STEP:RATE,STEP:RATE" from those steps on (mmBERT: 30% -> 15% ->
   # 5%, e.g. "0:0.3,8000:0.15,9000:0.05"); empty: mask_prob throughout. Targets stay capped by
@@ -282,6 +289,40 @@ def mask_rate_phases(d: "DataConfig") -> tuple[tuple[int, float], ...]:
   return tuple(phases)
 
 
+def mixture_sources(d: "DataConfig") -> tuple[tuple[str, str, float], ...]:
+  """`data.sources` as ((name, directory, weight normalised), ...); () when unset."""
+  if not d.sources.strip():
+    return ()
+  out = []
+  for part in d.sources.split(","):
+    name, eq, rest = part.strip().partition("=")
+    if not eq:
+      name, rest = "", part.strip()
+    directory, colon, weight = rest.rpartition(":")
+    try:
+      if not colon or not directory:
+        raise ValueError
+      value = float(weight)
+    except ValueError:
+      raise ConfigError(f"config.data.sources={d.sources!r}: {part.strip()!r} is not "
+                        "[NAME=]DIR:WEIGHT") from None
+    name = name.strip() or directory.rstrip("/").rsplit("/", 1)[-1]
+    _check(value >= 0 and value == value and value != float("inf"), "data.sources", d.sources,
+           f"the weight of {name} ({weight}) must be a finite number >= 0")
+    out.append((name, directory, value))
+  names = [n for n, _, _ in out]
+  for n in names:
+    _check(names.count(n) == 1, "data.sources", d.sources,
+           f"two sources are named {n!r}: name them, NAME=DIR:WEIGHT")
+    _check(n.replace("_", "").replace("-", "").replace(".", "").isalnum(), "data.sources",
+           d.sources, f"source name {n!r}: letters, digits, '-', '_' and '.' only")
+  total = sum(w for _, _, w in out)
+  _check(total > 0, "data.sources", d.sources, "the weights are all zero")
+  _check(not d.dir or d.dir in [x for _, x, _ in out], "data.sources", d.sources,
+         f"data.dir={d.dir!r} is not one of the sources: set one or the other")
+  return tuple((n, x, w / total) for n, x, w in out)
+
+
 def validate_model(m: ModelConfig) -> ModelConfig:
   """Checks a model config alone (HF imports use it too); returns `m`."""
   for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -338,6 +379,7 @@ def validate(cfg: Config) -> Config:
   d = cfg.data
   _check(0.0 < d.mask_prob < 1.0, "data.mask_prob", d.mask_prob, "must be in (0, 1)")
   mask_rate_phases(d)  # raises naming the field
+  mixture_sources(d)
   _check(0.0 <= d.mask_token_prob and 0.0 <= d.random_token_prob
          and d.mask_token_prob + d.random_token_prob <= 1.0, "data.mask_token_prob",
          (d.mask_token_prob, d.random_token_prob),

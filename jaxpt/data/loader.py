@@ -5,13 +5,18 @@ The examples form one stream: epoch after epoch, each a seeded permutation (grai
 the stream position where the run's batches start); masking is seeded by (seed, step, row).
 Resuming at step N starts the pipeline at N at the stored stream position (N * batch_size
 unless the batch size changed on the way), so no example of an epoch is skipped or repeated.
+
+A mixture (`data.sources`) is the same stream over several directories: `RowSources` says
+which source each row of it comes from and the how-many-th of that source's own stream it is,
+a pure function of (seed, row), so resume and the per-process slices need nothing more.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import grain
 import numpy as np
@@ -72,16 +77,134 @@ class PreparedData:
                         if cfg.whole_word_masking else None))
 
 
-def batches(reader: store.SplitReader, spec: masking.MaskingSpec | None, *, batch_size: int,
+MIX_BLOCK = 4096  # rows of the stream over which a mixture holds its weights exactly
+
+
+def block_quotas(weights: Sequence[float], block: int = MIX_BLOCK) -> np.ndarray:
+  """Rows per block for each source: `weights * block` by largest remainder, at least one
+  row for every positive weight (ties go to the earlier source)."""
+  w = np.asarray(weights, np.float64)
+  target = w / w.sum() * block
+  quota = np.floor(target).astype(np.int64)
+  quota[(w > 0) & (quota == 0)] = 1
+  order = sorted(range(len(w)), key=lambda i: (-(target[i] - np.floor(target[i])), i))
+  i = 0
+  while quota.sum() < block:
+    if w[order[i % len(w)]] > 0:
+      quota[order[i % len(w)]] += 1
+    i += 1
+  while quota.sum() > block:  # the minimum of one row made too many: take from the largest
+    quota[int(np.argmax(quota))] -= 1
+  return quota
+
+
+class RowSources:
+  """Row g of the batch stream -> (source, position in that source's stream).
+
+  Block b (rows b*M .. b*M + M - 1) holds `quota[i]` rows of source i in an order drawn from
+  (seed, b); the k-th row of source i in block b is position b * quota[i] + k of source i.
+  """
+
+  def __init__(self, quotas: np.ndarray, seed: int):
+    self.quotas = np.asarray(quotas, np.int64)
+    self.block = int(self.quotas.sum())
+    self.seed = seed
+
+  @functools.lru_cache(maxsize=64)
+  def _block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.repeat(np.arange(len(self.quotas)), self.quotas)
+    np.random.default_rng([self.seed, b, 0x6D6978]).shuffle(order)
+    rank = np.empty(self.block, np.int64)
+    for i in range(len(self.quotas)):
+      where = order == i
+      rank[where] = np.arange(int(where.sum()))
+    return order, rank
+
+  def locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.asarray(rows, np.int64)
+    source = np.empty(rows.shape, np.int64)
+    position = np.empty(rows.shape, np.int64)
+    for b in np.unique(rows // self.block):
+      here = rows // self.block == b
+      order, rank = self._block(int(b))
+      offset = rows[here] % self.block
+      source[here] = order[offset]
+      position[here] = b * self.quotas[order[offset]] + rank[offset]
+    return source, position
+
+  def counts(self, first: int, stop: int) -> np.ndarray:
+    """Rows of each source among stream rows [first, stop)."""
+    if stop <= first:
+      return np.zeros(len(self.quotas), np.int64)
+    source, _ = self.locate(np.arange(first, stop))
+    return np.bincount(source, minlength=len(self.quotas))
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixture:
+  """`data.sources`: prepared directories with their weights; the first speaks for the rest
+  (tokenizer, length, example kind), which `open_mixture` checks they share."""
+
+  names: tuple[str, ...]
+  sources: tuple[PreparedData, ...]
+  weights: tuple[float, ...]
+
+  def row_sources(self, seed: int) -> RowSources:
+    return RowSources(block_quotas(self.weights), seed)
+
+
+def _shape_fields(manifest: dict) -> dict:
+  """What the sources of a mixture must share: the shapes and meaning of their rows."""
+  return {"seq_length": manifest.get("seq_length"), "examples": manifest.get("examples"),
+          "packed": bool(manifest.get("packed", False)),
+          "max_sequences_per_row": (manifest.get("options", {}).get("max_sequences_per_row")
+                                    if manifest.get("packed") else None)}
+
+
+def open_data(cfg: DataConfig) -> PreparedData:
+  """`data.dir`, or the first of `data.sources` (which speaks for the mixture's shapes)."""
+  parsed = config_lib.mixture_sources(cfg)
+  return PreparedData.open(parsed[0][1] if parsed else cfg.dir)
+
+
+def open_mixture(cfg: DataConfig) -> Mixture | None:
+  """The mixture of `cfg.sources`, every source checked against the first; None when unset."""
+  parsed = config_lib.mixture_sources(cfg)
+  if not parsed:
+    return None
+  opened = []
+  for name, directory, _ in parsed:
+    opened.append(PreparedData.open(directory))
+  first, head = opened[0], parsed[0]
+  for (name, directory, _), data in zip(parsed[1:], opened[1:]):
+    if data.manifest["tokenizer"]["hash"] != first.manifest["tokenizer"]["hash"]:
+      raise config_lib.ConfigError(
+          f"config.data.sources: {name} ({directory}) has another tokenizer than {head[0]} "
+          f"({head[1]}); sources must share one: prepare them with --tokenizer="
+          f"{head[1]}/{first.manifest['tokenizer']['file']}")
+    for key, want in _shape_fields(first.manifest).items():
+      have = _shape_fields(data.manifest)[key]
+      if have != want:
+        raise config_lib.ConfigError(
+            f"config.data.sources: {name} ({directory}) has {key}={have!r} but {head[0]} "
+            f"({head[1]}) has {want!r}; the sources of a mixture must match")
+  return Mixture(tuple(n for n, _, _ in parsed), tuple(opened), tuple(w for _, _, w in parsed))
+
+
+def batches(reader: store.SplitReader | Sequence[store.SplitReader],
+            spec: masking.MaskingSpec | None, *, batch_size: int,
             seed: int, start_step: int = 0, first_example: int | None = None,
             shuffle: bool = True, rows: tuple[int, int] | None = None, read_threads: int = 2,
-            prefetch: int = 4) -> Iterator[dict[str, np.ndarray]]:
+            prefetch: int = 4,
+            row_sources: RowSources | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Endless iterator of this process's part of each global batch, from `start_step` on.
 
   Batch `start_step` begins at example `first_example` of the stream (default
   `start_step * batch_size`). `rows` = [start, stop) is the block of the global batch this
   process feeds to its devices (`sharding.local_batch_rows`); only those examples are read.
   Default: the whole batch. `spec` None: causal-LM batches (`masking.causal_batch`), unmasked.
+  A mixture passes one reader per source and its `row_sources`; source i's stream is
+  shuffled with seed + i (a one-source mixture is its directory alone).
   """
   offset, stop = rows if rows is not None else (0, batch_size)
   if not 0 <= offset < stop <= batch_size:
@@ -89,15 +212,36 @@ def batches(reader: store.SplitReader, spec: masking.MaskingSpec | None, *, batc
   local = stop - offset
   if first_example is None:
     first_example = start_step * batch_size
-  stream = grain.MapDataset.range(len(reader))
-  if shuffle:
-    stream = stream.seed(seed).shuffle()
-  stream = stream.repeat()
+  readers = [reader] if isinstance(reader, store.SplitReader) else list(reader)
+  if row_sources is None and len(readers) != 1:
+    raise ValueError("several readers need the mixture's row_sources")
+  streams = []
+  for i, r in enumerate(readers):
+    stream = grain.MapDataset.range(len(r))
+    if shuffle:
+      stream = stream.seed(seed + i).shuffle()
+    streams.append(stream.repeat())
+
+  def read(first: int) -> dict[str, np.ndarray]:
+    if row_sources is None:
+      indices = np.fromiter((streams[0][e] for e in range(first, first + local)), np.int64,
+                            local)
+      return readers[0].read(indices)
+    source, position = row_sources.locate(np.arange(first, first + local))
+    out = None
+    for i in np.unique(source):
+      here = source == i
+      indices = np.fromiter((streams[i][int(p)] for p in position[here]), np.int64,
+                            int(here.sum()))
+      part = readers[i].read(indices)
+      if out is None:
+        out = {k: np.empty((local, *v.shape[1:]), v.dtype) for k, v in part.items()}
+      for k, v in part.items():
+        out[k][here] = v
+    return out
 
   def load(step: int) -> dict[str, np.ndarray]:
-    first = first_example + (step - start_step) * batch_size + offset
-    indices = np.fromiter((stream[e] for e in range(first, first + local)), np.int64, local)
-    rows = reader.read(indices)
+    rows = read(first_example + (step - start_step) * batch_size + offset)
     if spec is None:
       return masking.causal_batch(rows)
     return masking.mask_batch(rows, spec, seed, step, row_offset=offset)

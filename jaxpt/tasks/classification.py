@@ -346,6 +346,9 @@ class ClassificationTask:
   def data_identity(self) -> dict:
     return {"labels": self.setup.task.labels, "metric": self.cfg.finetune.metric}
 
+  def data_metrics(self, first_row: int, stop_row: int) -> dict:
+    return {}
+
   def check_resume(self, saved: dict, where: str) -> None:
     if "labels" in saved and saved["labels"] != self.setup.task.labels:
       raise TrainError(f"{where}: trained on other labels ({saved['labels'][:5]}...)")

@@ -144,10 +144,10 @@ def follow_data(cfg: Config, explicit: set[str]) -> tuple[Config, list[str]]:
     notes.append(f"warning: optim.warmup_steps={cfg.optim.warmup_steps} is not shorter than "
                  f"train.num_steps={cfg.train.num_steps}: the learning rate warms up for the "
                  "whole run and never reaches its peak")
-  if not cfg.data.dir:
+  if not cfg.data.dir and not cfg.data.sources:
     return cfg, notes
   try:
-    data = loader.PreparedData.open(cfg.data.dir)
+    data = loader.open_data(cfg.data)
   except Exception:  # a missing or damaged directory: PretrainingTask names what is wrong
     return cfg, notes
   m, changes = cfg.model, {}
@@ -211,12 +211,16 @@ class PretrainingTask:
     if cfg.optim.learning_rate <= 0:
       raise ConfigError(f"config.optim.learning_rate={cfg.optim.learning_rate}: pretraining "
                         "needs a positive peak (0, chosen by model size, is for fine-tuning)")
+    self.mixture = None
     if data is None:
-      if not cfg.data.dir:
-        raise ConfigError("config.data.dir is empty: point it at a `jaxpt prepare` output")
-      data = loader.PreparedData.open(cfg.data.dir)
-    if not isinstance(data, _NoData):
-      check_data(cfg, data)
+      if not cfg.data.dir and not cfg.data.sources:
+        raise ConfigError("config.data.dir is empty: point it at a `jaxpt prepare` output "
+                          "(or config.data.sources at several)")
+      self.mixture = loader.open_mixture(cfg.data)
+      data = self.mixture.sources[0] if self.mixture else loader.PreparedData.open(cfg.data.dir)
+    for source in self.mixture.sources if self.mixture else (data,):
+      if not isinstance(source, _NoData):
+        check_data(cfg, source)
     self.cfg, self.data, self.workdir = cfg, data, workdir
     self.causal = cfg.model.attention_kind == "causal"
     self.objective = CausalObjective() if self.causal else PretrainingObjective()
@@ -230,9 +234,14 @@ class PretrainingTask:
     self.tokenizer_hash = data.manifest["tokenizer"]["hash"]
     kernel = attn_lib.resolve(cfg.model.attention, length=data.seq_length,
                               dropout=cfg.model.attention_dropout > 0)
-    self.description = (f"{data.num_examples('train')} train examples of {data.seq_length} "
-                        f"tokens, attention {kernel}"
+    sources = self.mixture.sources if self.mixture else (data,)
+    self.description = (f"{sum(d.num_examples('train') for d in sources)} train examples of "
+                        f"{data.seq_length} tokens"
+                        + (" from " + ", ".join(f"{n} ({w:.0%})" for n, w in zip(
+                            self.mixture.names, self.mixture.weights)) if self.mixture else "")
+                        + f", attention {kernel}"
                         + (" (auto)" if cfg.model.attention == "auto" else ""))
+    self._row_sources = self.mixture.row_sources(cfg.seed) if self.mixture else None
     self._eval_set: list = []
     self._eval_step = None
 
@@ -265,10 +274,20 @@ class PretrainingTask:
 
   def train_batches(self, start_step: int, first_example: int, rows):
     c = self.cfg
-    return loader.batches(self.data.reader("train"), self.spec, batch_size=c.train.batch_size,
+    readers = ([d.reader("train") for d in self.mixture.sources] if self.mixture
+               else self.data.reader("train"))
+    return loader.batches(readers, self.spec, batch_size=c.train.batch_size,
                           seed=c.seed, start_step=start_step, first_example=first_example,
                           read_threads=c.data.read_threads, prefetch=c.data.prefetch_batches,
-                          rows=rows)
+                          rows=rows, row_sources=self._row_sources)
+
+  def data_metrics(self, first_row: int, stop_row: int) -> dict:
+    """`data/fraction/NAME`: the share of each source among stream rows [first, stop)."""
+    if not self.mixture:
+      return {}
+    counts = self._row_sources.counts(first_row, stop_row)
+    return {f"data/fraction/{n}": float(c) / max(stop_row - first_row, 1)
+            for n, c in zip(self.mixture.names, counts)}
 
   def prepare_eval(self, program: loop.Program) -> None:
     """The held-out batches, fixed for the whole run (same order and masks at every eval).
@@ -280,28 +299,36 @@ class PretrainingTask:
     self._eval_step = jax.jit(make_eval_step(program.model.graphdef, self.objective),
                               in_shardings=(program.state_shardings.params, batch_sh),
                               out_shardings=sharding.replicated(program.mesh))
-    n = data.num_examples("validation")
-    if n == 0:
-      log.warning("%s has no validation split; evaluation is skipped", data.directory)
-      self._eval_set = []
-      return
+    self._eval_set = []
+    named = (zip(self.mixture.names, self.mixture.sources) if self.mixture
+             else [(None, data)])
     size = cfg.train.batch_size // cfg.train.microbatches
-    count = min(cfg.train.eval_batches, max(1, n // size))
-    it = loader.batches(data.reader("validation"), self.spec, batch_size=size,
-                        seed=cfg.seed + 1, shuffle=False, read_threads=1, prefetch=1,
-                        rows=sharding.local_batch_rows(batch_sh, size))
-    with jax.set_mesh(program.mesh):
-      self._eval_set = [loop.to_device(next(it), batch_sh) for _ in range(count)]
+    for name, source in named:
+      n = source.num_examples("validation")
+      if n == 0:
+        log.warning("%s has no validation split; evaluation is skipped", source.directory)
+        continue
+      count = min(cfg.train.eval_batches, max(1, n // size))
+      it = loader.batches(source.reader("validation"), self.spec, batch_size=size,
+                          seed=cfg.seed + 1, shuffle=False, read_threads=1, prefetch=1,
+                          rows=sharding.local_batch_rows(batch_sh, size))
+      with jax.set_mesh(program.mesh):
+        self._eval_set += [(name, loop.to_device(next(it), batch_sh)) for _ in range(count)]
 
   def evaluate(self, params) -> dict:
+    """Held-out means: over every batch, and (a mixture) over each source's own."""
     if not self._eval_set:
       return {}
-    total = None
-    for batch in self._eval_set:
+    totals: dict = {}  # "" the pool, else a source's name
+    for name, batch in self._eval_set:
       sums = self._eval_step(params, batch)
-      total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-    out = {k: float(v) for k, v in self.objective.means(loop.fetch(total), "eval").items()}
+      for key in {"", name or ""}:
+        totals[key] = sums if key not in totals else jax.tree.map(jnp.add, totals[key], sums)
+    totals = loop.fetch(totals)
+    out = {k: float(v) for k, v in self.objective.means(totals.pop(""), "eval").items()}
     out["eval/perplexity"] = float(math.exp(min(out[f"eval/{self.loss_name}_loss"], 50.0)))
+    for name, sums in totals.items():
+      out.update({k: float(v) for k, v in self.objective.means(sums, f"eval/{name}").items()})
     return out
 
   def data_identity(self) -> dict:
@@ -337,8 +364,8 @@ class PretrainingTask:
 def build_program(cfg: Config, mesh) -> loop.Program:
   """The compiled pretraining program of `cfg` on `mesh`, data or not (tests, benchmarks):
   what `pretrain` runs."""
-  data = loader.PreparedData.open(cfg.data.dir) if cfg.data.dir else _NoData(
-      cfg.model.max_position_embeddings)
+  data = (loader.open_data(cfg.data) if cfg.data.dir or cfg.data.sources
+          else _NoData(cfg.model.max_position_embeddings))
   return loop.build_program(PretrainingTask(cfg, data=data), mesh)
 
 
@@ -393,8 +420,8 @@ def dry_run(cfg: Config) -> dict:
   """
   config_lib.validate(cfg)
   slots = 0
-  if cfg.data.dir:
-    data = loader.PreparedData.open(cfg.data.dir)
+  if cfg.data.dir or cfg.data.sources:
+    data = loader.open_data(cfg.data)
     check_data(cfg, data)
     length = data.seq_length
     if data.packed:

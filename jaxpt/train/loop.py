@@ -82,6 +82,10 @@ class Task(Protocol):
   def data_identity(self) -> dict:
     """What the checkpoint stores about the data, and `check_resume` compares."""
 
+  def data_metrics(self, first_row: int, stop_row: int) -> dict:
+    """Host-side figures about rows [first_row, stop_row) of the example stream (a mixture's
+    `data/fraction/NAME`), logged with the train metrics."""
+
   def check_resume(self, saved: dict, where: str) -> None: ...
 
 
@@ -632,9 +636,12 @@ def _train(task, workdir, mesh, say, progress, checkpointer, best_checkpointer) 
   since_best = int(saved.get("evals_since_best", 0))
   best_step = best_checkpointer.latest_step()
 
+  def data_row(step):  # where batch `step` begins in the example stream
+    return first_example + (step - start_step) * t.batch_size
+
   def data_item(step):
     return {"next_step": step, "seed": cfg.seed, "num_steps": task.num_steps,
-            "next_example": first_example + (step - start_step) * t.batch_size,
+            "next_example": data_row(step),
             "schedule_segments": segments, "best": best_value,
             "evals_since_best": since_best, "best_metric": task.best_metric,
             **task.data_identity()}
@@ -650,7 +657,7 @@ def _train(task, workdir, mesh, say, progress, checkpointer, best_checkpointer) 
   wrote_a_row = False  # the first row of this run records where it began
   last: dict = {}
   stopped = None
-  step = start_step
+  step = logged_step = start_step
   try:
     with jax.set_mesh(mesh):
       batches = device_prefetch(host_batches, batch_sh)
@@ -679,6 +686,8 @@ def _train(task, workdir, mesh, say, progress, checkpointer, best_checkpointer) 
           _check_finite(t, fetched, first, step, checkpointer)
           if step % t.log_every_steps == 0 or is_last or stopped:
             row = _mean_row(fetched)
+            row.update(task.data_metrics(data_row(logged_step), data_row(step)))
+            logged_step = step
             rate = meter.rate()
             row["perf/tokens_per_sec"] = rate
             row["perf/real_tokens_per_sec"] = rate * row["train/real_token_fraction"]
