@@ -186,6 +186,12 @@ class CheckpointConfig:
 class TrainConfig:
   batch_size: int = 256  # global batch, in sequences (BERT paper)
   microbatches: int = 1  # gradient accumulation: the batch runs in this many slices
+  # Batch-size warm-up (ModernBERT's): the global batch starts at `batch_warmup_start`
+  # sequences and doubles until batch_size, the sizes below it sharing `batch_warmup_tokens`
+  # (tokens of the data's length, padding included) equally; each size compiles once, and
+  # the example stream is read as before (every example once per epoch). 0: off.
+  batch_warmup_start: int = 0
+  batch_warmup_tokens: int = 0
   num_steps: int = 1_000_000  # BERT paper
   log_every_steps: int = 100
   eval_every_steps: int = 1000  # 0 evaluates only at the end
@@ -418,6 +424,14 @@ def validate(cfg: Config) -> Config:
   _check(t.batch_size > 0, "train.batch_size", t.batch_size, "must be positive")
   _check(t.microbatches > 0 and t.batch_size % t.microbatches == 0, "train.microbatches",
          t.microbatches, f"must be positive and divide train.batch_size={t.batch_size}")
+  _check(t.batch_warmup_start >= 0 and t.batch_warmup_tokens >= 0
+         and (t.batch_warmup_start > 0) == (t.batch_warmup_tokens > 0),
+         "train.batch_warmup_start", t.batch_warmup_start,
+         "and train.batch_warmup_tokens must both be positive (a warm-up) or both 0")
+  _check(t.batch_warmup_start < t.batch_size, "train.batch_warmup_start",
+         t.batch_warmup_start, f"must be below train.batch_size={t.batch_size}")
+  _check(t.batch_warmup_start % t.microbatches == 0, "train.batch_warmup_start",
+         t.batch_warmup_start, f"must be divisible by train.microbatches={t.microbatches}")
   _check(t.num_steps > 0, "train.num_steps", t.num_steps, "must be positive")
   _check(t.log_every_steps > 0, "train.log_every_steps", t.log_every_steps, "must be positive")
   _check(t.eval_every_steps >= 0, "train.eval_every_steps", t.eval_every_steps, "must be >= 0")

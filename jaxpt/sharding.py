@@ -82,6 +82,11 @@ def check_fits(cfg, mesh: Mesh) -> None:
     raise ConfigError(
         f"config.train.batch_size={t.batch_size} over train.microbatches={t.microbatches} "
         f"gives {micro} sequences per micro-batch, not divisible by data x fsdp = {shards}")
+  start = t.batch_warmup_start  # the sizes of a warm-up double from it
+  if start and (start // t.microbatches % shards or start % jax.process_count()):
+    raise ConfigError(
+        f"config.train.batch_warmup_start={start} over train.microbatches={t.microbatches} "
+        f"is not divisible by data x fsdp = {shards} (and by {jax.process_count()} processes)")
   if t.batch_size % jax.process_count():
     raise ConfigError(f"config.train.batch_size={t.batch_size} is not divisible by the "
                       f"number of processes ({jax.process_count()})")

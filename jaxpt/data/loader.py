@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from typing import Iterator, Sequence
 
@@ -75,6 +76,41 @@ class PreparedData:
         rate_phases=config_lib.mask_rate_phases(cfg),
         continues_word=(masking.continuation_table(self.tokenizer())
                         if cfg.whole_word_masking else None))
+
+
+Phases = tuple  # ((first step, global batch size), ...), first steps increasing from 0
+
+
+def batch_phases(final: int, start: int = 0, warmup_tokens: int = 0,
+                 seq_length: int = 1) -> Phases:
+  """The batch sizes of a run: `start`, 2 `start`, 4 `start`, ... below `final`, each for an
+  equal share of `warmup_tokens` (at least one step), then `final`; ((0, final),) with no
+  warm-up."""
+  if start <= 0 or warmup_tokens <= 0 or start >= final:
+    return ((0, final),)
+  sizes = []
+  while start < final:
+    sizes.append(start)
+    start *= 2
+  phases, step = [], 0
+  for size in sizes:
+    phases.append((step, size))
+    step += max(1, math.ceil(warmup_tokens / len(sizes) / (size * seq_length)))
+  return tuple(phases) + ((step, final),)
+
+
+def size_at(phases: Phases, step: int) -> int:
+  """The global batch size of batch `step`."""
+  return next(size for first, size in reversed(phases) if first <= step)
+
+
+def stream_rows(phases: Phases, begin: int, end: int) -> int:
+  """Examples the batches of steps [begin, end) take from the stream."""
+  total = 0
+  bounds = [first for first, _ in phases[1:]] + [max(end, phases[-1][0]) + 1]
+  for (first, size), stop in zip(phases, bounds):
+    total += max(0, min(end, stop) - max(begin, first)) * size
+  return total
 
 
 MIX_BLOCK = 4096  # rows of the stream over which a mixture holds its weights exactly
@@ -195,8 +231,9 @@ def batches(reader: store.SplitReader | Sequence[store.SplitReader],
             spec: masking.MaskingSpec | None, *, batch_size: int,
             seed: int, start_step: int = 0, first_example: int | None = None,
             shuffle: bool = True, rows: tuple[int, int] | None = None, read_threads: int = 2,
-            prefetch: int = 4,
-            row_sources: RowSources | None = None) -> Iterator[dict[str, np.ndarray]]:
+            prefetch: int = 4, row_sources: RowSources | None = None,
+            phases: Phases | None = None,
+            rows_of=None) -> Iterator[dict[str, np.ndarray]]:
   """Endless iterator of this process's part of each global batch, from `start_step` on.
 
   Batch `start_step` begins at example `first_example` of the stream (default
@@ -205,13 +242,19 @@ def batches(reader: store.SplitReader | Sequence[store.SplitReader],
   Default: the whole batch. `spec` None: causal-LM batches (`masking.causal_batch`), unmasked.
   A mixture passes one reader per source and its `row_sources`; source i's stream is
   shuffled with seed + i (a one-source mixture is its directory alone).
+  With `phases` (`batch_phases`) the global batch size changes by step: batch `step` then
+  holds `size_at(phases, step)` examples, of which this process reads `rows_of(size)`.
   """
-  offset, stop = rows if rows is not None else (0, batch_size)
-  if not 0 <= offset < stop <= batch_size:
-    raise ValueError(f"rows {rows} are not a block of a batch of {batch_size}")
-  local = stop - offset
+  if phases is None:
+    phases = ((0, batch_size),)
+  if rows_of is None:
+    rows_of = (lambda size: rows) if rows is not None else (lambda size: (0, size))
+  for _, size in phases:
+    offset, stop = rows_of(size)
+    if not 0 <= offset < stop <= size:
+      raise ValueError(f"rows {(offset, stop)} are not a block of a batch of {size}")
   if first_example is None:
-    first_example = start_step * batch_size
+    first_example = stream_rows(phases, 0, start_step)
   readers = [reader] if isinstance(reader, store.SplitReader) else list(reader)
   if row_sources is None and len(readers) != 1:
     raise ValueError("several readers need the mixture's row_sources")
@@ -222,7 +265,7 @@ def batches(reader: store.SplitReader | Sequence[store.SplitReader],
       stream = stream.seed(seed + i).shuffle()
     streams.append(stream.repeat())
 
-  def read(first: int) -> dict[str, np.ndarray]:
+  def read(first: int, local: int) -> dict[str, np.ndarray]:
     if row_sources is None:
       indices = np.fromiter((streams[0][e] for e in range(first, first + local)), np.int64,
                             local)
@@ -241,10 +284,12 @@ def batches(reader: store.SplitReader | Sequence[store.SplitReader],
     return out
 
   def load(step: int) -> dict[str, np.ndarray]:
-    rows = read(first_example + (step - start_step) * batch_size + offset)
+    offset, stop = rows_of(size_at(phases, step))
+    stored = read(first_example + stream_rows(phases, start_step, step) + offset,
+                  stop - offset)
     if spec is None:
-      return masking.causal_batch(rows)
-    return masking.mask_batch(rows, spec, seed, step, row_offset=offset)
+      return masking.causal_batch(stored)
+    return masking.mask_batch(stored, spec, seed, step, row_offset=offset)
 
   ds = grain.MapDataset.range(start_step, 2**62).map(load)
   options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)

@@ -349,6 +349,10 @@ class ClassificationTask:
   def data_metrics(self, first_row: int, stop_row: int) -> dict:
     return {}
 
+  @property
+  def batch_phases(self) -> tuple:
+    return ((0, self.cfg.train.batch_size),)
+
   def check_resume(self, saved: dict, where: str) -> None:
     if "labels" in saved and saved["labels"] != self.setup.task.labels:
       raise TrainError(f"{where}: trained on other labels ({saved['labels'][:5]}...)")

@@ -242,6 +242,13 @@ class PretrainingTask:
                         + f", attention {kernel}"
                         + (" (auto)" if cfg.model.attention == "auto" else ""))
     self._row_sources = self.mixture.row_sources(cfg.seed) if self.mixture else None
+    t = cfg.train
+    self.batch_phases = loader.batch_phases(t.batch_size, t.batch_warmup_start,
+                                            t.batch_warmup_tokens, data.seq_length)
+    if len(self.batch_phases) > 1:
+      self.description += ", batch " + ", ".join(
+          f"{size} from step {first}" for first, size in self.batch_phases)
+    self._batch_sh = None
     self._eval_set: list = []
     self._eval_step = None
 
@@ -276,10 +283,14 @@ class PretrainingTask:
     c = self.cfg
     readers = ([d.reader("train") for d in self.mixture.sources] if self.mixture
                else self.data.reader("train"))
+    rows_of = None
+    if len(self.batch_phases) > 1:  # this process's rows of each size
+      rows_of = lambda size: sharding.local_batch_rows(self._batch_sh, size)  # noqa: E731
     return loader.batches(readers, self.spec, batch_size=c.train.batch_size,
                           seed=c.seed, start_step=start_step, first_example=first_example,
                           read_threads=c.data.read_threads, prefetch=c.data.prefetch_batches,
-                          rows=rows, row_sources=self._row_sources)
+                          rows=rows, row_sources=self._row_sources, phases=self.batch_phases,
+                          rows_of=rows_of)
 
   def data_metrics(self, first_row: int, stop_row: int) -> dict:
     """`data/fraction/NAME`: the share of each source among stream rows [first, stop)."""
@@ -295,7 +306,7 @@ class PretrainingTask:
     An eval batch is a training micro-batch: the size known to fit in memory.
     """
     cfg, data = self.cfg, self.data
-    batch_sh = program.batch_sharding
+    batch_sh = self._batch_sh = program.batch_sharding
     self._eval_step = jax.jit(make_eval_step(program.model.graphdef, self.objective),
                               in_shardings=(program.state_shardings.params, batch_sh),
                               out_shardings=sharding.replicated(program.mesh))

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from jaxpt import config as config_lib
 from jaxpt import optim, sharding
 from jaxpt.config import Config
+from jaxpt.data import loader
 from jaxpt.data.store import StoreError
 from jaxpt.errors import UserError
 from jaxpt.models import params as params_lib
@@ -81,6 +82,9 @@ class Task(Protocol):
 
   def data_identity(self) -> dict:
     """What the checkpoint stores about the data, and `check_resume` compares."""
+
+  # ((first step, global batch size), ...): ((0, train.batch_size),) unless the batch warms up
+  batch_phases: tuple
 
   def data_metrics(self, first_row: int, stop_row: int) -> dict:
     """Host-side figures about rows [first_row, stop_row) of the example stream (a mixture's
@@ -625,7 +629,8 @@ def _train(task, workdir, mesh, say, progress, checkpointer, best_checkpointer) 
     print(f"jaxpt {task.command}: process {jax.process_index()} of {jax.process_count()} "
           f"reads rows [{rows[0]}, {rows[1]}) of each global batch of {t.batch_size}",
           flush=True)
-  first_example = int(saved.get("next_example", start_step * t.batch_size))
+  phases = task.batch_phases
+  first_example = int(saved.get("next_example", loader.stream_rows(phases, 0, start_step)))
   host_batches = _checked(task.train_batches(start_step, first_example, rows), start_step)
 
   peak = metrics_lib.peak_flops(jax.devices()[0].device_kind, t.peak_flops_per_device)
@@ -637,7 +642,7 @@ def _train(task, workdir, mesh, say, progress, checkpointer, best_checkpointer) 
   best_step = best_checkpointer.latest_step()
 
   def data_row(step):  # where batch `step` begins in the example stream
-    return first_example + (step - start_step) * t.batch_size
+    return first_example + loader.stream_rows(phases, start_step, step)
 
   def data_item(step):
     return {"next_step": step, "seed": cfg.seed, "num_steps": task.num_steps,
@@ -687,6 +692,8 @@ def _train(task, workdir, mesh, say, progress, checkpointer, best_checkpointer) 
           if step % t.log_every_steps == 0 or is_last or stopped:
             row = _mean_row(fetched)
             row.update(task.data_metrics(data_row(logged_step), data_row(step)))
+            if len(phases) > 1:  # a warming-up batch: the size of this row's last step
+              row["train/batch_size"] = loader.size_at(phases, step - 1)
             logged_step = step
             rate = meter.rate()
             row["perf/tokens_per_sec"] = rate
