@@ -207,6 +207,14 @@ class TrainConfig:
   # Comma-separated fields that may change on resume although they change the data stream or
   # the model (e.g. "train.batch_size,seed"); the data position is kept in examples.
   allow_config_change: str = ""
+  # A run in phases: "STEP: FIELD=VALUE FIELD=VALUE; STEP: ..." changes those fields from STEP
+  # on (on top of the phase before), e.g. ModernBERT's context extension, "9000:
+  # data.dir=data/long8k model.rope_theta=160000 train.batch_size=64". Each phase continues
+  # the previous one's checkpoint whole (parameters, optimizer state, the one learning-rate
+  # schedule over train.num_steps); new data (data.dir or data.sources) starts its own stream.
+  # A kill inside a phase resumes inside it. Checked whole before step 1; fields that change
+  # a parameter's shape are refused.
+  phases: str = ""
   # Weights to start from when the workdir has no checkpoint: a workdir (its latest
   # checkpoint), a `jaxpt import-hf` directory, or a HuggingFace directory (hf:DIR). Only the
   # parameters are taken; the optimizer starts fresh.
@@ -327,6 +335,66 @@ def mixture_sources(d: "DataConfig") -> tuple[tuple[str, str, float], ...]:
   _check(not d.dir or d.dir in [x for _, x, _ in out], "data.sources", d.sources,
          f"data.dir={d.dir!r} is not one of the sources: set one or the other")
   return tuple((n, x, w / total) for n, x, w in out)
+
+
+PHASE_FIXED = ("train.phases", "train.num_steps", "seed", "train.init_from",
+               "train.branch_from", "train.allow_config_change")
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  index: int
+  first_step: int
+  stop_step: int  # the phase ends after this many steps of the run
+  fields: tuple[str, ...]  # what this phase sets (over the phase before)
+  cfg: "Config"  # the whole config in force during the phase
+  new_data: bool  # its data (data.dir or data.sources) differs from the phase before's
+
+
+def run_phases(cfg: "Config") -> tuple[Phase, ...]:
+  """`train.phases` as the configs in force, in order; one phase (cfg) when unset. Every
+  phase's config is validated; fields that differ between phases may change on resume."""
+  spec = cfg.train.phases.strip()
+  where = f"config.train.phases={cfg.train.phases!r}"
+  steps, changes = [0], [()]
+  for part in filter(None, (p.strip() for p in spec.split(";"))):
+    step, colon, assignments = part.partition(":")
+    pairs = [a.partition("=") for a in assignments.split()]
+    if not colon or not step.strip().isdigit() or not pairs or any(not k or not e
+                                                                    for k, e, _ in pairs):
+      raise ConfigError(f"{where}: {part!r} is not 'STEP: FIELD=VALUE ...'")
+    steps.append(int(step))
+    changes.append(tuple((k, v) for k, _, v in pairs))
+  for a, b in zip(steps, steps[1:]):
+    if b <= a:
+      raise ConfigError(f"{where}: phase steps must increase from 1 ({a} then {b})")
+  if steps[-1] >= cfg.train.num_steps:
+    raise ConfigError(f"{where}: phase step {steps[-1]} is not before train.num_steps="
+                      f"{cfg.train.num_steps}")
+  touched = sorted({k for c in changes for k, _ in c})
+  for key in touched:
+    if key in PHASE_FIXED:
+      raise ConfigError(f"{where}: {key} is the same for the whole run")
+  allow = ",".join(filter(None, [cfg.train.allow_config_change] + touched))
+  phases, current = [], cfg
+  for i, (first, fields) in enumerate(zip(steps, changes)):
+    previous = current
+    for key, value in fields:
+      try:
+        current = replace_field(current, key, value)
+      except ConfigError as e:
+        raise ConfigError(f"{where}: phase {i} (from step {first}): {e}") from None
+    current = dataclasses.replace(current, train=dataclasses.replace(
+        current.train, allow_config_change=allow))
+    try:
+      validate(current)
+    except ConfigError as e:
+      raise ConfigError(f"{where}: phase {i} (from step {first}): {e}") from None
+    stop = steps[i + 1] if i + 1 < len(steps) else cfg.train.num_steps
+    new_data = i > 0 and (current.data.dir, current.data.sources) != (previous.data.dir,
+                                                                      previous.data.sources)
+    phases.append(Phase(i, first, stop, tuple(k for k, _ in fields), current, new_data))
+  return tuple(phases)
 
 
 def validate_model(m: ModelConfig) -> ModelConfig:

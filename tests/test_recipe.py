@@ -105,3 +105,89 @@ def test_the_moving_average_follows_its_recurrence_and_is_what_the_workdir_gives
   assert "moving average" in proc.stderr and "optim.ema_decay=0" in proc.stderr, proc.stderr
   assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
   assert max(int(s) for s in os.listdir(workdir / "checkpoints")) == 4
+
+
+@pytest.fixture(scope="module")
+def long_dir(prepared_dir, tmp_path_factory):
+  """The test corpus again at 64 tokens per row, with the 32-token data's tokenizer."""
+  from conftest import write_corpus
+  from jaxpt.data.prepare import PrepareOptions, prepare
+  root = tmp_path_factory.mktemp("long")
+  prepare([str(write_corpus(root / "text", seed=4))], str(root / "data"),
+          PrepareOptions(tokenizer=str(prepared_dir / "tokenizer.json"), seq_length=64,
+                         validation_fraction=0.2, progress=False))
+  return root / "data"
+
+
+def test_a_context_extension_phase_continues_the_run_and_a_kill_inside_it_resumes_exactly(
+    prepared_dir, long_dir, vocab, tmp_path):
+  """Two phases: 32-token rows at RoPE theta 10k, then from step 12 64-token rows of other
+  data at theta 40k. The phase boundary keeps parameters, optimizer state and the one
+  schedule; the new data is read from its first example; a SIGKILL inside phase 1 resumes
+  to the same losses bit for bit."""
+  import random
+  import signal
+
+  from test_resilience import losses, start, wait_for_rows
+
+  from jaxpt.train import checkpoint as ckpt_lib
+  phased = ["--config.model.positions=rope", "--config.model.max_position_embeddings=64",
+            "--config.train.num_steps=24", "--config.checkpoint.every_steps=4",
+            f"--config.train.phases=12: data.dir={long_dir} model.rope_theta=40000"]
+  whole = tmp_path / "whole"
+  proc = run(command(prepared_dir, whole, vocab, *phased))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"phase 1 from step 12: new data" in proc.stdout
+  table = rows(whole)
+  assert [r["train/phase"] for r in table] == [0] * 12 + [1] * 12
+  lr = [r["lr"] for r in table]  # one linear decay over the 24 steps, across the boundary
+  np.testing.assert_allclose(np.diff(lr[5:]), np.diff(lr[5:])[0], rtol=1e-4)
+  saved = ckpt_lib.Checkpointer(str(whole / "checkpoints"), max_to_keep=3, async_save=False)
+  data, config = saved.restore_metadata(24)
+  saved.close()
+  assert data["phase"] == 1 and data["next_example"] == 12 * 8  # the new data from its start
+  assert config["model"]["rope_theta"] == 40000 and config["data"]["dir"] == str(long_dir)
+
+  killed = tmp_path / "killed"
+  proc = start(command(prepared_dir, killed, vocab, *phased))
+  wait_for_rows(killed, random.Random().randint(15, 21), proc)  # inside phase 1
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  proc = run(command(prepared_dir, killed, vocab, *phased))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert losses(killed) == losses(whole)
+
+  # A phase that would change a parameter's shape is refused whole, before step 1.
+  proc = run(command(prepared_dir, tmp_path / "bad", vocab, *phased[:-1],
+                     "--config.train.phases=12: model.intermediate_size=128"))
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert "phase 1 (from step 12) changes the shape" in proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad" / "checkpoints"
+                                                             ).exists()
+
+
+def test_bad_phase_lists_are_one_line():
+  import dataclasses
+
+  from jaxpt import config as config_lib
+  from jaxpt.config import ConfigError
+  base = config_lib.Config()
+
+  def phases(spec, steps=100):
+    return config_lib.run_phases(dataclasses.replace(
+        base, train=dataclasses.replace(base.train, phases=spec, num_steps=steps)))
+
+  got = phases("50: data.mask_prob=0.3; 80: data.mask_prob=0.05 optim.learning_rate=1e-5")
+  assert [(p.first_step, p.stop_step, p.cfg.data.mask_prob) for p in got] == [
+      (0, 50, 0.15), (50, 80, 0.3), (80, 100, 0.05)]
+  assert got[2].cfg.optim.learning_rate == 1e-5 and got[1].cfg.optim.learning_rate == 1e-4
+  assert "data.mask_prob" in got[0].cfg.train.allow_config_change
+  for spec, needle in (("80: data.mask_prob=0.3; 50: data.mask_prob=0.1", "must increase"),
+                       ("100: data.mask_prob=0.3", "not before train.num_steps=100"),
+                       ("50 data.mask_prob=0.3", "is not 'STEP: FIELD=VALUE"),
+                       ("50: data.mask_prb=0.3", "did you mean data.mask_prob"),
+                       ("50: data.mask_prob=3", "phase 1 (from step 50)"),
+                       ("50: seed=3", "seed is the same for the whole run")):
+    with pytest.raises(ConfigError, match="config.train.phases") as e:
+      phases(spec)
+    assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)

@@ -353,6 +353,12 @@ class ClassificationTask:
   def batch_phases(self) -> tuple:
     return ((0, self.cfg.train.batch_size),)
 
+  phase, new_data = 0, False  # fine-tuning runs in one phase
+
+  @property
+  def stop_step(self) -> int:
+    return self.num_steps
+
   def check_resume(self, saved: dict, where: str) -> None:
     if "labels" in saved and saved["labels"] != self.setup.task.labels:
       raise TrainError(f"{where}: trained on other labels ({saved['labels'][:5]}...)")

@@ -206,7 +206,8 @@ class PretrainingTask:
   best_metric = "eval/loss"
   higher_is_better = False
 
-  def __init__(self, cfg: Config, workdir: str | None = None, *, data=None):
+  def __init__(self, cfg: Config, workdir: str | None = None, *, data=None,
+               phase: config_lib.Phase | None = None):
     config_lib.validate(cfg)
     if cfg.optim.learning_rate <= 0:
       raise ConfigError(f"config.optim.learning_rate={cfg.optim.learning_rate}: pretraining "
@@ -226,6 +227,10 @@ class PretrainingTask:
     self.objective = CausalObjective() if self.causal else PretrainingObjective()
     self.loss_name = "clm" if self.causal else "mlm"
     self.num_steps = cfg.train.num_steps
+    self.phase = phase.index if phase else 0
+    self.stop_step = phase.stop_step if phase else self.num_steps
+    self.phase_start = phase.first_step if phase else 0
+    self.new_data = bool(phase and phase.new_data)
     self.eval_every_steps = cfg.train.eval_every_steps
     self.spec = None if self.causal else data.masking_spec(cfg.data)
     self.flops_per_token = metrics_lib.flops_per_token(
@@ -293,12 +298,14 @@ class PretrainingTask:
                           rows_of=rows_of)
 
   def data_metrics(self, first_row: int, stop_row: int) -> dict:
-    """`data/fraction/NAME`: the share of each source among stream rows [first, stop)."""
-    if not self.mixture:
-      return {}
-    counts = self._row_sources.counts(first_row, stop_row)
-    return {f"data/fraction/{n}": float(c) / max(stop_row - first_row, 1)
-            for n, c in zip(self.mixture.names, counts)}
+    """`data/fraction/NAME`: the share of each source among stream rows [first, stop); the
+    phase of a run in phases."""
+    out = {"train/phase": self.phase} if self.cfg.train.phases.strip() else {}
+    if self.mixture:
+      counts = self._row_sources.counts(first_row, stop_row)
+      out.update({f"data/fraction/{n}": float(c) / max(stop_row - first_row, 1)
+                  for n, c in zip(self.mixture.names, counts)})
+    return out
 
   def prepare_eval(self, program: loop.Program) -> None:
     """The held-out batches, fixed for the whole run (same order and masks at every eval).
@@ -346,6 +353,12 @@ class PretrainingTask:
     return {"tokenizer_hash": self.tokenizer_hash}
 
   def check_resume(self, saved: dict, where: str) -> None:
+    step, phase = int(saved.get("next_step", 0)), int(saved.get("phase", 0))
+    if self.phase and not (phase == self.phase or (phase == self.phase - 1
+                                                    and step == self.phase_start)):
+      raise TrainError(f"{where}: a checkpoint of phase {phase} at step {step}, but phase "
+                       f"{self.phase} runs from step {self.phase_start} (are the newer "
+                       "checkpoints unreadable?)")
     if saved.get("tokenizer_hash") is None:
       raise TrainError(f"{where}: not a pretraining checkpoint (a fine-tuning workdir?); "
                        "pretrain into a workdir of its own")
@@ -382,14 +395,29 @@ def build_program(cfg: Config, mesh) -> loop.Program:
 
 def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
   """Trains to `cfg.train.num_steps`, resuming from the newest readable checkpoint in
-  `workdir`. Returns the last logged metrics (train and eval), plus `stopped` when the run
-  ended early ("preempted", "interrupted" or "early_stopping")."""
-  task = PretrainingTask(cfg, workdir)
+  `workdir`, phase after phase (`train.phases`). Returns the last logged metrics (train and
+  eval), plus `stopped` when the run ended early ("preempted", "interrupted" or
+  "early_stopping")."""
+  phases = config_lib.run_phases(cfg)
+  tasks = [PretrainingTask(p.cfg, workdir, phase=p if len(phases) > 1 else None)
+           for p in phases]  # every phase checked before anything compiles
+  if len(tasks) > 1:
+    check_phases(tasks)
+    for task in tasks:
+      task.description += (f", phase {task.phase} of {len(tasks)} (steps "
+                           f"{task.phase_start + 1}-{task.stop_step})")
   is_main = jax.process_index() == 0
   if is_main:
     os.makedirs(workdir, exist_ok=True)
-    _copy_tokenizer(task.data, workdir)
-  last = loop.run(task, workdir, progress=progress)
+    _copy_tokenizer(tasks[0].data, workdir)
+  done = _saved_step(workdir)
+  last: dict = {}
+  for task in tasks:
+    if done is not None and done >= task.stop_step and task is not tasks[-1]:
+      continue  # a finished phase
+    last = loop.run(task, workdir, progress=progress)
+    if last.get("stopped"):
+      break
   if is_main:
     summary = ", ".join(f"{k}={last[k]:.4f}" for k in
                         ("train/mlm_loss", "eval/mlm_loss", "eval/mlm_accuracy",
@@ -403,6 +431,32 @@ def pretrain(cfg: Config, workdir: str, *, progress: bool = True) -> dict:
           f"  checkpoints: {os.path.join(workdir, 'checkpoints')}; best eval/loss: "
           f"{os.path.join(workdir, 'best')} (step {last.get('best_step')})", flush=True)
   return last
+
+
+def check_phases(tasks: list["PretrainingTask"]) -> None:
+  """What every phase must share with the first: the parameters' shapes, the tokenizer."""
+  from jaxpt.models import params as params_lib
+  first = tasks[0]
+  shapes = params_lib.shapes(hf.abstract_params(first.cfg.model))
+  for task in tasks[1:]:
+    where = f"config.train.phases: phase {task.phase} (from step {task.phase_start})"
+    theirs = params_lib.shapes(hf.abstract_params(task.cfg.model))
+    changed = sorted(n for n in set(shapes) | set(theirs) if shapes.get(n) != theirs.get(n))
+    if changed:
+      raise ConfigError(f"{where} changes the shape of {len(changed)} parameter(s), e.g. "
+                        f"{changed[0]}: {shapes.get(changed[0])} -> {theirs.get(changed[0])}; "
+                        "a phase continues the same parameters")
+    if task.tokenizer_hash != first.tokenizer_hash:
+      raise ConfigError(f"{where}: {task.data.directory} has another tokenizer than "
+                        f"{first.data.directory}; phases share one")
+
+
+def _saved_step(workdir: str) -> int | None:
+  """The newest step under WORKDIR/checkpoints (Orbax names finished steps by number)."""
+  directory = os.path.join(workdir, "checkpoints")
+  steps = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(
+      directory) else []
+  return max(steps) if steps else None
 
 
 def _copy_tokenizer(data: loader.PreparedData, workdir: str) -> None:

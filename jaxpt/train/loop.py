@@ -59,7 +59,12 @@ class Task(Protocol):
   cfg: Config
   command: str  # "pretrain" | "finetune": names the run in messages
   objective: Objective
-  num_steps: int
+  num_steps: int  # of the run (its learning-rate schedule)
+  # This call of `run` ends after this step (num_steps, or the end of a phase: `phase` counts
+  # them from 0; `new_data`: the phase reads other data than the one before, from its start).
+  stop_step: int
+  phase: int
+  new_data: bool
   eval_every_steps: int  # 0: only at the end
   best_metric: str  # a key of `evaluate`'s result, e.g. "eval/loss"
   higher_is_better: bool
@@ -631,6 +636,13 @@ def _train(task, workdir, mesh, say, progress, checkpointer, best_checkpointer) 
           flush=True)
   phases = task.batch_phases
   first_example = int(saved.get("next_example", loader.stream_rows(phases, 0, start_step)))
+  entering = bool(resumed) and int(saved.get("phase", 0)) != task.phase
+  if entering:  # the first step of a phase: its data from the start; its own best
+    say(f"phase {task.phase} from step {start_step}"
+        + (": new data, read from its first example" if task.new_data else ""))
+    if task.new_data:
+      first_example = 0
+    saved = {k: v for k, v in saved.items() if k not in ("best", "evals_since_best")}
   host_batches = _checked(task.train_batches(start_step, first_example, rows), start_step)
 
   peak = metrics_lib.peak_flops(jax.devices()[0].device_kind, t.peak_flops_per_device)
@@ -649,7 +661,7 @@ def _train(task, workdir, mesh, say, progress, checkpointer, best_checkpointer) 
             "next_example": data_row(step),
             "schedule_segments": segments, "best": best_value,
             "evals_since_best": since_best, "best_metric": task.best_metric,
-            **task.data_identity()}
+            "phase": task.phase, **task.data_identity()}
 
   config_dict = config_lib.to_dict(cfg)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
@@ -666,7 +678,7 @@ def _train(task, workdir, mesh, say, progress, checkpointer, best_checkpointer) 
   try:
     with jax.set_mesh(mesh):
       batches = device_prefetch(host_batches, batch_sh)
-      while step < task.num_steps and stopped is None:
+      while step < task.stop_step and stopped is None:
         batch = next(batches)
         state, step_metrics = program.train_step(state, batch)
         step += 1
@@ -676,7 +688,7 @@ def _train(task, workdir, mesh, say, progress, checkpointer, best_checkpointer) 
           in_flight.popleft().block_until_ready()
           bar.update(1)
         meter.add(batch["input_ids"].size)  # a static shape: fine-tuning's vary by bucket
-        is_last = step == task.num_steps
+        is_last = step == task.stop_step
         stopped = stop.reached(step)
         checkpoint_now = step % ck.every_steps == 0 or is_last or stopped is not None
         row = {}
@@ -747,7 +759,7 @@ def _train(task, workdir, mesh, say, progress, checkpointer, best_checkpointer) 
   if stopped in ("preempted", "interrupted"):
     signal_name = "SIGTERM" if stopped == "preempted" else "Ctrl-C"
     say(f"{signal_name}: checkpointed step {step} in {checkpointer.directory}; re-run to resume")
-  if step == start_step and not stopped:
+  if step == start_step and not stopped and task.stop_step == task.num_steps:
     logged = metrics_lib.read_metrics(workdir)
     last = {**{k: v for r in logged for k, v in r.items()}, **last}
     say(f"{workdir} already finished {start_step} of {task.num_steps} steps; raise "
