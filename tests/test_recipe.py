@@ -106,6 +106,16 @@ def test_the_moving_average_follows_its_recurrence_and_is_what_the_workdir_gives
   assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
   assert max(int(s) for s in os.listdir(workdir / "checkpoints")) == 4
 
+  # A decay branched off a run that was not warmup-stable-decay: refused, nothing written.
+  proc = run(command(prepared_dir, tmp_path / "branch", vocab, "--config.optim.schedule=wsd",
+                     "--config.optim.ema_decay=0.5", f"--config.train.branch_from={workdir}:2",
+                     "--config.train.num_steps=6"))
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert "optim.schedule='linear'; a decay branches off the stable phase of a wsd run" in \
+      proc.stderr, proc.stderr
+  assert not (tmp_path / "branch" / "checkpoints").exists() or not os.listdir(
+      tmp_path / "branch" / "checkpoints")
+
 
 @pytest.fixture(scope="module")
 def long_dir(prepared_dir, tmp_path_factory):
@@ -121,8 +131,8 @@ def long_dir(prepared_dir, tmp_path_factory):
 
 def test_a_context_extension_phase_continues_the_run_and_a_kill_inside_it_resumes_exactly(
     prepared_dir, long_dir, vocab, tmp_path):
-  """Two phases: 32-token rows at RoPE theta 10k, then from step 12 64-token rows of other
-  data at theta 40k. The phase boundary keeps parameters, optimizer state and the one
+  """Two phases after a batch warm-up: 32-token rows at RoPE theta 10k, then from step 12
+  64-token rows of other data at theta 40k. The phase boundary keeps parameters, optimizer state and the one
   schedule; the new data is read from its first example; a SIGKILL inside phase 1 resumes
   to the same losses bit for bit."""
   import random
@@ -133,6 +143,8 @@ def test_a_context_extension_phase_continues_the_run_and_a_kill_inside_it_resume
   from jaxpt.train import checkpoint as ckpt_lib
   phased = ["--config.model.positions=rope", "--config.model.max_position_embeddings=64",
             "--config.train.num_steps=24", "--config.checkpoint.every_steps=4",
+            # the batch warms up too: 4 sequences for 4 steps, then 8
+            "--config.train.batch_warmup_start=4", "--config.train.batch_warmup_tokens=512",
             f"--config.train.phases=12: data.dir={long_dir} model.rope_theta=40000"]
   whole = tmp_path / "whole"
   proc = run(command(prepared_dir, whole, vocab, *phased))
@@ -140,6 +152,7 @@ def test_a_context_extension_phase_continues_the_run_and_a_kill_inside_it_resume
   assert f"phase 1 from step 12: new data" in proc.stdout
   table = rows(whole)
   assert [r["train/phase"] for r in table] == [0] * 12 + [1] * 12
+  assert [r["train/batch_size"] for r in table] == [4] * 4 + [8] * 20
   lr = [r["lr"] for r in table]  # one linear decay over the 24 steps, across the boundary
   np.testing.assert_allclose(np.diff(lr[5:]), np.diff(lr[5:])[0], rtol=1e-4)
   saved = ckpt_lib.Checkpointer(str(whole / "checkpoints"), max_to_keep=3, async_save=False)

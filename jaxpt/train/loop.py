@@ -468,6 +468,11 @@ def _read_branch(task: Task, mesh, say) -> tuple:
                        f"{step} in {directory} (steps: {sorted(steps)})")
     where = f"{directory}/{step}"
     data, saved = source.restore_metadata(step)
+    schedule = saved.get("optim", {}).get("schedule")
+    if schedule != "wsd":
+      raise TrainError(f"config.train.branch_from={spec}: {where} was trained with "
+                       f"optim.schedule={schedule!r}; a decay branches off the stable phase "
+                       "of a wsd run")
     program = build_program(task, mesh)
     problems = source.mismatches(step, program.abstract_state)
     if problems:
