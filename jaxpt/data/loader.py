@@ -236,8 +236,8 @@ def batches(reader: store.SplitReader | Sequence[store.SplitReader],
             rows_of=None) -> Iterator[dict[str, np.ndarray]]:
   """Endless iterator of this process's part of each global batch, from `start_step` on.
 
-  Batch `start_step` begins at example `first_example` of the stream (default
-  `start_step * batch_size`). `rows` = [start, stop) is the block of the global batch this
+  Batch `start_step` begins at example `first_example` of the stream (default: after the
+  examples of the batches before it). `rows` = [start, stop) is the block of the global batch this
   process feeds to its devices (`sharding.local_batch_rows`); only those examples are read.
   Default: the whole batch. `spec` None: causal-LM batches (`masking.causal_batch`), unmasked.
   A mixture passes one reader per source and its `row_sources`; source i's stream is
