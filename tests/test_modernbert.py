@@ -13,6 +13,7 @@ from transformers import ModernBertConfig, ModernBertForMaskedLM, ModernBertMode
 
 from jaxpt import config as config_lib  # noqa: E402
 from jaxpt import hf  # noqa: E402
+from jaxpt.data import loader  # noqa: E402
 from jaxpt.hf import layouts  # noqa: E402
 from jaxpt.models import heads, params as params_lib  # noqa: E402
 
@@ -212,3 +213,24 @@ def test_a_tiny_modernbert_pretrains_packed_and_its_held_out_loss_falls(corpus_d
   from transformers import ModernBertForSequenceClassification
   classifier = ModernBertForSequenceClassification.from_pretrained(tmp_path / "hf_ft")
   assert classifier.config.classifier_pooling == "mean" and classifier.config.num_labels == 3
+
+
+ETTIN = {"17m": (7, 256, 384, 4), "32m": (10, 384, 576, 6), "68m": (19, 512, 768, 8),
+         "150m": (22, 768, 1152, 12), "400m": (28, 1024, 2624, 16),
+         "1b": (28, 1792, 3840, 28)}
+
+
+@pytest.mark.parametrize("size", list(ETTIN))
+def test_ettin_presets_have_the_suites_sizes(size):
+  """Each Ettin preset counts the parameters of transformers' ModernBERT of that shape, and
+  the count is the size its name gives (within 5%)."""
+  layers, hidden, intermediate, heads = ETTIN[size]
+  cfg = config_lib.validate(config_lib.load(f"ettin_encoder_{size}"))
+  want = _hf_count(num_hidden_layers=layers, hidden_size=hidden,
+                   intermediate_size=intermediate, num_attention_heads=heads)
+  assert params_lib.count(hf.abstract_params(cfg.model)) == want
+  named = float(size[:-1]) * (1e6 if size.endswith("m") else 1e9)
+  assert abs(want / named - 1) < 0.05, (want, named)
+  assert cfg.train.batch_size == 4608 and cfg.optim.name == "stable_adamw"
+  assert loader.batch_phases(4608, cfg.train.batch_warmup_start, cfg.train.batch_warmup_tokens,
+                             1024)[-1][1] == 4608
