@@ -222,8 +222,8 @@ ETTIN = {"17m": (7, 256, 384, 4), "32m": (10, 384, 576, 6), "68m": (19, 512, 768
 
 @pytest.mark.parametrize("size", list(ETTIN))
 def test_ettin_presets_have_the_suites_sizes(size):
-  """Each Ettin preset counts the parameters of transformers' ModernBERT of that shape, and
-  the count is the size its name gives (within 5%)."""
+  """Each Ettin encoder and decoder preset counts the parameters of transformers' ModernBERT
+  (decoder) of that shape, and the count is the size its name gives (within 5%)."""
   layers, hidden, intermediate, heads = ETTIN[size]
   cfg = config_lib.validate(config_lib.load(f"ettin_encoder_{size}"))
   want = _hf_count(num_hidden_layers=layers, hidden_size=hidden,
@@ -234,3 +234,13 @@ def test_ettin_presets_have_the_suites_sizes(size):
   assert cfg.train.batch_size == 4608 and cfg.optim.name == "stable_adamw"
   assert loader.batch_phases(4608, cfg.train.batch_warmup_start, cfg.train.batch_warmup_tokens,
                              1024)[-1][1] == 4608
+  # The paired decoder: transformers' ModernBertDecoderForCausalLM of the same shape.
+  from transformers import ModernBertDecoderConfig, ModernBertDecoderForCausalLM
+  dec = config_lib.validate(config_lib.load(f"ettin_decoder_{size}")).model
+  assert dec.attention_kind == "causal"
+  assert hf.config_to_hf(dec, "ModernBertDecoderForCausalLM")["local_attention"] == 128
+  with torch.device("meta"):
+    ref = ModernBertDecoderForCausalLM(ModernBertDecoderConfig(
+        vocab_size=50368, num_hidden_layers=layers, hidden_size=hidden,
+        intermediate_size=intermediate, num_attention_heads=heads))
+  assert params_lib.count(hf.abstract_params(dec)) == sum(p.numel() for p in ref.parameters())

@@ -1,6 +1,8 @@
 """The Ettin encoders (Weller et al. 2025, arXiv 2507.11412): ModernBERT's block and recipe
 from 17M to 1B parameters, with the sizes and optimiser settings of the suite's published
-pretraining configs. Not a preset itself: `ettin_encoder_17m.py` ... `ettin_encoder_1b.py`.
+pretraining configs, and their paired decoders (the same sizes and recipe, causal attention,
+a left-only window on local layers: transformers' `ModernBertDecoderForCausalLM`). Not a
+preset itself: `ettin_encoder_17m.py` ... `ettin_encoder_1b.py`, `ettin_decoder_*.py`.
 
 The stable phase: 1,024-token rows, RoPE theta 10k on global and local layers, 30% masking,
 StableAdamW (betas 0.9 / 0.98, eps 1e-6) at a per-size peak, warmup-stable-decay with a
@@ -46,3 +48,10 @@ def encoder(size: str) -> config.Config:
                                 warmup_steps=lr_tokens // (BATCH * LENGTH)),
       train=dataclasses.replace(cfg.train, batch_size=BATCH, batch_warmup_start=768,
                                 batch_warmup_tokens=batch_tokens))
+
+
+def decoder(size: str) -> config.Config:
+  """The paired decoder: the encoder's config, causal (its next-token loss needs no masking);
+  transformers' `local_attention=128` is, causal, the 64 tokens ending at the query."""
+  cfg = encoder(size)
+  return config.with_model(cfg, attention_kind="causal", local_window=cfg.model.local_window // 2)
