@@ -96,7 +96,8 @@ def main(argv=None) -> None:
     results.append({"name": name, "flags": flags, "seconds": round(seconds, 1),
                     "train_mlm_loss_last": rows[-1]["train/mlm_loss"],
                     "eval_mlm_loss": round(metrics["eval/mlm_loss"], 4),
-                    "eval_mlm_accuracy": round(metrics["eval/mlm_accuracy"], 4)})
+                    "eval_mlm_accuracy": round(metrics["eval/mlm_accuracy"], 4),
+                    "eval_masked_fraction": round(metrics["eval/masked_fraction"], 4)})
   import jax
   out = {"date": datetime.date.today().isoformat(), "machine": platform.machine(),
          "cpus": os.cpu_count(), "backend": jax.default_backend(), "preset": args.preset,

@@ -204,3 +204,29 @@ def test_bad_phase_lists_are_one_line():
     with pytest.raises(ConfigError, match="config.train.phases") as e:
       phases(spec)
     assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_the_recipe_comparison_scores_every_variant_at_one_masking_rate(prepared_dir, tmp_path):
+  """benchmarks/recipe_compare.py: each variant trains, and is scored on the same held-out
+  batches at 15% masking whatever rate it trained at (a 30%-masked run is scored at 15%)."""
+  import subprocess
+  import sys
+
+  from conftest import FAST_COMPILE, REPO
+  env = dict(os.environ, XLA_FLAGS=FAST_COMPILE, PYTHONUNBUFFERED="1")
+  proc = subprocess.run(
+      [sys.executable, "benchmarks/recipe_compare.py", f"--data={prepared_dir}",
+       f"--runs={tmp_path}", "--steps=3", "--eval_batches=1",
+       "--variant=plain=--config.train.batch_size=8 --config.model.max_position_embeddings=32",
+       "--variant=masked-30%=--config.train.batch_size=8 --config.data.mask_prob=0.3 "
+       "--config.model.max_position_embeddings=32"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads([l for l in proc.stdout.splitlines() if l.startswith("{")][-1])
+  assert [r["name"] for r in out["results"]] == ["plain", "masked-30%"]
+  assert out["eval_mask_prob"] == 0.15 and all(np.isfinite(r["eval_mlm_loss"])
+                                               for r in out["results"])
+  saved = [json.loads(l) for l in (tmp_path / "masked-30%" / "metrics.jsonl").read_text()
+           .splitlines()]
+  assert saved[-1]["train/masked_fraction"] > 0.2  # it trained at 30%, and is scored at 15%
+  assert all(r["eval_masked_fraction"] < 0.2 for r in out["results"]), out["results"]
