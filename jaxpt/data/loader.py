@@ -255,7 +255,7 @@ def batches(reader: store.SplitReader | Sequence[store.SplitReader],
       raise ValueError(f"rows {(offset, stop)} are not a block of a batch of {size}")
   if first_example is None:
     first_example = stream_rows(phases, 0, start_step)
-  readers = [reader] if isinstance(reader, store.SplitReader) else list(reader)
+  readers = list(reader) if isinstance(reader, (list, tuple)) else [reader]
   if row_sources is None and len(readers) != 1:
     raise ValueError("several readers need the mixture's row_sources")
   streams = []
