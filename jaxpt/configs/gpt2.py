@@ -8,12 +8,7 @@ FULL-SENTENCES data. The optimizer is the common open reproduction of GPT-2 pret
 import dataclasses
 
 from jaxpt import config
-
-# What makes a ModelConfig a GPT-2 (jaxpt.hf.gpt2.FAMILY holds the same choices).
-FAMILY = dict(variant="gpt2", norm_position="pre", norm="layernorm", norm_bias=True,
-              embedding_norm=False, attention_bias=True, mlp_bias=True, mlp="gelu_tanh",
-              positions="learned", attention_kind="causal", type_vocab_size=0, pooler=False,
-              first_attention_norm=True, lm_head="tied", local_window=0)
+from jaxpt.hf.gpt2 import FAMILY  # what makes a ModelConfig a GPT-2
 
 
 def gpt2(cfg: config.Config, **model) -> config.Config:

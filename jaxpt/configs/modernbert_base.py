@@ -5,15 +5,14 @@ no biases, rotary positions (theta 160k global, 10k local), a global layer every
 import dataclasses
 
 from jaxpt import config
+from jaxpt.hf.modernbert import FAMILY  # what makes a ModelConfig a ModernBERT
 
 
 def modern(cfg: config.Config, **sizes) -> config.Config:
   """The ModernBERT block and recipe on top of `cfg`, with `sizes` for the model."""
   cfg = config.with_model(
-      cfg, variant="modernbert", norm_position="pre", norm_bias=False, attention_bias=False,
-      mlp_bias=False, head_bias=False, mlp="geglu", positions="rope", rope_theta=160_000.0,
-      rope_theta_local=10_000.0, local_window=128, global_every=3, type_vocab_size=0,
-      pooler=False, first_attention_norm=False, layer_norm_eps=1e-5, hidden_dropout=0.0,
+      cfg, **FAMILY, head_bias=False, rope_theta=160_000.0, rope_theta_local=10_000.0,
+      local_window=128, global_every=3, layer_norm_eps=1e-5, hidden_dropout=0.0,
       attention_dropout=0.0, scaled_init=True, **sizes)
   return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, mask_prob=0.3))
 
