@@ -386,9 +386,7 @@ class Transformer(nnx.Module):
         return dataclasses.replace(mask, is_local=is_local), rope
       return jnp.where(is_local, mask, global_mask), rope
 
-    # Per layer: (is local, skips its attention norm).
-    skip_first = cfg.norm_position == "pre" and not cfg.first_attention_norm
-    flags = (jnp.asarray(local), jnp.arange(cfg.num_layers) == 0 if skip_first else None)
+    flags = self._layer_flags()
     if rngs is None:  # deterministic: nothing to split per layer
       @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)
       def body(x, layer, flags):
@@ -404,6 +402,14 @@ class Transformer(nnx.Module):
 
   def _final(self, x):
     return x if self.final_norm is None else self.final_norm(x)
+
+  def _layer_flags(self):
+    """What a scanned layer is told, per layer: (is it local, does it skip its attention norm
+    (ModernBERT's layer 0) or None)."""
+    cfg = self.config
+    skip_first = cfg.norm_position == "pre" and not cfg.first_attention_norm
+    return (jnp.asarray(local_layers(cfg)),
+            jnp.arange(cfg.num_layers) == 0 if skip_first else None)
 
   def decode(self, input_ids, positions, cache: dict):
     """One decoding call of a causal stack over a key/value cache, deterministic.
@@ -450,8 +456,7 @@ class Transformer(nnx.Module):
           return kinds["global"]
         return jax.tree.map(lambda a, b: jnp.where(is_local, a, b), kinds["local"],
                             kinds["global"])
-      skip_first = cfg.norm_position == "pre" and not cfg.first_attention_norm
-      flags = (jnp.asarray(local), jnp.arange(cfg.num_layers) == 0 if skip_first else None)
+      flags = self._layer_flags()
 
       @nnx.scan(in_axes=(nnx.Carry, 0, 0, 0, 0), out_axes=(nnx.Carry, 0))
       def body(x, layer, flags, keys, values):
