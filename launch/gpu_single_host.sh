@@ -10,16 +10,7 @@
 set -euo pipefail
 dry_run=0
 if [[ "${1:-}" == "--dry_run" ]]; then dry_run=1; shift; fi
-# The jaxpt command: $JAXPT, else `jaxpt` on the PATH, else this checkout's .venv.
-here=$(cd "$(dirname "$0")/.." && pwd)
-if [[ -n "${JAXPT:-}" ]]; then jaxpt=$JAXPT
-elif command -v jaxpt >/dev/null 2>&1; then jaxpt=jaxpt
-elif [[ -x "$here/.venv/bin/jaxpt" ]]; then jaxpt="$here/.venv/bin/jaxpt"
-elif ((dry_run)); then jaxpt=jaxpt
-else
-  echo "$0: no jaxpt command: run \`make install\` and \`source .venv/bin/activate\`, or set JAXPT" >&2
-  exit 2
-fi
+source "$(dirname "$0")/find_jaxpt.sh"  # sets jaxpt (and here)
 # Let XLA use most of each GPU's memory up front, and overlap collectives with compute.
 cmd="XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9} $jaxpt pretrain $*"
 if ((dry_run)); then

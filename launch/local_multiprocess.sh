@@ -18,16 +18,7 @@ fi
 n=$1; shift
 devices=${DEVICES_PER_PROCESS:-4}
 port=${PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
-# The jaxpt command: $JAXPT, else `jaxpt` on the PATH, else this checkout's .venv.
-here=$(cd "$(dirname "$0")/.." && pwd)
-if [[ -n "${JAXPT:-}" ]]; then jaxpt=$JAXPT
-elif command -v jaxpt >/dev/null 2>&1; then jaxpt=jaxpt
-elif [[ -x "$here/.venv/bin/jaxpt" ]]; then jaxpt="$here/.venv/bin/jaxpt"
-elif ((dry_run)); then jaxpt=jaxpt
-else
-  echo "$0: no jaxpt command: run \`make install\` and \`source .venv/bin/activate\`, or set JAXPT" >&2
-  exit 2
-fi
+source "$(dirname "$0")/find_jaxpt.sh"  # sets jaxpt (and here)
 
 cmds=()
 for ((i = 0; i < n; i++)); do
