@@ -1,5 +1,6 @@
 """What every command shares: the usage error, options dataclasses turned into flags, the
-`--config` flag and its loading, and the flags of multi-process runs."""
+`--config` flag and its loading, where a model comes from (--workdir / --hf / --best), and
+the flags of multi-process runs."""
 
 from __future__ import annotations
 
@@ -34,6 +35,26 @@ def define_options(cls, fv: flags.FlagValues) -> None:
 def options_from(cls, fv: flags.FlagValues):
   """The options dataclass `cls` filled from the parsed flags `define_options` declared."""
   return cls(**{field.name: fv[field.name].value for field in dataclasses.fields(cls)})
+
+
+def define_model_source(fv: flags.FlagValues, workdir_help: str) -> None:
+  """--workdir, --hf and --best: where a command that uses a trained model takes it from."""
+  flags.DEFINE_string("workdir", None, workdir_help, flag_values=fv)
+  flags.DEFINE_string("hf", None, "A HuggingFace directory (instead of --workdir).",
+                      flag_values=fv)
+  flags.DEFINE_boolean("best", False, "Use the best-eval checkpoint of --workdir.",
+                       flag_values=fv)
+
+
+def load_model_source(fv: flags.FlagValues, classifier_refusal: str):
+  """The `pretrained.Pretrained` the flags of `define_model_source` name; a fine-tuning
+  workdir is refused with `classifier_refusal` (why this command cannot use it)."""
+  if bool(fv.workdir) == bool(fv.hf):
+    raise UsageError("give exactly one of --workdir and --hf")
+  from jaxpt import pretrained
+  if fv.workdir and pretrained.task_info(fv.workdir) is not None:
+    raise UsageError(f"{fv.workdir}: a fine-tuned classifier; {classifier_refusal}")
+  return pretrained.load(f"hf:{fv.hf}" if fv.hf else fv.workdir, best=fv.best)
 
 
 def config_flag(fv: flags.FlagValues, help_text: str) -> None:

@@ -4,34 +4,25 @@ from __future__ import annotations
 
 from absl import flags
 
-from jaxpt.cli.common import UsageError
+from jaxpt.cli.common import UsageError, define_model_source, load_model_source
 
 HELP = "print a model's top-k tokens at each [MASK] of the given texts"
 POSITIONAL = True  # the texts
 
 
 def define(fv: flags.FlagValues) -> None:
-  flags.DEFINE_string("workdir", None, "A pretraining workdir or an import-hf directory.",
-                      flag_values=fv)
-  flags.DEFINE_string("hf", None, "A HuggingFace directory (instead of --workdir).",
-                      flag_values=fv)
+  define_model_source(fv, "A pretraining workdir or an import-hf directory.")
   flags.DEFINE_integer("top_k", 5, "Predictions shown per mask.", flag_values=fv)
-  flags.DEFINE_boolean("best", False, "Use the best-eval checkpoint of --workdir.",
-                       flag_values=fv)
 
 
 def run(fv: flags.FlagValues, args: list[str]) -> int:
-  if bool(fv.workdir) == bool(fv.hf):
-    raise UsageError("give exactly one of --workdir and --hf")
   if not args:
     raise UsageError('give one or more texts, e.g. "The cat sat on the [MASK]."')
   if fv.top_k <= 0:
     raise UsageError(f"--top_k={fv.top_k}: must be positive")
-  from jaxpt import fill_mask, hf, pretrained
-  if fv.workdir and pretrained.task_info(fv.workdir) is not None:
-    raise UsageError(f"{fv.workdir}: a fine-tuned classifier; it has no masked-LM head to "
-                     "fill masks with (use its pretraining workdir or `jaxpt evaluate`)")
-  loaded = pretrained.load(f"hf:{fv.hf}" if fv.hf else fv.workdir, best=fv.best)
+  from jaxpt import fill_mask, hf
+  loaded = load_model_source(fv, "it has no masked-LM head to fill masks with (use its "
+                                 "pretraining workdir or `jaxpt evaluate`)")
   if loaded.config.attention_kind == "causal":
     raise UsageError(f"{loaded.source}: a causal LM (a decoder); filling masks needs a "
                      "bidirectional encoder with a masked-LM head (use `jaxpt generate`)")

@@ -5,19 +5,14 @@ from __future__ import annotations
 
 from absl import flags
 
-from jaxpt.cli.common import UsageError
+from jaxpt.cli.common import UsageError, define_model_source, load_model_source
 
 HELP = "continue the given prompts with a causal LM and print the decode speed"
 POSITIONAL = True  # the prompts
 
 
 def define(fv: flags.FlagValues) -> None:
-  flags.DEFINE_string("workdir", None, "A causal-LM pretraining workdir or an import-hf "
-                      "directory.", flag_values=fv)
-  flags.DEFINE_string("hf", None, "A HuggingFace directory (instead of --workdir).",
-                      flag_values=fv)
-  flags.DEFINE_boolean("best", False, "Use the best-eval checkpoint of --workdir.",
-                       flag_values=fv)
+  define_model_source(fv, "A causal-LM pretraining workdir or an import-hf directory.")
   flags.DEFINE_integer("max_new_tokens", 40, "Tokens to generate per prompt (fewer when the "
                        "end-of-text token comes first).", flag_values=fv)
   flags.DEFINE_float("temperature", 0.0, "0: greedy; otherwise sample from logits / T.",
@@ -34,15 +29,11 @@ def define(fv: flags.FlagValues) -> None:
 
 
 def run(fv: flags.FlagValues, args: list[str]) -> int:
-  if bool(fv.workdir) == bool(fv.hf):
-    raise UsageError("give exactly one of --workdir and --hf")
   if not args:
     raise UsageError('give one or more prompts, e.g. "To be, or not to be"')
-  from jaxpt import hf, pretrained
+  from jaxpt import hf
   from jaxpt.models import generation
-  if fv.workdir and pretrained.task_info(fv.workdir) is not None:
-    raise UsageError(f"{fv.workdir}: a fine-tuned classifier; generation needs a causal LM")
-  loaded = pretrained.load(f"hf:{fv.hf}" if fv.hf else fv.workdir, best=fv.best)
+  loaded = load_model_source(fv, "generation needs a causal LM")
   cfg = loaded.config
   if cfg.attention_kind != "causal":
     raise UsageError(f"{loaded.source}: a bidirectional {cfg.variant} encoder; generation "
