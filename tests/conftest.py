@@ -72,3 +72,20 @@ def start_steps(workdir) -> list[int]:
   path = pathlib.Path(workdir) / "metrics.jsonl"
   rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
   return [r["run/start_step"] for r in rows if "run/start_step" in r]
+
+
+@pytest.fixture
+def jaxpt_here(capsys):
+  """`jaxpt ARGS` run in this process (`cli.main`: no interpreter start, no imports again),
+  returning what a subprocess run would: returncode, stdout, stderr. For end-to-end tests
+  whose subject is not the process itself (signals and multi-process runs use subprocesses)."""
+  import subprocess
+
+  from jaxpt import cli
+
+  def call(*args, timeout=None):
+    capsys.readouterr()
+    code = cli.main(["jaxpt", *args])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+  return call

@@ -323,11 +323,12 @@ def test_decoder_checkpoints_and_encoders_go_to_their_own_commands(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_tiny_decoder_pretrains_generates_and_goes_out_to_transformers(corpus_dir, tmp_path):
+def test_a_tiny_decoder_pretrains_generates_and_goes_out_to_transformers(corpus_dir, tmp_path,
+                                                                         jaxpt_here):
   """prepare (BPE, FULL-SENTENCES, packed) -> causal-LM pretraining, whose held-out loss
   falls -> `jaxpt generate` -> export-hf as GPT2LMHeadModel with jaxpt's logits -> CLM then
   MLM: the causal ModernBERT checkpoint restores into the bidirectional encoder whole."""
-  from test_cli import jaxpt as run_cli
+  run_cli = jaxpt_here
 
   from jaxpt.data.prepare import PrepareOptions, prepare
   prepare([str(corpus_dir)], str(tmp_path / "data"),

@@ -147,8 +147,9 @@ def test_a_bert_shaped_export_is_refused_for_a_modern_block():
 
 
 @pytest.mark.slow
-def test_a_tiny_modernbert_pretrains_packed_and_its_held_out_loss_falls(corpus_dir, tmp_path):
-  from test_cli import jaxpt
+def test_a_tiny_modernbert_pretrains_packed_and_its_held_out_loss_falls(corpus_dir, tmp_path,
+                                                                        jaxpt_here):
+  jaxpt = jaxpt_here
 
   from jaxpt.data.prepare import PrepareOptions, prepare
   m = prepare([str(corpus_dir)], str(tmp_path / "data"),
