@@ -82,7 +82,7 @@ def causal(cfg: config_lib.Config) -> bool:
 
 def predictions(cfg: config_lib.Config) -> int:
   """Positions the LM head runs on per sequence: the masked ones, or all of them (causal)."""
-  return _LENGTH.value if causal(cfg) else min(cfg.data.max_predictions_per_seq, _LENGTH.value)
+  return _LENGTH.value if causal(cfg) else config_lib.max_predictions(cfg.data, _LENGTH.value)
 
 
 def synthetic_batch(cfg: config_lib.Config, batch: int, length: int, preds: int, seed: int = 0):

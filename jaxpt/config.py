@@ -119,7 +119,11 @@ class DataConfig:
   whole_word_masking: bool = False  # choose whole words (all their WordPiece pieces) together
   mask_token_prob: float = 0.8  # of the targets: 80% become [MASK]
   random_token_prob: float = 0.1  # 10% a random token; the remaining 10% stay unchanged
-  max_predictions_per_seq: int = 20  # BERT, sequence length 128; targets beyond it are dropped
+  # Prediction slots per row. 0: as many as the highest masking rate asks of a full row
+  # (round(rate * length): 19 at 15% of 128, 38 at 30%, 154 at 30% of 512), so the rate is
+  # what gets masked. A positive value caps the targets (BERT's 20 at 128, 80 at 512); targets
+  # beyond it are dropped, and a cap below what the rate asks is warned about at the start.
+  max_predictions_per_seq: int = 0
   prefetch_batches: int = 4  # batches prepared ahead by host threads
   read_threads: int = 2  # host threads reading and masking batches
 
@@ -280,6 +284,16 @@ def with_model(cfg: "Config", **changes) -> "Config":
 def _check(ok: bool, field: str, value, why: str) -> None:
   if not ok:
     raise ConfigError(f"config.{field}={value!r}: {why}")
+
+
+def max_predictions(d: "DataConfig", length: int) -> int:
+  """Prediction slots of a `length`-token row: `data.max_predictions_per_seq` (at most the
+  length), or with 0 the most targets any rate of the schedule chooses in a full row (masking
+  chooses round(rate * candidates) targets, candidates <= length)."""
+  if d.max_predictions_per_seq > 0:
+    return min(d.max_predictions_per_seq, length)
+  rate = max(r for _, r in mask_rate_phases(d))
+  return max(1, min(length, int(round(length * rate))))
 
 
 def mask_rate_phases(d: "DataConfig") -> tuple[tuple[int, float], ...]:
@@ -458,8 +472,8 @@ def validate(cfg: Config) -> Config:
          and d.mask_token_prob + d.random_token_prob <= 1.0, "data.mask_token_prob",
          (d.mask_token_prob, d.random_token_prob),
          "mask_token_prob and random_token_prob must be >= 0 and sum to at most 1")
-  _check(d.max_predictions_per_seq > 0, "data.max_predictions_per_seq",
-         d.max_predictions_per_seq, "must be positive")
+  _check(d.max_predictions_per_seq >= 0, "data.max_predictions_per_seq",
+         d.max_predictions_per_seq, "must be >= 0 (0: as many as the masking rate asks)")
   o = cfg.optim
   _check(o.name in ("adamw", "stable_adamw", "lamb", "adafactor", "sgd", "rmsprop"),
          "optim.name", o.name,

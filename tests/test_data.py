@@ -1,5 +1,6 @@
 """Data preparation, storage, masking and the grain loader, on a small text fixture."""
 
+import dataclasses
 import json
 import os
 
@@ -110,6 +111,32 @@ def test_the_masking_rate_follows_its_phases():
                    ("0:0.3,x", "is not STEP:RATE"), ("0:0.3,4:0.2,2:0.1", "increase")):
     with pytest.raises(config_lib.ConfigError, match=why):
       config_lib.mask_rate_phases(config_lib.DataConfig(mask_prob_schedule=bad))
+
+
+def test_default_prediction_slots_mask_the_rate_asked():
+  """data.max_predictions_per_seq=0 (the default) sizes the slots from the highest rate of
+  the schedule, so 30% of a full 128-token row is 38 targets; BERT's cap of 20 would have
+  masked 15.6% whatever the rate said."""
+  from jaxpt import config as config_lib
+  rng = np.random.default_rng(1)
+  ids = rng.integers(5, 1000, (100, 128))
+  rows = {"input_ids": ids, "token_type_ids": np.zeros_like(ids),
+          "lengths": np.full(100, 128), "nsp_labels": np.zeros(100)}
+  for d, slots, rate in ((config_lib.DataConfig(mask_prob=0.3), 38, 0.3),
+                         (config_lib.DataConfig(mask_prob=0.15), 19, 0.15),
+                         (config_lib.DataConfig(mask_prob_schedule="0:0.1,9:0.4"), 51, 0.1),
+                         (config_lib.DataConfig(mask_prob=0.3, max_predictions_per_seq=20),
+                          20, 20 / 128)):
+    assert config_lib.max_predictions(d, 128) == slots
+    spec = masking.MaskingSpec(vocab_size=1000, mask_id=4, special_ids=(0, 1, 2, 3, 4),
+                               mask_prob=d.mask_prob, max_predictions=slots,
+                               rate_phases=config_lib.mask_rate_phases(d))
+    w = masking.mask_batch(rows, spec, seed=0, step=0)["masked_weights"]
+    assert w.shape == (100, slots)
+    assert abs(w.sum() / ids.size - rate) < 0.004, (d, w.sum() / ids.size)
+  with pytest.raises(config_lib.ConfigError, match="max_predictions_per_seq"):
+    config_lib.validate(dataclasses.replace(
+        config_lib.Config(), data=config_lib.DataConfig(max_predictions_per_seq=-1)))
 
 
 def _batches(prepared_dir, **kw):

@@ -72,7 +72,7 @@ class PreparedData:
         special_ids=tuple(sorted(int(v) for v in special.values())),
         mask_prob=cfg.mask_prob, mask_token_prob=cfg.mask_token_prob,
         random_token_prob=cfg.random_token_prob,
-        max_predictions=min(cfg.max_predictions_per_seq, self.seq_length),
+        max_predictions=config_lib.max_predictions(cfg, self.seq_length),
         rate_phases=config_lib.mask_rate_phases(cfg),
         continues_word=(masking.continuation_table(self.tokenizer())
                         if cfg.whole_word_masking else None))

@@ -16,6 +16,7 @@ checked before the first compile.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -233,6 +234,14 @@ class PretrainingTask:
     self.new_data = bool(phase and phase.new_data)
     self.eval_every_steps = cfg.train.eval_every_steps
     self.spec = None if self.causal else data.masking_spec(cfg.data)
+    if self.spec is not None and cfg.data.max_predictions_per_seq > 0:
+      asked = config_lib.max_predictions(
+          dataclasses.replace(cfg.data, max_predictions_per_seq=0), data.seq_length)
+      if asked > self.spec.max_predictions:
+        log.warning("data.max_predictions_per_seq=%d caps the targets at %.1f%% of a "
+                    "%d-token row; the masking rate asks for up to %d (0: as many as it asks)",
+                    self.spec.max_predictions, 100 * self.spec.max_predictions / data.seq_length,
+                    data.seq_length, asked)
     self.flops_per_token = metrics_lib.flops_per_token(
         cfg.model, data.seq_length,
         data.seq_length if self.causal else self.spec.max_predictions)
@@ -374,7 +383,7 @@ class PretrainingTask:
       if packed_slots:
         shapes["segment_ids"] = (b, length)
       return {k: (v, jnp.int32) for k, v in shapes.items()}
-    preds = min(self.cfg.data.max_predictions_per_seq, length)
+    preds = config_lib.max_predictions(self.cfg.data, length)
     shapes = {"input_ids": (b, length), "token_type_ids": (b, length),
               "attention_mask": (b, length), "masked_positions": (b, preds),
               "masked_ids": (b, preds), "masked_weights": (b, preds), "nsp_labels": (b,)}
@@ -517,7 +526,7 @@ class _NoData:
     return loader.masking.MaskingSpec(
         vocab_size=1, mask_id=0, special_ids=(0,), mask_prob=cfg.mask_prob,
         mask_token_prob=cfg.mask_token_prob, random_token_prob=cfg.random_token_prob,
-        max_predictions=min(cfg.max_predictions_per_seq, self.seq_length),
+        max_predictions=config_lib.max_predictions(cfg, self.seq_length),
         continues_word=None)
 
 
