@@ -46,6 +46,14 @@ def parse_args(argv=None):
                  help="a jaxpt pretraining workdir (default: the `make pretrain` demo)")
   p.add_argument("--jaxpt_description", default="",
                  help="what --jaxpt_workdir holds, for the table's caption")
+  p.add_argument("--jaxpt_steps", default="",
+                 help="earlier checkpoints of --jaxpt_workdir to fine-tune from as well "
+                      "(starts jaxpt@STEP), e.g. 2500,5000,7500: downstream F1 against "
+                      "pretraining tokens, one table per task")
+  p.add_argument("--curve_sizes", default="256",
+                 help="train sizes the jaxpt@STEP starts run at")
+  p.add_argument("--curve_seeds", default="",
+                 help="seeds of the jaxpt@STEP starts (default: --seeds)")
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--train_sizes", default="64,256,1024,0",
                  help="train examples per task, a fixed subset each (0 = all); validation "
@@ -78,6 +86,64 @@ def _cell_dir(args, task: str, size: int, start: str) -> pathlib.Path:
   return pathlib.Path(args.out_dir) / task / f"n{size or 'all'}" / start
 
 
+def _checkpoint_start(args, step: int) -> pathlib.Path:
+  """Checkpoint `step` of --jaxpt_workdir as an import-hf-style directory (written once)."""
+  from jaxpt import pretrained
+  out = pathlib.Path(args.out_dir) / "starts" / f"jaxpt@{step}"
+  if not (out / "params").is_dir():
+    pretrained.average_checkpoints(args.jaxpt_workdir, str(out), steps=[step])
+  return out
+
+
+def _final_step(workdir: str) -> int:
+  from jaxpt.train import checkpoint as ckpt_lib
+  checkpointer = ckpt_lib.Checkpointer(str(pathlib.Path(workdir) / "checkpoints"),
+                                       max_to_keep=1, async_save=False)
+  try:
+    return checkpointer.latest_step()
+  finally:
+    checkpointer.close()
+
+
+def _tokens_per_step(workdir: str) -> int | None:
+  """Global batch x row length of a pretraining workdir's last checkpoint (None if unknown)."""
+  from jaxpt.data import loader
+  from jaxpt.train import checkpoint as ckpt_lib
+  checkpointer = ckpt_lib.Checkpointer(str(pathlib.Path(workdir) / "checkpoints"),
+                                       max_to_keep=1, async_save=False)
+  try:
+    _, saved = checkpointer.restore_metadata(checkpointer.latest_step())
+  finally:
+    checkpointer.close()
+  try:
+    length = loader.PreparedData.open(saved["data"]["dir"]).seq_length
+    return int(saved["train"]["batch_size"]) * int(length)
+  except (KeyError, OSError, ValueError):  # only the caption's token count depends on it
+    return None
+
+
+def curve_table(results: list[dict], tasks_, sizes, steps, final_step, tokens_per_step) -> str:
+  """Downstream macro-F1 against the pretraining checkpoint fine-tuned from."""
+  out = []
+  for size in sizes:
+    lines = [f"**Pretraining checkpoints** (test macro-F1 with {size or 'all'} training "
+             "labels; mean ± sd over seeds)", "",
+             "| checkpoint | pretraining tokens | " + " | ".join(tasks_) + " |",
+             "|" + "---|" * (len(tasks_) + 2)]
+    rows = [("scratch", 0, "scratch")] + [(f"step {s}", s, f"jaxpt@{s}") for s in steps]
+    rows.append((f"step {final_step} (final)", final_step, "jaxpt"))
+    for label, step, start in rows:
+      cells = []
+      for task in tasks_:
+        f1 = [r["f1_macro"] for r in results
+              if (r["task"], r["size"], r["start"]) == (task, size, start)]
+        cells.append(_mean_sd(f1) if f1 else "")
+      tokens = f"{step * tokens_per_step / 1e6:.1f}M" if tokens_per_step else ""
+      lines.append(f"| {label} | {tokens} | " + " | ".join(cells) + " |")
+    out.append("\n".join(lines))
+  return "\n\n".join(out)
+
+
 def run_one(args, task_name: str, size: int, start: str, seed: int) -> dict:
   from jaxpt.data import corpora
   from jaxpt.data import labelled
@@ -92,6 +158,8 @@ def run_one(args, task_name: str, size: int, start: str, seed: int) -> dict:
     like = args.jaxpt_workdir if os.path.isdir(args.jaxpt_workdir) else None
   elif start == "jaxpt":
     init = args.jaxpt_workdir
+  elif start.startswith("jaxpt@"):
+    init = str(_checkpoint_start(args, int(start.partition("@")[2])))
   else:
     init = "hf:" + str(corpora.fetch_weights("all-minilm-l6-v2"))
   task = subsample(labelled.load(task_name), size)
@@ -133,7 +201,7 @@ def fuse(args, task: str, size: int, start: str, seeds: list[int], kind: str) ->
 
 def _mean_sd(values) -> str:
   v = np.asarray(values, np.float64)
-  return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}"
+  return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v[0]:.3f} (1 seed)"
 
 
 def tables(results: list[dict], fused: dict, tasks_, sizes, starts) -> str:
@@ -213,7 +281,12 @@ def main(argv=None):
   starts = args.starts.split(",")
   seeds = [int(s) for s in args.seeds.split(",")]
   sizes = [int(s) for s in args.train_sizes.split(",")]
+  steps = [int(s) for s in args.jaxpt_steps.split(",") if s]
+  curve_sizes = [int(s) for s in args.curve_sizes.split(",") if s]
   plan = [(t, n, s, seed) for t in tasks_ for n in sizes for s in starts for seed in seeds]
+  curve_seeds = [int(s) for s in (args.curve_seeds or args.seeds).split(",")]
+  plan += [(t, n, f"jaxpt@{step}", seed) for t in tasks_ for n in curve_sizes
+           for step in steps for seed in curve_seeds]
   results, fused = [], {}
   for i, (task, size, start, seed) in enumerate(plan, 1):
     print(f"[{i}/{len(plan)}] {task} / {size or 'all'} labels / {start} / seed {seed}",
@@ -221,13 +294,17 @@ def main(argv=None):
     r = run_one(args, task, size, start, seed)
     print(f"    macro-F1 {r['f1_macro']:.4f}, {r['cpu_s'] / 60:.1f} CPU-min", flush=True)
     results.append(r)
-    if seed == seeds[-1]:
+    if seed == seeds[-1] and "@" not in start:
       for kind in ("ensemble", "soup") if start != "scratch" else ("ensemble",):
         f = fuse(args, task, size, start, seeds, kind)
         if f:
           fused[(task, size, start, kind)] = f
           print(f"    {kind} of {len(seeds)} seeds: macro-F1 {f['f1_macro']:.4f}", flush=True)
   md = tables(results, fused, tasks_, sizes, starts)
+  if steps:
+    final = _final_step(args.jaxpt_workdir)
+    md += "\n\n" + curve_table(results, tasks_, curve_sizes, steps, final,
+                               _tokens_per_step(args.jaxpt_workdir))
   chart(results, tasks_, sizes, starts, args.png)
   versions = f"jax {jax.__version__}, {platform.processor() or platform.machine()}"
   scratch_shape = (f"random weights shaped like `{args.jaxpt_workdir}` (`--like`)"

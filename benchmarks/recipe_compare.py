@@ -5,6 +5,11 @@ masked at one rate, so that a 30%-masked run is not judged on a harder test.
   python benchmarks/recipe_compare.py                 # Shakespeare, BERT-tiny, 4 variants
   python benchmarks/recipe_compare.py --steps=2000 --variant="ema=--config.optim.ema_decay=0.999"
 
+A variant of stages, `NAME=FLAGS >> FLAGS`, splits the steps equally between them, each
+stage continuing the one before (`train.init_from`), so it sees the same tokens in all:
+`--variant="clm-then-mlm=--config.model.attention_kind=causal >> "` pretrains causally for
+half the steps, then as an MLM encoder for the other half (arXiv 2507.00994).
+
 Each variant pretrains `shakespeare_tiny` from the same seed into RUNS/NAME (a finished run is
 reused), then its final parameters (the EMA when kept) are evaluated on `--eval_batches`
 validation batches masked at `--eval_mask_prob`. Prints one JSON line; `--markdown` a table.
@@ -49,16 +54,26 @@ def parse_args(argv=None):
   return p.parse_args(argv)
 
 
-def train(name: str, flags: list[str], args) -> float:
+def train(name: str, flags: str, args) -> float:
+  """Trains the variant's stages in turn (RUNS/NAME, RUNS/NAME.stage1, ...; the last is
+  RUNS/NAME); returns the seconds they took."""
   from jaxpt import cli
-  workdir = os.path.join(args.runs, name)
-  start = time.perf_counter()
-  code = cli.main(["jaxpt", "pretrain", f"--config={args.preset}", f"--workdir={workdir}",
-                   f"--config.data.dir={args.data}", f"--config.train.num_steps={args.steps}",
-                   "--config.train.eval_every_steps=0", "--noprogress", *flags])
-  if code != 0:
-    raise SystemExit(f"{name}: jaxpt pretrain exited {code}")
-  return time.perf_counter() - start
+  stages = [part.split() for part in flags.split(">>")]
+  seconds, previous = 0.0, None
+  for i, stage in enumerate(stages):
+    steps = args.steps // len(stages) + (args.steps % len(stages) if i == len(stages) - 1 else 0)
+    workdir = os.path.join(args.runs, name if i == len(stages) - 1 else f"{name}.stage{i + 1}")
+    if previous:
+      stage = [f"--config.train.init_from={previous}", *stage]
+    start = time.perf_counter()
+    code = cli.main(["jaxpt", "pretrain", f"--config={args.preset}", f"--workdir={workdir}",
+                     f"--config.data.dir={args.data}", f"--config.train.num_steps={steps}",
+                     "--config.train.eval_every_steps=0", "--noprogress", *stage])
+    if code != 0:
+      raise SystemExit(f"{name}: jaxpt pretrain (stage {i + 1}) exited {code}")
+    seconds += time.perf_counter() - start
+    previous = workdir
+  return seconds
 
 
 def held_out(workdir: str, args) -> dict:
@@ -89,7 +104,7 @@ def main(argv=None) -> None:
   variants = [v.split("=", 1) for v in (args.variant or VARIANTS)]
   results = []
   for name, flags in variants:
-    seconds = train(name, flags.split(), args)
+    seconds = train(name, flags, args)
     metrics = held_out(os.path.join(args.runs, name), args)
     rows = [json.loads(l) for l in
             pathlib.Path(args.runs, name, "metrics.jsonl").read_text().splitlines()]

@@ -216,17 +216,30 @@ def test_the_recipe_comparison_scores_every_variant_at_one_masking_rate(prepared
   env = dict(os.environ, XLA_FLAGS=FAST_COMPILE, PYTHONUNBUFFERED="1")
   proc = subprocess.run(
       [sys.executable, "benchmarks/recipe_compare.py", f"--data={prepared_dir}",
-       f"--runs={tmp_path}", "--steps=3", "--eval_batches=1",
-       "--variant=plain=--config.train.batch_size=8 --config.model.max_position_embeddings=32",
+       f"--runs={tmp_path}", "--steps=5", "--eval_batches=1",
+       "--variant=plain=--config.train.batch_size=8 --config.model.max_position_embeddings=32"
+       " --config.train.log_every_steps=1",
        "--variant=masked-30%=--config.train.batch_size=8 --config.data.mask_prob=0.3 "
-       "--config.model.max_position_embeddings=32"],
+       "--config.model.max_position_embeddings=32",
+       # two stages of 2 and 3 steps, the second continuing the first (train.init_from)
+       "--variant=staged=--config.train.batch_size=8 --config.model.max_position_embeddings=32"
+       " --config.train.log_every_steps=1 >> --config.train.batch_size=8 --config.model.max_position_embeddings=32"
+       " --config.train.log_every_steps=1"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads([l for l in proc.stdout.splitlines() if l.startswith("{")][-1])
-  assert [r["name"] for r in out["results"]] == ["plain", "masked-30%"]
+  assert [r["name"] for r in out["results"]] == ["plain", "masked-30%", "staged"]
   assert out["eval_mask_prob"] == 0.15 and all(np.isfinite(r["eval_mlm_loss"])
                                                for r in out["results"])
   saved = [json.loads(l) for l in (tmp_path / "masked-30%" / "metrics.jsonl").read_text()
            .splitlines()]
   assert saved[-1]["train/masked_fraction"] > 0.2  # it trained at 30%, and is scored at 15%
   assert all(r["eval_masked_fraction"] < 0.2 for r in out["results"]), out["results"]
+  # Stages split the steps and chain: stage 1 starts as `plain` does (the same first loss),
+  # stage 2 from stage 1's weights (another first loss).
+  plain, first, second = (
+      [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+      for name in ("plain", "staged.stage1", "staged"))
+  assert [r["step"] for r in first] == [1, 2] and [r["step"] for r in second] == [1, 2, 3]
+  assert first[0]["train/loss"] == plain[0]["train/loss"]
+  assert second[0]["train/loss"] != plain[0]["train/loss"]
