@@ -83,9 +83,12 @@ class ModelConfig:
   local_window: int = 0
   global_every: int = 1  # layer i is global when i % global_every == 0 (ModernBERT: 3)
   # The kernel of every layer's attention: xla (scores materialised under a mask; any
-  # combination, dropout included) | splash (TPU splash attention, exact for padding, packed
+  # combination, dropout included) | cudnn (NVIDIA GPUs, bf16: cuDNN's fused kernel for the
+  # cases its arguments express exactly: padding, causal, causal windows; no packed rows, no
+  # symmetric windows, no dropout) | splash (TPU splash attention, exact for padding, packed
   # rows, causal and windows; lengths in multiples of 128, no dropout; interpreted off TPU) |
-  # auto (splash on TPU when it applies, else xla). Decoding with a cache always runs xla.
+  # auto (per layer kind: splash on TPU, cuDNN on a GPU where exact, else xla). Decoding with
+  # a cache always runs xla.
   attention: str = "auto"
   pooler: bool = True  # BERT's tanh pooler over [CLS] (NSP and sequence classification)
   # What a sequence classifier reads: the [CLS] state (cls) or the mean over real tokens.
@@ -425,7 +428,7 @@ def validate_model(m: ModelConfig) -> ModelConfig:
                         ("attention_kind", ("bidirectional", "causal")),
                         ("classifier_pooling", ("cls", "mean")),
                         ("lm_head", ("transform", "tied")),
-                        ("attention", ("auto", "xla", "splash"))):
+                        ("attention", ("auto", "xla", "cudnn", "splash"))):
     _check(getattr(m, name) in allowed, f"model.{name}", getattr(m, name),
            "must be one of " + ", ".join(allowed))
   if m.positions == "rope":
@@ -435,9 +438,20 @@ def validate_model(m: ModelConfig) -> ModelConfig:
       _check(getattr(m, name) > 0, f"model.{name}", getattr(m, name), "must be positive")
   _check(m.variant != "bert" or m.pooler, "model.pooler", m.pooler,
          "BERT's next-sentence head reads the pooler: keep it with model.variant='bert'")
-  _check(m.attention != "splash" or m.attention_dropout == 0.0, "model.attention",
-         m.attention, f"splash has no attention dropout (model.attention_dropout="
-         f"{m.attention_dropout}); set it to 0 or use 'xla'")
+  _check(m.attention not in ("splash", "cudnn") or m.attention_dropout == 0.0,
+         "model.attention", m.attention, f"{m.attention} has no attention dropout "
+         f"(model.attention_dropout={m.attention_dropout}); set it to 0 or use 'xla'")
+  if m.attention == "cudnn":
+    from jaxpt.models import attention as attn_lib, transformer  # noqa: PLC0415 (only asked)
+    why = attn_lib.cudnn_refusal(
+        segments="padding", causal=m.attention_kind == "causal", dropout=False,
+        window=transformer.local_window(m) if m.local_window else None)
+    _check(why is None, "model.attention", m.attention,
+           f"cuDNN cannot compute {why} exactly, which the local layers need "
+           f"(model.local_window={m.local_window}, model.attention_kind="
+           f"{m.attention_kind!r}); use 'auto', which runs them with xla")
+    _check(m.dtype == "bfloat16", "model.attention", m.attention,
+           f"cuDNN's fused attention needs bf16 (model.dtype={m.dtype!r}); use 'auto' or 'xla'")
   _check(m.hidden_size % m.num_heads == 0, "model.num_heads", m.num_heads,
          f"must divide model.hidden_size={m.hidden_size}")
   for name in ("hidden_dropout", "attention_dropout"):

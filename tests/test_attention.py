@@ -131,10 +131,61 @@ def test_bad_arguments_are_named():
 
 
 def test_auto_picks_an_exact_implementation_for_every_backend():
-  assert attention_lib.choose(backend="cpu", dropout=False) == "xla"
-  assert attention_lib.choose(backend="gpu", dropout=False) == "xla"
-  assert attention_lib.choose(backend="tpu", dropout=False) == "splash"
-  assert attention_lib.choose(backend="tpu", dropout=True) == "xla"  # BERT's dropout
+  choose = attention_lib.choose
+  assert choose(backend="cpu", dropout=False) == "xla"
+  assert choose(backend="tpu", dropout=False) == "splash"
+  assert choose(backend="tpu", dropout=True) == "xla"  # BERT's dropout
+  # A GPU: cuDNN only where its arguments say exactly what the contract asks, in bf16.
+  assert choose(backend="gpu", dropout=False) == "cudnn"
+  assert choose(backend="gpu", dropout=False, segments="padding", causal=True,
+                window=(63, 0)) == "cudnn"  # Ettin's decoders
+  for kw in (dict(dropout=True), dict(dropout=False, dtype=jnp.float32),
+             dict(dropout=False, segments="packed"),  # MaxText #4476: documents would mix
+             dict(dropout=False, window=(64, 64)),  # ModernBERT's local layers
+             dict(dropout=False, window=(8, 1)),  # jax #39576: a window into the future
+             dict(dropout=False, segments="left or right?")):
+    assert choose(backend="gpu", **kw) == "xla", kw
+
+
+# The cases cuDNN's arguments express: padding as lengths (`padding_only`), causal masks,
+# windows on the left of a causal mask (a (left, 0) window is one), grouped queries.
+CUDNN_CASES = ("full", "padded", "causal", "left_window_causal", "padded_causal",
+               "left_window")
+CASES_ALL = dict(CASES, padded_causal=dict(CASES["padded"], causal=True),
+                 left_window=dict(window=(8, 0)))
+
+
+@pytest.mark.parametrize("case", CUDNN_CASES)
+def test_the_cudnn_arguments_say_exactly_what_the_contract_asks(case):
+  """`_cudnn` turns the contract into `jax.nn.dot_product_attention`'s arguments (lengths,
+  is_causal, local_window_size); run through JAX's own XLA implementation of those same
+  arguments, they equal the numpy reference. On a GPU the next test runs them through cuDNN."""
+  q, k, v = inputs()
+  kw = CASES_ALL[case]
+  seg = kw.get("segment_ids")
+  got = attention_lib._cudnn(q, k, v, segment_ids=None if seg is None else jnp.asarray(seg),
+                             causal=kw.get("causal", False), window=kw.get("window"),
+                             scale=D ** -0.5, implementation="xla")
+  want = reference(q, k, v, **kw)
+  real = real_queries(kw)
+  np.testing.assert_allclose(np.asarray(got)[real], want[real], rtol=2e-5, atol=2e-5)
+  # The plant: lengths dropped, padding keys are seen (a causal query never sees the right
+  # padding anyway).
+  if seg is not None and not kw.get("causal"):
+    planted = attention_lib._cudnn(q, k, v, segment_ids=None, causal=kw.get("causal", False),
+                                   window=kw.get("window"), scale=D ** -0.5,
+                                   implementation="xla")
+    assert not np.allclose(np.asarray(planted)[real], want[real], rtol=2e-5, atol=2e-5)
+
+
+def test_cudnn_refuses_what_it_cannot_compute_exactly_in_one_line():
+  q, k, v = (x.astype(jnp.bfloat16) for x in inputs())
+  for kw, needle in ((dict(segment_ids=jnp.asarray(PACKED)), "packed rows"),
+                     (dict(window=(8, 8)), "to the right"),
+                     (dict(dropout_rate=0.1, dropout_rng=jax.random.key(0)), "dropout")):
+    with pytest.raises(ValueError, match=needle) as e:
+      jaxpt.attention(q, k, v, implementation="cudnn", **kw)
+    assert "implementation='cudnn'" in str(e.value) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("window,causal,length", [((8, 8), False, L), ((4, 4), False, 37),

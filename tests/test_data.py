@@ -149,6 +149,8 @@ def _batches(prepared_dir, **kw):
 def test_loader_is_a_pure_function_of_seed_and_step(prepared_dir):
   it = _batches(prepared_dir)
   first = [next(it) for _ in range(6)]
+  for batch in first:  # right padding, which the train step tells the stack (right_padded)
+    assert (np.diff(batch["attention_mask"], axis=1) <= 0).all()
   resumed = _batches(prepared_dir, start_step=4)
   for expected in first[4:]:
     got = next(resumed)

@@ -48,6 +48,8 @@ def test_bucketed_batches_equal_padding_to_the_maximum(tmp_path, vocab_file, kin
       predictions, loss = runner.predict(state.params, "validation")
       probabilities = runner.probabilities(state.params, "validation")
       batch = next(runner.train_batches(0, 0, runner.rows))
+      mask = np.asarray(batch["attention_mask"])  # right padding (what cuDNN's lengths need)
+      assert (np.diff(mask, axis=1) <= 0).all() and mask[:, 0].all()
       _, metrics = program.train_step(state, loop.to_device(batch, program.batch_sharding))
     scored = runner.encoded["validation"].labels != classification.IGNORE
     results[buckets] = (predictions[scored], loss, probabilities[scored],

@@ -349,3 +349,56 @@ def test_auto_attention_picks_splash_only_where_it_applies():
   assert resolve("splash", length=1024, dropout=False, backend="cpu") == "splash"
   with pytest.raises(config_lib.ConfigError, match="splash has no attention dropout"):
     tiny(attention="splash", attention_dropout=0.1)
+
+
+def test_each_layer_kind_takes_cudnn_only_where_exact_and_a_named_cudnn_is_checked():
+  """`model.attention="cudnn"`: refused up front for what no batch could make exact (float32,
+  ModernBERT's symmetric local window), and per layer kind at trace time for packed rows or a
+  padding mask not known to be right padding; an Ettin-style decoder (causal, a left
+  window) takes it on global and local layers alike."""
+  with pytest.raises(config_lib.ConfigError, match="bf16"):
+    tiny(attention="cudnn")
+  with pytest.raises(config_lib.ConfigError, match="to the right.*local_window=16"):
+    tiny(attention="cudnn", dtype="bfloat16", local_window=16, global_every=3)
+  with pytest.raises(config_lib.ConfigError, match="no attention dropout"):
+    tiny(attention="cudnn", dtype="bfloat16", attention_dropout=0.1)
+  decoder = tiny(attention="cudnn", dtype="bfloat16", local_window=8, global_every=3,
+                 attention_kind="causal", variant="roberta", pad_token_id=1)
+  with nnx.use_eager_sharding(False):
+    stack = heads.DecoderForCausalLM(decoder, rngs=nnx.Rngs(0)).encoder
+  assert stack.kernels(32, packed=False, right_padded=True) == {"global": "cudnn",
+                                                               "local": "cudnn"}
+  for packed, right_padded, needle in ((True, True, "packed rows"),
+                                       (False, False, "not known to be right padding")):
+    with pytest.raises(ValueError, match=needle):
+      stack.kernels(32, packed=packed, right_padded=right_padded)
+  # auto on this CPU: XLA everywhere.
+  auto = dataclasses.replace(decoder, attention="auto")
+  with nnx.use_eager_sharding(False):
+    stack = heads.DecoderForCausalLM(auto, rngs=nnx.Rngs(0)).encoder
+  assert set(stack.kernels(32, packed=True, right_padded=False).values()) == {"xla"}
+
+
+def test_auto_attention_per_layer_kind_on_each_backend():
+  """What `model.attention="auto"` runs, per layer kind, for the presets' mask kinds."""
+  from jaxpt import config as config_lib
+  from jaxpt.models.transformer import layer_kernels
+
+  def kernels(preset, backend, packed, **model):
+    cfg = config_lib.load(config_lib.resolve_preset(preset)).model
+    cfg = dataclasses.replace(cfg, **model)
+    return layer_kernels(cfg, 1024, packed=packed, right_padded=True, backend=backend)
+  bf16 = dict(dtype="bfloat16")
+  assert kernels("modernbert_base", "gpu", True, **bf16) == {"global": "xla", "local": "xla"}
+  assert kernels("modernbert_base", "gpu", False, **bf16) == {"global": "cudnn",
+                                                              "local": "xla"}
+  assert kernels("ettin_decoder_17m", "gpu", False, **bf16) == {"global": "cudnn",
+                                                                "local": "cudnn"}
+  assert kernels("ettin_decoder_17m", "gpu", False) == {"global": "xla", "local": "xla"}
+  assert kernels("bert_base", "gpu", False, **bf16) == {"global": "xla"}  # dropout 0.1
+  assert kernels("bert_base", "gpu", False, attention_dropout=0.0, **bf16) == {
+      "global": "cudnn"}
+  assert kernels("gpt2", "gpu", False, **bf16) == {"global": "xla"}  # GPT-2's dropout
+  assert kernels("modernbert_base", "tpu", True, **bf16) == {"global": "splash",
+                                                             "local": "splash"}
+  assert kernels("modernbert_base", "cpu", False) == {"global": "xla", "local": "xla"}

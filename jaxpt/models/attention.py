@@ -68,7 +68,43 @@ def dot_product(q, k, v, mask, *, scale: float, keep=None, keep_prob=None,
   return kernel(q, k, v, mask, keep, keep_prob, scale)
 
 
-IMPLEMENTATIONS = ("auto", "xla", "splash")
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)  # cuDNN's fused attention takes no float32
+
+
+def cudnn_refusal(*, segments: str, causal: bool, window, dropout: bool) -> str | None:
+  """Why `jax.nn.dot_product_attention(implementation="cudnn")` cannot compute this case
+  exactly, or None when it can. `segments`: "none", "padding" (one sequence per row, then
+  padding: taken as lengths) or "packed" (several sequences a row). Its arguments express
+  causal masks, right padding as sequence lengths, and a window on the left of a causal mask;
+  it has no segment ids (so packed rows would attend across documents), no window to the
+  right of the query, and no dropout in its public arguments."""
+  if dropout:
+    return "attention dropout (jax.nn.dot_product_attention takes none)"
+  if segments == "packed":
+    return "packed rows (segment ids: cuDNN would let the sequences of a row see each other)"
+  if segments not in ("none", "padding"):
+    return ("a padding mask not known to be right padding (cuDNN takes padding as lengths; "
+            "the caller passes right_padded=True when it is)")
+  if window is not None and not causal and window[1] > 0:
+    return f"a window that sees {window[1]} token(s) to the right (cuDNN windows are causal)"
+  return None
+
+
+def _cudnn(q, k, v, *, segment_ids, causal: bool, window, scale: float,
+           implementation: str = "cudnn"):
+  """The contract's case as `jax.nn.dot_product_attention` arguments: padding (segment ids of
+  1 then 0) as sequence lengths, a (left, 0) window as a causal window. `implementation`
+  "xla" runs the same arguments through JAX's reference (tests of this translation on CPU)."""
+  lengths = None
+  if segment_ids is not None:
+    lengths = jnp.sum(segment_ids > 0, axis=1).astype(jnp.int32)
+  if window is not None:
+    causal = True  # (left, 0), or anything under a causal mask: the right side is hidden
+    window = (window[0], 0)
+  return jax.nn.dot_product_attention(
+      q, k, v, scale=scale, is_causal=causal, query_seq_lengths=lengths,
+      key_value_seq_lengths=lengths, local_window_size=window, implementation=implementation)
 
 
 def _splash(q, k, v, *, segment_ids, causal: bool, window, scale: float, interpret: bool):
@@ -151,7 +187,8 @@ def local_blocks(q, k, v, segment_ids, *, window: tuple[int, int], scale: float)
 
 @functools.partial(jax.tree_util.register_dataclass,
                    data_fields=["segment_ids", "is_local", "global_mask"],
-                   meta_fields=["causal", "local_window", "implementation", "interpret"])
+                   meta_fields=["causal", "local_window", "implementation", "interpret",
+                                "local_implementation", "padding_only"])
 @dataclasses.dataclass
 class LayerMask:
   """What a layer passes in place of a mask array when its kernel builds the mask itself:
@@ -165,16 +202,23 @@ class LayerMask:
   global_mask: object  # [batch, 1, length, length] for XLA's global layers; None for splash
   causal: bool
   local_window: tuple[int, int] | None
-  implementation: str  # "xla" | "splash"
+  implementation: str  # of the global layers: "xla" | "splash" | "cudnn"
   interpret: bool = False
+  local_implementation: str = "xla"  # of the local layers (splash: the global layers')
+  padding_only: bool = False  # segment_ids are 1s then 0s (right padding), not packed rows
 
   def run(self, q, k, v, scale: float):
     def kernel(local: bool):
       window = self.local_window if local else None
+      chosen = self.local_implementation if local else self.implementation
       if self.implementation == "splash":
         return attention(q, k, v, segment_ids=self.segment_ids, causal=self.causal,
                          window=window, scale=scale, implementation="splash",
                          interpret=self.interpret)
+      if chosen == "cudnn":
+        return attention(q, k, v, segment_ids=self.segment_ids, causal=self.causal,
+                         window=window, scale=scale, implementation="cudnn",
+                         padding_only=self.padding_only)
       if local:
         return local_blocks(q, k, v, self.segment_ids, window=window, scale=scale)
       return dot_product(q, k, v, self.global_mask, scale=scale)
@@ -186,27 +230,36 @@ class LayerMask:
 
 
 def resolve(implementation: str, *, length: int, dropout: bool,
-            backend: str | None = None) -> str:
+            backend: str | None = None, dtype=jnp.float32) -> str:
   """The kernel a model's layers run (`model.attention`): "auto" is splash on TPU when the
-  layers have no attention dropout and the length is a multiple of splash's 128-token tile,
-  else XLA's."""
+  layers have no attention dropout and the length is a multiple of splash's 128-token tile;
+  cuDNN on a GPU for bf16 without dropout (each layer kind then takes it only where exact:
+  `Transformer.kernels`); else XLA's."""
   if implementation != "auto":
     return implementation
   backend = backend or jax.default_backend()
-  chosen = choose(backend=backend, dropout=dropout)
+  chosen = choose(backend=backend, dropout=dropout, dtype=dtype)
   return chosen if chosen != "splash" or length % 128 == 0 else "xla"
 
 
-def choose(*, backend: str, dropout: bool) -> str:
+def choose(*, backend: str, dropout: bool, segments: str = "none", causal: bool = False,
+           window=None, dtype=jnp.bfloat16) -> str:
   """What `implementation="auto"` runs: splash on TPU when no dropout is asked for (its masks
-  are exact for every kind), else XLA's."""
-  return "splash" if backend == "tpu" and not dropout else "xla"
+  are exact for every kind); cuDNN on a GPU for bf16/fp16 when its arguments express the case
+  exactly (`cudnn_refusal`); else XLA's."""
+  if backend == "tpu" and not dropout:
+    return "splash"
+  if (backend == "gpu" and jnp.dtype(dtype) in [jnp.dtype(d) for d in CUDNN_DTYPES]
+      and cudnn_refusal(segments=segments, causal=causal, window=window,
+                        dropout=dropout) is None):
+    return "cudnn"
+  return "xla"
 
 
 def attention(q, k, v, *, segment_ids=None, causal: bool = False,
               window: tuple[int, int] | None = None, dropout_rate: float = 0.0,
               dropout_rng=None, scale: float | None = None, implementation: str = "auto",
-              interpret: bool = False):
+              interpret: bool = False, padding_only: bool = False):
   """Self-attention of `q` `[batch, length, heads, head_dim]` and `k, v`
   `[batch, length, kv_heads, head_dim]` (kv_heads divides heads) under one contract.
 
@@ -214,9 +267,13 @@ def attention(q, k, v, *, segment_ids=None, causal: bool = False,
   only keys of its own sequence (a padding query's output is not meaningful); `causal` hides
   later keys; `window=(left, right)`, both >= 0, lets the query at i see keys
   i - left <= j <= i + right; `dropout_rate` with `dropout_rng` drops attention
-  probabilities; `scale` defaults to 1/sqrt(head_dim). Implementations: "xla" (the reference:
-  scores materialised, any combination), "splash" (TPU splash attention; `interpret=True` runs
-  it anywhere, for tests; no dropout), "auto" (`choose`). Returns q's shape and dtype.
+  probabilities; `scale` defaults to 1/sqrt(head_dim); `padding_only` says the segment ids
+  are one sequence per row followed by padding (1s then 0s), which cuDNN can take as lengths.
+  Implementations: "xla" (the reference: scores materialised, any combination), "cudnn"
+  (`jax.nn.dot_product_attention`'s cuDNN kernel, on NVIDIA GPUs, bf16/fp16; only the cases
+  its arguments express exactly, `cudnn_refusal`: no packed rows, no window to the right of
+  a non-causal query, no dropout), "splash" (TPU splash attention; `interpret=True` runs it
+  anywhere, for tests; no dropout), "auto" (`choose`). Returns q's shape and dtype.
   """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation={implementation!r}: must be one of "
@@ -227,9 +284,17 @@ def attention(q, k, v, *, segment_ids=None, causal: bool = False,
     raise ValueError(f"dropout_rate={dropout_rate}: must be in [0, 1)")
   if window is not None and (window[0] < 0 or window[1] < 0):
     raise ValueError(f"window={window}: both sides must be >= 0 (a token sees itself)")
+  segments = "none" if segment_ids is None else ("padding" if padding_only else "packed")
   if implementation == "auto":
-    implementation = choose(backend=jax.default_backend(), dropout=dropout_rate > 0)
+    implementation = choose(backend=jax.default_backend(), dropout=dropout_rate > 0,
+                            segments=segments, causal=causal, window=window, dtype=q.dtype)
   scale = q.shape[-1] ** -0.5 if scale is None else scale
+  if implementation == "cudnn":
+    why = cudnn_refusal(segments=segments, causal=causal, window=window,
+                        dropout=dropout_rate > 0)
+    if why:
+      raise ValueError(f"implementation='cudnn' cannot compute {why} exactly; use 'xla'")
+    return _cudnn(q, k, v, segment_ids=segment_ids, causal=causal, window=window, scale=scale)
   if implementation == "splash":
     if dropout_rate > 0:
       raise ValueError("implementation='splash' has no attention dropout; use 'xla'")

@@ -113,13 +113,14 @@ class EncoderForPreTraining(nnx.Module):
 
   def __call__(self, input_ids, token_type_ids, attention_mask, masked_positions, *,
                deterministic: bool = True, rngs: nnx.Rngs | None = None, segment_ids=None,
-               cls_positions=None):
+               cls_positions=None, right_padded: bool = False):
     """(mlm_logits [batch, predictions, vocab], nsp_logits [batch, 2] or None), float32.
 
     Packed rows (`segment_ids`, `cls_positions` [batch, K]): NSP logits [batch, K, 2], one
     prediction at each packed sequence's [CLS] (slots with position -1 are empty)."""
     hidden = self.encoder(input_ids, token_type_ids, attention_mask,
-                          deterministic=deterministic, rngs=rngs, segment_ids=segment_ids)
+                          deterministic=deterministic, rngs=rngs, segment_ids=segment_ids,
+                          right_padded=right_padded)
     picked = jnp.take_along_axis(hidden, masked_positions[..., None], axis=1)  # [b, p, embed]
     mlm_logits = vocab_logits(self.mlm, picked, self.encoder.embeddings.word)
     if self.nsp is None:
@@ -162,10 +163,11 @@ class EncoderForClassification(nnx.Module):
                                  bias_init=zeros((None,)), rngs=rngs)
 
   def __call__(self, input_ids, token_type_ids, attention_mask, *,
-               deterministic: bool = True, rngs: nnx.Rngs | None = None):
+               deterministic: bool = True, rngs: nnx.Rngs | None = None,
+               right_padded: bool = False):
     """Logits, float32: [batch, labels] (sequence) or [batch, length, labels] (token)."""
     hidden = self.encoder(input_ids, token_type_ids, attention_mask,
-                          deterministic=deterministic, rngs=rngs)
+                          deterministic=deterministic, rngs=rngs, right_padded=right_padded)
     x = hidden
     if self.kind == "sequence":
       if self.pooling == "mean":
@@ -196,11 +198,11 @@ class DecoderForCausalLM(nnx.Module):
     self.mlm = lm_head(cfg, rngs)
 
   def __call__(self, input_ids, attention_mask=None, *, deterministic: bool = True,
-               rngs: nnx.Rngs | None = None, segment_ids=None):
+               rngs: nnx.Rngs | None = None, segment_ids=None, right_padded: bool = False):
     """Next-token logits at every position `[batch, length, vocab]`, float32. Packed rows
     (`segment_ids`): each document sees only its own earlier tokens, positions restart."""
     hidden = self.encoder(input_ids, None, attention_mask, deterministic=deterministic,
-                          rngs=rngs, segment_ids=segment_ids)
+                          rngs=rngs, segment_ids=segment_ids, right_padded=right_padded)
     return vocab_logits(self.mlm, hidden, self.encoder.embeddings.word)
 
   # The public API: deterministic; `attention_mask` 1 at real tokens (right padding).

@@ -68,6 +68,49 @@ def activation(cfg: ModelConfig):
   return jax.nn.silu  # swiglu
 
 
+def layer_kinds(cfg: ModelConfig) -> dict:
+  """The layer kinds of a model ("global", and "local" with windows): kind -> window."""
+  kinds = {"global": None}
+  if any(local_layers(cfg)):
+    kinds["local"] = local_window(cfg)
+  return kinds
+
+
+def layer_kernels(cfg: ModelConfig, length: int, *, packed: bool, right_padded: bool,
+                  backend: str | None = None) -> dict:
+  """Per layer kind: the attention implementation it runs at `length` (on `backend`, default
+  JAX's). cuDNN takes only the kinds its arguments express exactly
+  (`attention.cudnn_refusal`); the others run XLA's, or are refused when
+  `model.attention="cudnn"` was asked for by name."""
+  kernel = attn_lib.resolve(cfg.attention, length=length, dropout=cfg.attention_dropout > 0,
+                            dtype=dtype(cfg), backend=backend)
+  if kernel != "cudnn":
+    return {kind: kernel for kind in layer_kinds(cfg)}
+  segments = "packed" if packed else ("padding" if right_padded else "unknown padding")
+  out = {}
+  for kind, window in layer_kinds(cfg).items():
+    why = attn_lib.cudnn_refusal(segments=segments, causal=cfg.attention_kind == "causal",
+                                 window=window, dropout=cfg.attention_dropout > 0)
+    if why and cfg.attention == "cudnn":
+      raise ValueError(f"model.attention='cudnn' cannot compute {why} exactly in the "
+                       f"{kind} layers; use 'auto' or 'xla'")
+    out[kind] = "xla" if why else "cudnn"
+  return out
+
+
+def describe_kernels(cfg: ModelConfig, length: int, *, packed: bool) -> str:
+  """One line for the log: what each layer kind runs, e.g. "cudnn for global layers, xla
+  local(64, 64) by blocks for local layers"."""
+  kernels = layer_kernels(cfg, length, packed=packed, right_padded=True)
+  if len(kernels) == 1:
+    return kernels["global"]
+  left, right = local_window(cfg)
+  local = kernels["local"]
+  local += f" local({left}, {right})" + (" by blocks" if local == "xla"
+                                        and cfg.attention_dropout == 0 else "")
+  return f"{kernels['global']} for global layers, {local} for local layers"
+
+
 def local_window(cfg: ModelConfig) -> tuple[int, int]:
   """(left, right) of a local layer: `local_window / 2` on each side of the query when
   bidirectional (ModernBERT: 128 -> 64 and 64), and `local_window` tokens ending at the query
@@ -305,10 +348,7 @@ class Transformer(nnx.Module):
 
   def _kinds(self) -> dict:
     """The layer kinds of this model ("global", and "local" with windows): kind -> window."""
-    kinds = {"global": None}
-    if any(local_layers(self.config)):
-      kinds["local"] = local_window(self.config)
-    return kinds
+    return layer_kinds(self.config)
 
   def _ropes(self, positions) -> dict:
     """Per layer kind: the rotary tables of `positions` (None without rotary positions)."""
@@ -320,25 +360,31 @@ class Transformer(nnx.Module):
   def kernel(self, length: int) -> str:
     """The attention implementation the layers run at this length (`model.attention`)."""
     cfg = self.config
-    return attn_lib.resolve(cfg.attention, length=length, dropout=cfg.attention_dropout > 0)
+    return attn_lib.resolve(cfg.attention, length=length, dropout=cfg.attention_dropout > 0,
+                            dtype=dtype(cfg))
 
-  def _masks_and_ropes(self, input_ids, attention_mask, segment_ids):
+  def kernels(self, length: int, *, packed: bool, right_padded: bool) -> dict:
+    """Per layer kind: the implementation it runs (`layer_kernels`)."""
+    return layer_kernels(self.config, length, packed=packed, right_padded=right_padded)
+
+  def _masks_and_ropes(self, input_ids, attention_mask, segment_ids, right_padded=False):
     """Per layer kind ("global", "local"): the mask (an array, or a `LayerMask` when the
-    kernel builds it: splash, and XLA's local layers by blocks) and the rotary tables."""
+    kernel builds it: splash, cuDNN, and XLA's local layers by blocks) and the rotary tables."""
     cfg, length = self.config, input_ids.shape[1]
     ropes = self._ropes(position_ids(length, segment_ids))
     kinds = self._kinds()
-    kernel = self.kernel(length)
+    kernels = self.kernels(length, packed=segment_ids is not None, right_padded=right_padded)
     blocked = "local" in kinds and cfg.attention_dropout == 0.0  # local layers by blocks
-    if kernel == "splash" or blocked:
+    if blocked or any(k != "xla" for k in kernels.values()):
       segments = (segment_ids if segment_ids is not None else attention_mask > 0)
-      global_mask = None if kernel == "splash" else attn_lib.mask(
+      global_mask = None if kernels["global"] != "xla" else attn_lib.mask(
           length, key_mask=attention_mask, segment_ids=segment_ids,
           causal=cfg.attention_kind == "causal")
       return {kind: (attn_lib.LayerMask(
           segments.astype(jnp.int32), kind == "local", global_mask,
-          cfg.attention_kind == "causal", kinds.get("local"), kernel,
-          jax.default_backend() != "tpu"), ropes[kind]) for kind in kinds}
+          cfg.attention_kind == "causal", kinds.get("local"), kernels["global"],
+          jax.default_backend() != "tpu", kernels.get("local", "xla"),
+          segment_ids is None), ropes[kind]) for kind in kinds}
     out = {}
     for kind, window in self._kinds().items():
       m = attn_lib.mask(length, key_mask=attention_mask, segment_ids=segment_ids,
@@ -347,21 +393,24 @@ class Transformer(nnx.Module):
     return out
 
   def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
-               deterministic: bool = True, rngs: nnx.Rngs | None = None, segment_ids=None):
+               deterministic: bool = True, rngs: nnx.Rngs | None = None, segment_ids=None,
+               right_padded: bool = False):
     """Last hidden states `[batch, length, embed]`.
 
     `segment_ids` (packed rows: 1..K per packed sequence, 0 at padding) keeps the sequences
     of a row apart: a token attends only within its own sequence, and positions restart.
+    `right_padded`: the caller guarantees `attention_mask` is 1s then 0s in every row (jaxpt's
+    loaders pad so), which lets cuDNN take the padding as lengths; any mask is exact without.
     """
     cfg = self.config
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     if attention_mask is None:
-      attention_mask = jnp.ones_like(input_ids)
+      attention_mask, right_padded = jnp.ones_like(input_ids), True  # no padding at all
     x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic, rngs=rngs,
                         segment_ids=segment_ids)
     x = sharding.constrain(x, ACTIVATION)
-    kinds = self._masks_and_ropes(input_ids, attention_mask, segment_ids)
+    kinds = self._masks_and_ropes(input_ids, attention_mask, segment_ids, right_padded)
     local = local_layers(cfg)
 
     def apply(layer, x, mask, rope, rngs, skip=None):

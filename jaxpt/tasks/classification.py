@@ -105,7 +105,7 @@ class ClassificationObjective:
 
   def logits(self, model, batch, *, deterministic: bool, rngs=None):
     return model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-                 deterministic=deterministic, rngs=rngs)
+                 deterministic=deterministic, rngs=rngs, right_padded=True)  # padded at the end
 
   def _weights(self, labels):
     valid = (labels != IGNORE).astype(jnp.float32)

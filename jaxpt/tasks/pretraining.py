@@ -30,8 +30,7 @@ from jaxpt import config as config_lib
 from jaxpt import hf, pretrained, sharding
 from jaxpt.config import Config, ConfigError
 from jaxpt.data import loader, store
-from jaxpt.models import attention as attn_lib
-from jaxpt.models import heads
+from jaxpt.models import heads, transformer
 from jaxpt.train import loop
 from jaxpt.train import metrics as metrics_lib
 from jaxpt.train.loop import TrainError
@@ -53,7 +52,8 @@ def pretraining_sums(model, batch: Batch, *, deterministic: bool, rngs=None) -> 
   mlm_logits, nsp_logits = model(
       batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
       batch["masked_positions"], deterministic=deterministic, rngs=rngs,
-      segment_ids=batch.get("segment_ids"), cls_positions=batch.get("cls_positions"))
+      segment_ids=batch.get("segment_ids"), cls_positions=batch.get("cls_positions"),
+      right_padded=True)  # the loader pads at the end of each row
   weights = batch["masked_weights"]
   mlm_loss, mlm_correct = masked_cross_entropy(mlm_logits, batch["masked_ids"], weights)
   sums = {"mlm_loss": mlm_loss, "mlm_correct": mlm_correct, "mlm_count": jnp.sum(weights),
@@ -92,7 +92,7 @@ def causal_weights(batch: Batch):
 
 def causal_sums(model, batch: Batch, *, deterministic: bool, rngs=None) -> dict:
   logits = model(batch["input_ids"], batch["attention_mask"], deterministic=deterministic,
-                 rngs=rngs, segment_ids=batch.get("segment_ids"))
+                 rngs=rngs, segment_ids=batch.get("segment_ids"), right_padded=True)
   weights = causal_weights(batch)
   loss, correct = masked_cross_entropy(logits[:, :-1], batch["input_ids"][:, 1:], weights)
   return {"clm_loss": loss, "clm_correct": correct, "clm_count": jnp.sum(weights)}
@@ -246,8 +246,7 @@ class PretrainingTask:
         cfg.model, data.seq_length,
         data.seq_length if self.causal else self.spec.max_predictions)
     self.tokenizer_hash = data.manifest["tokenizer"]["hash"]
-    kernel = attn_lib.resolve(cfg.model.attention, length=data.seq_length,
-                              dropout=cfg.model.attention_dropout > 0)
+    kernel = transformer.describe_kernels(cfg.model, data.seq_length, packed=data.packed)
     sources = self.mixture.sources if self.mixture else (data,)
     self.description = (f"{sum(d.num_examples('train') for d in sources)} train examples of "
                         f"{data.seq_length} tokens"
