@@ -36,6 +36,7 @@ from jaxpt.train import loop
 from jaxpt.train import metrics as metrics_lib
 from jaxpt.data import loader
 from jaxpt.models import params as params_lib
+from jaxpt.models import transformer
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -47,6 +48,10 @@ _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (after 2 warm-up steps).
 _PRECISION = flags.DEFINE_enum("precision", "fp32", ["fp32", "bf16"], "Compute dtype.")
 _MESH = flags.DEFINE_string("mesh", "-1,1,1", "data,fsdp,tensor sizes.")
 _REMAT = flags.DEFINE_enum("remat", "none", ["none", "full", "save_dots"], "Remat policy.")
+_ATTENTION = flags.DEFINE_enum("attention", "", ["", "auto", "xla", "cudnn", "splash"],
+                               "model.attention (default: the preset's).")
+_NO_ATTN_DROPOUT = flags.DEFINE_boolean("no_attention_dropout", False,
+                                        "model.attention_dropout=0 (lets fused kernels run).")
 _DATA = flags.DEFINE_string("data_dir", "", "A prepared directory: also time the same step fed "
                             "by the real loader, side by side.")
 _COMPARE = flags.DEFINE_enum("compare", "", ["", "hf"], "Also time HuggingFace's PyTorch "
@@ -66,8 +71,13 @@ def _config(preset: str) -> config_lib.Config:
   path = preset
   cfg = config_lib.load(path)
   data, fsdp, tensor = (int(x) for x in _MESH.value.split(","))
+  extra = {}
+  if _ATTENTION.value:
+    extra["attention"] = _ATTENTION.value
+  if _NO_ATTN_DROPOUT.value:
+    extra["attention_dropout"] = 0.0
   cfg = config_lib.with_model(cfg, dtype="bfloat16" if _PRECISION.value == "bf16" else "float32",
-                              remat=_REMAT.value,
+                              remat=_REMAT.value, **extra,
                               max_position_embeddings=max(cfg.model.max_position_embeddings,
                                                           _LENGTH.value))
   return config_lib.validate(dataclasses.replace(
@@ -152,6 +162,8 @@ def measure(preset: str) -> dict:
   row = {
       "preset": pathlib.Path(preset).stem, "seq_len": _LENGTH.value,
       "batch_size": _BATCH.value, "precision": _PRECISION.value, "mesh": dict(mesh.shape),
+      "attention": cfg.model.attention, "attention_dropout": cfg.model.attention_dropout,
+      "kernels": transformer.describe_kernels(cfg.model, _LENGTH.value, packed=False),
       "params": params_lib.count(program.model.abstract_params),
       "compile_s": round(compile_s, 2), "step_time_s": step,
       "step_time_p90_s": float(np.percentile(times, 90)), "tokens_per_sec": tokens / step,
