@@ -73,6 +73,24 @@ def subsample(task, n: int):
   return task
 
 
+def majority_f1(task_name: str, size: int) -> float:
+  """Test macro-F1 of predicting the training subset's most frequent label everywhere (every
+  token, for tagging): the score a model that learned nothing ends at."""
+  from jaxpt import evaluation
+  from jaxpt.data import labelled
+  task = subsample(labelled.load(task_name), size)
+  index = {name: i for i, name in enumerate(task.labels)}
+  if task.kind == "token":
+    train = [t for ex in task.splits["train"] for t in ex["tags"]]
+    test = np.asarray([index[t] for ex in task.splits["test"] for t in ex["tags"]])
+  else:
+    train = [ex["label"] for ex in task.splits["train"]]
+    test = np.asarray([index[ex["label"]] for ex in task.splits["test"]])
+  values, counts = np.unique(train, return_counts=True)
+  guess = np.full_like(test, index[values[np.argmax(counts)]])
+  return evaluation.classification_report(test, guess, task.labels)["f1_macro"]
+
+
 def config(args, seed: int):
   from jaxpt import config as config_lib
   cfg = dataclasses.replace(config_lib.load("finetune"), seed=seed)
@@ -210,9 +228,11 @@ def tables(results: list[dict], fused: dict, tasks_, sizes, starts) -> str:
     columns = []
     for start in starts:
       columns += [start, f"{start} ensemble"] + ([f"{start} soup"] if start != "scratch" else [])
-    lines = [f"**{task}** (test macro-F1; mean ± sd over seeds; CPU-min of the seeds)", "",
-             "| train examples | " + " | ".join(columns) + " |",
-             "|" + "---|" * (len(columns) + 1)]
+    lines = [f"**{task}** (test macro-F1; mean ± sd over seeds; CPU-min of the seeds; "
+             "\"majority\": no better than predicting the most frequent label)", "",
+             "| train examples | majority label | " + " | ".join(columns) + " |",
+             "|" + "---|" * (len(columns) + 2)]
+    majority = {size: majority_f1(task, size) for size in sizes}
     for size in sizes:
       cells, n_train = [], None
       for start in starts:
@@ -220,13 +240,15 @@ def tables(results: list[dict], fused: dict, tasks_, sizes, starts) -> str:
         if rows:
           n_train = rows[0]["train_examples"]
           cpu = sum(r["cpu_s"] for r in rows) / 60
-          cells.append(f"{_mean_sd([r['f1_macro'] for r in rows])} ({cpu:.0f} min)")
+          mean = float(np.mean([r["f1_macro"] for r in rows]))
+          flag = ", majority" if mean <= majority[size] + 0.005 else ""
+          cells.append(f"{_mean_sd([r['f1_macro'] for r in rows])} ({cpu:.0f} min{flag})")
         else:
           cells.append("")
         for kind in ("ensemble", "soup") if start != "scratch" else ("ensemble",):
           f = fused.get((task, size, start, kind))
           cells.append(f"{f['f1_macro']:.3f}" if f else "")
-      lines.append(f"| {n_train or size} | " + " | ".join(cells) + " |")
+      lines.append(f"| {n_train or size} | {majority[size]:.3f} | " + " | ".join(cells) + " |")
     out.append("\n".join(lines))
   return "\n\n".join(out)
 
