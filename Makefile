@@ -2,6 +2,8 @@
 #   make pretrain   fetch Shakespeare, prepare it, pretrain BERT-tiny on it (~10 min on 2 CPU cores)
 #   make test       install the test extras and run the test suite
 #   make test-fast  the unit tier alone (no end-to-end runs)
+#   make pretrain-embedded  every embedded corpus, BERT-tiny for 10,000 steps (~1 hour on 2 cores):
+#                   a model worth fine-tuning from (configs/embedded_tiny.py)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +13,7 @@ DATA := $(WORKDIR)/data
 # One worker per core; a test file stays on one worker so its module fixtures run once.
 PYTEST_ARGS ?= -n auto --dist loadfile
 
-.PHONY: pretrain test test-fast install clean
+.PHONY: pretrain pretrain-embedded test test-fast install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +32,12 @@ pretrain: install
 	    --validation_fraction=0.05
 	$(VENV)/bin/jaxpt pretrain --config=shakespeare_tiny --workdir=$(WORKDIR) \
 	  --config.data.dir=$(DATA)
+
+pretrain-embedded: install
+	@test -f workdirs/embedded/data/manifest.json || \
+	  $(VENV)/bin/jaxpt prepare --recipe=all --output=workdirs/embedded/data --vocab_size=8192 \
+	    --validation_fraction=0.02
+	$(VENV)/bin/jaxpt pretrain --config=embedded_tiny --workdir=workdirs/embedded
 
 # Tests fetch the Debian packages of the recipes: they may refresh apt's lists (fresh machines).
 test: install

@@ -414,6 +414,15 @@ def run_phases(cfg: "Config") -> tuple[Phase, ...]:
   return tuple(phases)
 
 
+def local_window(cfg: "ModelConfig") -> tuple[int, int]:
+  """(left, right) of a local layer: `local_window / 2` on each side of the query when
+  bidirectional (ModernBERT: 128 -> 64 and 64), and `local_window` tokens ending at the query
+  when causal (HuggingFace's ModernBertDecoder: its `sliding_window`)."""
+  if cfg.attention_kind == "causal":
+    return cfg.local_window - 1, 0
+  return cfg.local_window // 2, cfg.local_window // 2
+
+
 def validate_model(m: ModelConfig) -> ModelConfig:
   """Checks a model config alone (HF imports use it too); returns `m`."""
   for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -442,10 +451,10 @@ def validate_model(m: ModelConfig) -> ModelConfig:
          "model.attention", m.attention, f"{m.attention} has no attention dropout "
          f"(model.attention_dropout={m.attention_dropout}); set it to 0 or use 'xla'")
   if m.attention == "cudnn":
-    from jaxpt.models import attention as attn_lib, transformer  # noqa: PLC0415 (only asked)
+    from jaxpt.models import attention as attn_lib  # noqa: PLC0415 (jax only when asked)
     why = attn_lib.cudnn_refusal(
         segments="padding", causal=m.attention_kind == "causal", dropout=False,
-        window=transformer.local_window(m) if m.local_window else None)
+        window=local_window(m) if m.local_window else None)
     _check(why is None, "model.attention", m.attention,
            f"cuDNN cannot compute {why} exactly, which the local layers need "
            f"(model.local_window={m.local_window}, model.attention_kind="

@@ -89,3 +89,14 @@ def test_one_loop_one_step_builder_one_cross_entropy():
     where = [str(p.relative_to(PACKAGE)) for p, t in text.items() if needle in t]
     assert len(where) == 1, (needle, where)
   assert not any("softmax_cross_entropy" in t for t in text.values())
+
+
+def test_every_packaged_preset_loads_and_validates():
+  """Each file of jaxpt/configs is a preset `--config=NAME` can load (helpers start with _)."""
+  from jaxpt import config as config_lib
+  names = sorted(p.stem for p in (PACKAGE / "configs").glob("*.py")
+                 if not p.stem.startswith("_"))
+  assert {"embedded_tiny", "modern_clm_stage", "modern_mlm_stage", "bert_base"} <= set(names)
+  for name in names:
+    cfg = config_lib.validate(config_lib.load(name))
+    assert cfg.model.num_layers > 0, name

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxpt import config as config_lib
 from jaxpt import sharding
 from jaxpt.config import ModelConfig
 from jaxpt.models import attention as attn_lib
@@ -111,13 +112,7 @@ def describe_kernels(cfg: ModelConfig, length: int, *, packed: bool) -> str:
   return f"{kernels['global']} for global layers, {local} for local layers"
 
 
-def local_window(cfg: ModelConfig) -> tuple[int, int]:
-  """(left, right) of a local layer: `local_window / 2` on each side of the query when
-  bidirectional (ModernBERT: 128 -> 64 and 64), and `local_window` tokens ending at the query
-  when causal (HuggingFace's ModernBertDecoder: its `sliding_window`)."""
-  if cfg.attention_kind == "causal":
-    return cfg.local_window - 1, 0
-  return cfg.local_window // 2, cfg.local_window // 2
+local_window = config_lib.local_window  # (left, right) of a local layer (config.py)
 
 
 def local_layers(cfg: ModelConfig) -> list[bool]:
