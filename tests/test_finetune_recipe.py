@@ -64,7 +64,9 @@ def test_bucketed_batches_equal_padding_to_the_maximum(tmp_path, vocab_file, kin
 
 def test_the_learning_rate_follows_the_width():
   m = config_lib.ModelConfig
-  assert classification.learning_rate_for(m(hidden_size=128), scratch=False) == 1e-4
+  assert classification.learning_rate_for(m(hidden_size=128), scratch=False) == 1e-3
+  assert classification.learning_rate_for(m(hidden_size=128), scratch=True) == 1e-3
+  assert classification.learning_rate_for(m(hidden_size=256), scratch=False) == 1e-4
   assert classification.learning_rate_for(m(hidden_size=768), scratch=False) == 3e-5
   assert classification.learning_rate_for(m(hidden_size=1024), scratch=False) == 2e-5
   assert classification.learning_rate_for(m(hidden_size=256), scratch=True) == pytest.approx(1e-3)

@@ -1,7 +1,8 @@
 """Fine-tuning defaults (`jaxpt finetune`), chosen to train small tasks to convergence:
 
-- the learning rate by the encoder's width (`classification.learning_rate_for`: 1e-4 up to
-  hidden 256 ... 2e-5 above 768, ten times that from scratch), AdamW, weight decay 0.01, a
+- the learning rate by the encoder's width (`classification.learning_rate_for`: 1e-3 up to
+  hidden 128, 1e-4 up to 256 ... 2e-5 above 768; from scratch ten times that, at most 1e-3),
+  AdamW, weight decay 0.01, a
   linear warm-up over the first 10% of the steps then a linear decay;
 - batch 32, at most 20 epochs and at least 300 steps, 20 validations a run, early stopping
   after 10 without improvement (half the run: a small model from scratch can sit on a
