@@ -23,12 +23,11 @@ deeper model, batch 256, bf16); not run here.
 import dataclasses
 
 from jaxpt import config
+from jaxpt.configs import shakespeare_tiny
 
 
 def get_config() -> config.Config:
-  cfg = config.with_model(config.Config(), num_layers=2, hidden_size=128, num_heads=2,
-                          intermediate_size=512, vocab_size=8192, max_position_embeddings=128,
-                          hidden_dropout=0.0, attention_dropout=0.0)
+  cfg = shakespeare_tiny.get_config()  # BERT-tiny's shape at an 8k vocabulary, no dropout
   return dataclasses.replace(
       cfg,
       data=dataclasses.replace(cfg.data, dir="workdirs/embedded/data", mask_prob=0.3),
