@@ -234,7 +234,7 @@ def resolve(implementation: str, *, length: int, dropout: bool,
   """The kernel a model's layers run (`model.attention`): "auto" is splash on TPU when the
   layers have no attention dropout and the length is a multiple of splash's 128-token tile;
   cuDNN on a GPU for bf16 without dropout (each layer kind then takes it only where exact:
-  `Transformer.kernels`); else XLA's."""
+  `transformer.layer_kernels`); else XLA's."""
   if implementation != "auto":
     return implementation
   backend = backend or jax.default_backend()
