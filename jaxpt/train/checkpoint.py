@@ -20,6 +20,8 @@ import logging
 import os
 import shutil
 import socket
+import sys
+import threading
 import time
 
 import jax
@@ -57,10 +59,31 @@ def orbax_silenced():
   and everyone else's records stay."""
   logger = logging.getLogger("absl")
   logger.addFilter(_not_orbax)
+  default = sys.unraisablehook
+
+  def unraisable(u):  # tensorstore's callbacks into the loop of a save that failed
+    if not (isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == _CLOSED_LOOP):
+      default(u)
+
+  sys.unraisablehook = unraisable
   try:
     yield
   finally:
     logger.removeFilter(_not_orbax)
+    sys.unraisablehook = default
+
+
+_CLOSED_LOOP = "Event loop is closed"
+
+
+def quiet_abandoned_writers() -> None:
+  """After a failed save, on the way out: Orbax's abandoned writers repeat the same failure
+  (asyncio's logger, other threads' tracebacks, "Exception ignored" at exit) around the one
+  line that reports it. Silences those for the rest of the process; the main thread's own
+  exceptions still reach sys.excepthook."""
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+  threading.excepthook = lambda args: None
+  sys.unraisablehook = lambda unraisable: None
 
 
 with quiet_absl():
@@ -221,7 +244,10 @@ class Checkpointer:
       self.wait()
     finally:
       self._closed = True
-      self._manager.close()
+      try:  # Orbax's close joins the same failed writers again: one error, one type
+        self._manager.close()
+      except Exception as e:  # noqa: BLE001
+        raise self._failed(e) from None
 
 
 def abstract_like(tree, shardings):

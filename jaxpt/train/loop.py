@@ -21,7 +21,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import logging
 import math
 import os
 import signal
@@ -589,9 +588,9 @@ def _run_locked(task: Task, workdir: str, mesh, say, progress: bool) -> dict:
         manager.close()  # waits for the last save to commit
     return result
   except ckpt_lib.SaveError as e:
-    # Orbax's abandoned write tasks repeat the same failure when garbage-collected, through
-    # asyncio's logger, as the process ends: the one line below has said it.
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    # Orbax's abandoned write tasks repeat the same failure as the process ends (asyncio's
+    # logger, other threads' tracebacks): the one line below has said it.
+    ckpt_lib.quiet_abandoned_writers()
     raise TrainError(f"{e}; stopped (last complete checkpoint: {_latest(checkpointer)})") from None
   finally:
     for manager in managers:  # after an error: release, without hiding it
