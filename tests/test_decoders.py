@@ -341,7 +341,9 @@ def test_a_tiny_decoder_pretrains_generates_and_goes_out_to_transformers(corpus_
             "--config.optim.warmup_steps=5"]
   proc = run_cli("pretrain", "--config=shakespeare_decoder", f"--workdir={tmp_path / 'run'}",
                  "--config.train.num_steps=50", "--config.checkpoint.every_steps=50",
-                 "--config.model.max_position_embeddings=64", *common, timeout=600)
+                 "--config.model.max_position_embeddings=64", "--config.model.hidden_size=64",
+                 "--config.model.num_heads=2", "--config.model.intermediate_size=128",
+                 "--config.model.num_layers=2", *common, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   evals = [r["eval/clm_loss"] for r in rows if "eval/clm_loss" in r]
@@ -369,7 +371,9 @@ def test_a_tiny_decoder_pretrains_generates_and_goes_out_to_transformers(corpus_
 
   # CLM, then MLM (arXiv 2507.00994): a causal ModernBERT, continued as an encoder.
   modern = ["--config=modernbert_tiny", "--config.model.pad_token_id=1",
-            "--config.model.local_window=16", "--config.checkpoint.every_steps=20", *common]
+            "--config.model.local_window=16", "--config.checkpoint.every_steps=20",
+            "--config.model.hidden_size=64", "--config.model.num_heads=2",
+            "--config.model.intermediate_size=96", *common]
   proc = run_cli("pretrain", *modern, f"--workdir={tmp_path / 'clm'}",
                  "--config.model.attention_kind=causal", "--config.train.num_steps=20",
                  timeout=600)

@@ -163,6 +163,8 @@ def test_a_tiny_modernbert_pretrains_packed_and_its_held_out_loss_falls(corpus_d
                f"--workdir={tmp_path / 'run'}", f"--config.data.dir={tmp_path / 'data'}",
                "--config.model.vocab_size=300",
                "--config.model.local_window=16",  # a window shorter than the rows
+               "--config.model.hidden_size=64", "--config.model.num_heads=2",
+               "--config.model.intermediate_size=96",
                "--config.train.batch_size=16", "--config.train.num_steps=60",
                "--config.train.log_every_steps=10", "--config.train.eval_every_steps=10",
                "--config.train.eval_batches=2", "--config.optim.warmup_steps=5",
