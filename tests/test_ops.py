@@ -113,6 +113,36 @@ def test_attention_matches_autodiff_of_the_plain_formula(packed):
   assert float(jnp.abs(g_o[0]).max()) > 0  # the check is not vacuous
 
 
+@pytest.mark.parametrize("kind", ["packed", "padding", "causal", "grouped", "bf16"])
+def test_attention_by_blocks_equals_jax_dot_product_attention(kind):
+  """ops.attention_blocks (queries 4 at a time, probabilities recomputed in the backward
+  pass) against jax.nn.dot_product_attention: values and gradients, one block and several."""
+  b, length, n, d = 2, 12, 3, 8
+  keys = jax.random.split(jax.random.key(5), 4)
+  dtype = jnp.bfloat16 if kind == "bf16" else jnp.float32
+  kv_heads = 1 if kind == "grouped" else n
+  q = jax.random.normal(keys[0], (b, length, n, d)).astype(dtype)
+  k, v = (jax.random.normal(keys[i], (b, length, kv_heads, d)).astype(dtype) for i in (1, 2))
+  real = jnp.arange(length)[None] < jnp.array([[length], [7]])  # row 1: 5 padding keys
+  if kind == "padding":
+    mask = real[:, None, None, :]
+  else:
+    seg = jnp.where(jnp.arange(length) < 5, 1, 2)[None].repeat(b, 0)
+    mask = ((seg[:, :, None] == seg[:, None, :]) & real[:, None, :])[:, None]
+    if kind == "causal":
+      mask = mask & jnp.tril(jnp.ones((length, length), bool))
+    mask = mask.at[1, 0, 9].set(False)  # a query that sees no key at all
+  scale = d ** -0.5
+  want = _grads(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask,
+                                                             scale=scale), q, k, v)
+  tol = 2e-2 if dtype == jnp.bfloat16 else 1e-5
+  for block in (4, length):  # three blocks of queries, and one
+    got = _grads(lambda q, k, v: ops.attention_blocks(q, k, v, mask, scale, block), q, k, v)
+    assert got[0].dtype == dtype
+    _close(got, want, tol)
+  assert float(jnp.abs(want[1][0]).max()) > 0  # the check is not vacuous
+
+
 def _grad_jaxpr_and_values(kernels: str, dropout: float):
   from jaxpt.config import ModelConfig
   from jaxpt.models import heads

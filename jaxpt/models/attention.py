@@ -55,10 +55,13 @@ def dot_product(q, k, v, mask, *, scale: float, keep=None, keep_prob=None,
 
   `keep` (a boolean `[batch, heads, queries, keys]` dropout mask, kept entries scaled by
   1 / `keep_prob`) is dropout on the probabilities, which needs them materialised: then the
-  scores are computed here (`custom`: with ops.attention's hand-written backward pass);
-  otherwise `jax.nn.dot_product_attention` runs.
+  scores are computed here (`custom`: with ops.attention's hand-written backward pass).
+  Without dropout, `custom` runs `ops.attention_blocks` (queries by blocks, probabilities
+  recomputed in the backward pass), otherwise `jax.nn.dot_product_attention`.
   """
   if keep is None:
+    if custom:
+      return ops.attention_blocks(q, k, v, mask, scale)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale)
   groups = q.shape[2] // k.shape[2]
   if groups > 1:  # grouped queries: each key/value head serves `groups` query heads
@@ -150,7 +153,9 @@ def local_blocks(q, k, v, segment_ids, *, window: tuple[int, int], scale: float)
   length is cut into blocks of max(left, right) tokens, and each block of queries attends to
   its own block and its two neighbours (3 x block keys, not the whole row). The same function
   as `dot_product` under `mask(window=...)` with `segment_ids` (1..K per sequence, 0 at
-  padding) keeping sequences apart: O(length x window), not O(length^2). No dropout."""
+  padding) keeping sequences apart: O(length x window), not O(length^2). No dropout.
+  (Autodiff here: `ops.attention_blocks`' recomputing kernel measured no faster on these
+  small blocks.)"""
   b, length, n, d = q.shape
   left, right = window
   block = max(left, right, 1)
@@ -173,12 +178,12 @@ def local_blocks(q, k, v, segment_ids, *, window: tuple[int, int], scale: float)
   kb, vb = around(k, 0), around(v, 0)
   seg_q = segment_ids.reshape(b, blocks, block)
   seg_k = around(segment_ids, -2)  # -2: outside the row, never equal to a query's segment
-  scores = jnp.einsum("bxqnd,bxknd->bxnqk", qb, kb,
-                      preferred_element_type=jnp.float32) * scale
   i = jnp.arange(block)[:, None]  # query offset within its block
   j = jnp.arange(3 * block)[None, :] - block  # key offset from the block's start
   near = (j - i >= -left) & (j - i <= right)  # [block, 3 * block]
   allowed = near[None, None] & (seg_q[..., :, None] == seg_k[..., None, :])
+  scores = jnp.einsum("bxqnd,bxknd->bxnqk", qb, kb,
+                      preferred_element_type=jnp.float32) * scale
   scores = jnp.where(allowed[:, :, None], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum("bxnqk,bxknd->bxqnd", probs, vb)
@@ -188,7 +193,7 @@ def local_blocks(q, k, v, segment_ids, *, window: tuple[int, int], scale: float)
 @functools.partial(jax.tree_util.register_dataclass,
                    data_fields=["segment_ids", "is_local", "global_mask"],
                    meta_fields=["causal", "local_window", "implementation", "interpret",
-                                "local_implementation", "padding_only"])
+                                "local_implementation", "padding_only", "custom"])
 @dataclasses.dataclass
 class LayerMask:
   """What a layer passes in place of a mask array when its kernel builds the mask itself:
@@ -206,6 +211,7 @@ class LayerMask:
   interpret: bool = False
   local_implementation: str = "xla"  # of the local layers (splash: the global layers')
   padding_only: bool = False  # segment_ids are 1s then 0s (right padding), not packed rows
+  custom: bool = False  # XLA's global layers through ops.attention_blocks (model.kernels)
 
   def run(self, q, k, v, scale: float):
     def kernel(local: bool):
@@ -221,7 +227,7 @@ class LayerMask:
                          padding_only=self.padding_only)
       if local:
         return local_blocks(q, k, v, self.segment_ids, window=window, scale=scale)
-      return dot_product(q, k, v, self.global_mask, scale=scale)
+      return dot_product(q, k, v, self.global_mask, scale=scale, custom=self.custom)
     if self.local_window is None or self.is_local is False:
       return kernel(False)
     if self.is_local is True:

@@ -247,10 +247,10 @@ class SelfAttention(nnx.Module):
       keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), index, axis=1)
       values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), index, axis=1)
       y = attn_lib.dot_product(q, keys.astype(q.dtype), values.astype(q.dtype), mask,
-                               scale=self.scale)
+                               scale=self.scale, custom=self.custom)
       return self.out(y), (keys, values)
     if deterministic or self.attention_dropout.rate == 0.0:
-      y = attn_lib.dot_product(q, k, v, mask, scale=self.scale)
+      y = attn_lib.dot_product(q, k, v, mask, scale=self.scale, custom=self.custom)
     else:  # dropout on the attention probabilities (BERT)
       b, length, n, _ = q.shape
       keep, keep_prob = self.attention_dropout.keep_mask((b, n, length, k.shape[1]), rngs)
@@ -379,7 +379,8 @@ class Transformer(nnx.Module):
           segments.astype(jnp.int32), kind == "local", global_mask,
           cfg.attention_kind == "causal", kinds.get("local"), kernels["global"],
           jax.default_backend() != "tpu", kernels.get("local", "xla"),
-          segment_ids is None), ropes[kind]) for kind in kinds}
+          segment_ids is None, ops.custom_kernels(cfg.kernels)), ropes[kind])
+          for kind in kinds}
     out = {}
     for kind, window in self._kinds().items():
       m = attn_lib.mask(length, key_mask=attention_mask, segment_ids=segment_ids,
