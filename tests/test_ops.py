@@ -184,3 +184,12 @@ def test_the_kernel_switch_chooses_the_code_not_the_function():
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
   from jaxpt.models import ops
   assert ops.custom_kernels("auto") == (jax.default_backend() == "cpu")
+
+
+def test_tied_logits_equal_the_product_and_its_gradients():
+  x = jax.random.normal(jax.random.key(1), (2, 5, 8))
+  embedding = jax.random.normal(jax.random.key(2), (11, 8))
+  got = _grads(ops.tied_logits, x, embedding)
+  want = _grads(lambda x, e: x @ e.T, x, embedding)
+  _close(got, want, 1e-5)
+  assert got[1][1].shape == embedding.shape and float(jnp.abs(got[1][1]).max()) > 0

@@ -43,7 +43,7 @@ class MlmHead(ClassifierHead):
     self.custom = ops.custom_kernels(cfg.kernels)
 
   def __call__(self, x, word_embeddings: nnx.Embed):
-    logits = word_embeddings.attend(super().__call__(x)).astype(jnp.float32)  # [..., vocab]
+    logits = attend(word_embeddings, super().__call__(x), self.custom)  # [..., vocab]
     if self.custom:
       return add_vocab_bias(logits, self.bias[...])
     return logits + self.bias[...]
@@ -86,10 +86,20 @@ def lm_head(cfg: ModelConfig, rngs: nnx.Rngs):
   return MlmHead(cfg, rngs=rngs) if cfg.lm_head == "transform" else nnx.data(None)
 
 
-def vocab_logits(head, hidden, word_embeddings: nnx.Embed):
-  """float32 logits over the vocabulary from hidden states, through `head` (or None)."""
+def attend(word_embeddings: nnx.Embed, x, custom: bool):
+  """float32 `x @ embedding.T` (`nnx.Embed.attend`'s value; `custom`: `ops.tied_logits`)."""
+  if not custom:
+    return word_embeddings.attend(x).astype(jnp.float32)
+  x, embedding = word_embeddings.promote_dtype((x, word_embeddings.embedding[...]),
+                                               dtype=word_embeddings.dtype, inexact=True)
+  return ops.tied_logits(x, embedding).astype(jnp.float32)
+
+
+def vocab_logits(head, hidden, word_embeddings: nnx.Embed, custom: bool):
+  """float32 logits over the vocabulary from hidden states, through `head` (or None: the
+  tied embeddings alone, `custom` choosing `attend`'s code)."""
   if head is None:
-    return word_embeddings.attend(hidden).astype(jnp.float32)
+    return attend(word_embeddings, hidden, custom)
   return head(hidden, word_embeddings)
 
 
@@ -111,6 +121,11 @@ class EncoderForPreTraining(nnx.Module):
                             kernel_init=dense_init(cfg, ("embed", None)),
                             bias_init=zeros((None,)), rngs=rngs)
 
+  @property
+  def custom(self) -> bool:
+    """Whether the tied decoder runs `ops.tied_logits` (`model.kernels`)."""
+    return ops.custom_kernels(self.encoder.config.kernels)
+
   def __call__(self, input_ids, token_type_ids, attention_mask, masked_positions, *,
                deterministic: bool = True, rngs: nnx.Rngs | None = None, segment_ids=None,
                cls_positions=None, right_padded: bool = False):
@@ -122,7 +137,7 @@ class EncoderForPreTraining(nnx.Module):
                           deterministic=deterministic, rngs=rngs, segment_ids=segment_ids,
                           right_padded=right_padded)
     picked = jnp.take_along_axis(hidden, masked_positions[..., None], axis=1)  # [b, p, embed]
-    mlm_logits = vocab_logits(self.mlm, picked, self.encoder.embeddings.word)
+    mlm_logits = vocab_logits(self.mlm, picked, self.encoder.embeddings.word, self.custom)
     if self.nsp is None:
       return mlm_logits, None
     if cls_positions is None:
@@ -141,7 +156,7 @@ class EncoderForPreTraining(nnx.Module):
   def mlm_logits(self, input_ids, attention_mask=None, token_type_ids=None):
     """Masked-LM logits at every position `[batch, length, vocab]`, float32."""
     hidden = self.encoder(input_ids, token_type_ids, attention_mask)
-    return vocab_logits(self.mlm, hidden, self.encoder.embeddings.word)
+    return vocab_logits(self.mlm, hidden, self.encoder.embeddings.word, self.custom)
 
 
 class EncoderForClassification(nnx.Module):
@@ -197,13 +212,18 @@ class DecoderForCausalLM(nnx.Module):
     self.encoder = Transformer(cfg, rngs=rngs)
     self.mlm = lm_head(cfg, rngs)
 
+  @property
+  def custom(self) -> bool:
+    """Whether the tied decoder runs `ops.tied_logits` (`model.kernels`)."""
+    return ops.custom_kernels(self.encoder.config.kernels)
+
   def __call__(self, input_ids, attention_mask=None, *, deterministic: bool = True,
                rngs: nnx.Rngs | None = None, segment_ids=None, right_padded: bool = False):
     """Next-token logits at every position `[batch, length, vocab]`, float32. Packed rows
     (`segment_ids`): each document sees only its own earlier tokens, positions restart."""
     hidden = self.encoder(input_ids, None, attention_mask, deterministic=deterministic,
                           rngs=rngs, segment_ids=segment_ids, right_padded=right_padded)
-    return vocab_logits(self.mlm, hidden, self.encoder.embeddings.word)
+    return vocab_logits(self.mlm, hidden, self.encoder.embeddings.word, self.custom)
 
   # The public API: deterministic; `attention_mask` 1 at real tokens (right padding).
 
@@ -218,7 +238,7 @@ class DecoderForCausalLM(nnx.Module):
   def decode(self, input_ids, positions, cache: dict):
     """(logits `[batch, queries, vocab]`, updated cache): `Transformer.decode` plus the head."""
     hidden, cache = self.encoder.decode(input_ids, positions, cache)
-    return vocab_logits(self.mlm, hidden, self.encoder.embeddings.word), cache
+    return vocab_logits(self.mlm, hidden, self.encoder.embeddings.word, self.custom), cache
 
 
 def model_class(cfg: ModelConfig):

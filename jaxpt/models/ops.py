@@ -307,3 +307,32 @@ def _blocked_bwd(scale, res, g):
 
 
 _blocked.defvjp(_blocked_fwd, _blocked_bwd)
+
+
+# ---- the LM head tied to the word embeddings ----
+
+
+@jax.custom_vjp
+def tied_logits(x, embedding):
+  """`x @ embedding.T` `[..., vocab]`: logits from the word embeddings `[vocab, embed]`.
+
+  The value and gradients are those of the product; the embedding's gradient is computed as
+  (x^T g)^T, a small [embed, vocab] transpose, where autodiff's g^T x has XLA:CPU write the
+  whole [tokens, vocab] gradient transposed first (66 of 830 ms in a ModernBERT step at
+  1,024 tokens; the head's backward pass 1.5x faster alone).
+  """
+  return jnp.einsum("...d,vd->...v", x, embedding)
+
+
+def _tied_logits_fwd(x, embedding):
+  return tied_logits(x, embedding), (x, embedding)
+
+
+def _tied_logits_bwd(res, g):
+  x, embedding = res
+  dx = jnp.einsum("...v,vd->...d", g, embedding)
+  d_embedding = jnp.tensordot(x, g, axes=(tuple(range(x.ndim - 1)),) * 2).T
+  return dx, d_embedding.astype(embedding.dtype)
+
+
+tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
