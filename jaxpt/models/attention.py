@@ -178,12 +178,12 @@ def local_blocks(q, k, v, segment_ids, *, window: tuple[int, int], scale: float)
   kb, vb = around(k, 0), around(v, 0)
   seg_q = segment_ids.reshape(b, blocks, block)
   seg_k = around(segment_ids, -2)  # -2: outside the row, never equal to a query's segment
+  scores = jnp.einsum("bxqnd,bxknd->bxnqk", qb, kb,
+                      preferred_element_type=jnp.float32) * scale
   i = jnp.arange(block)[:, None]  # query offset within its block
   j = jnp.arange(3 * block)[None, :] - block  # key offset from the block's start
   near = (j - i >= -left) & (j - i <= right)  # [block, 3 * block]
   allowed = near[None, None] & (seg_q[..., :, None] == seg_k[..., None, :])
-  scores = jnp.einsum("bxqnd,bxknd->bxnqk", qb, kb,
-                      preferred_element_type=jnp.float32) * scale
   scores = jnp.where(allowed[:, :, None], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum("bxnqk,bxknd->bxqnd", probs, vb)

@@ -243,7 +243,6 @@ def _attention_bwd(scale, res, g):
 attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-
 # ---- attention without dropout: by blocks of queries, the probabilities recomputed ----
 
 QUERY_BLOCK = 256
