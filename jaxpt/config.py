@@ -169,6 +169,12 @@ class OptimConfig:
   # every command that loads the workdir use it. Its decay is min(ema_decay, (1 + step) /
   # (10 + step)). 0: none.
   ema_decay: float = 0.0
+  # Layer-wise learning-rate decay for fine-tuning (Clark et al. 2020, ELECTRA, section 3.3;
+  # they used 0.8 for Base): the rate of encoder layer l of L (0 = the lowest) is
+  # layer_decay ** (L - l) times the peak, the embeddings' layer_decay ** (L + 1), the
+  # encoder's final norm's layer_decay; everything outside the encoder (pooler, heads, a new
+  # classifier) trains at the peak. 1: one rate for all.
+  layer_decay: float = 1.0
 
 
 @dataclasses.dataclass
@@ -514,6 +520,7 @@ def validate(cfg: Config) -> Config:
          "must be positive (or 0 when fine-tuning: chosen by model size)")
   _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be >= 0")
   _check(o.grad_clip_norm >= 0, "optim.grad_clip_norm", o.grad_clip_norm, "must be >= 0")
+  _check(0.0 < o.layer_decay <= 1.0, "optim.layer_decay", o.layer_decay, "must be in (0, 1]")
   _check(0.0 <= o.ema_decay < 1.0, "optim.ema_decay", o.ema_decay,
          "must be in [0, 1) (0: no moving average)")
   for name in ("data", "fsdp", "tensor"):

@@ -97,6 +97,50 @@ def keep_zeros(prunable: Callable) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+def _key_name(key):
+  for attr in ("key", "idx", "name"):
+    if hasattr(key, attr):
+      return getattr(key, attr)
+  return key
+
+
+def layer_scales(params, decay: float):
+  """The factor of each parameter's update under layer-wise decay (`OptimConfig.layer_decay`):
+  a tree like `params` of Python floats, or, for scanned layers (stacked on a leading axis),
+  of `[L, 1, ...]` arrays. Encoder layers are found by their path, `encoder/layers/<i>/...` or
+  the stacked `encoder/layers/...`."""
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  names = [[_key_name(k) for k in path] for path, _ in leaves]
+  indices = {n[2] for n in names if n[:2] == ["encoder", "layers"] and len(n) > 2
+             and isinstance(n[2], int)}
+  stacked = [leaf for (path, leaf), n in zip(leaves, names)
+             if n[:2] == ["encoder", "layers"] and not (len(n) > 2 and isinstance(n[2], int))]
+  num_layers = max(indices) + 1 if indices else (
+      jnp.shape(stacked[0])[0] if stacked else 0)
+
+  def scale(path, leaf):
+    n = [_key_name(k) for k in path]
+    if not n or n[0] != "encoder":
+      return 1.0
+    if n[1:2] == ["embeddings"]:
+      return decay ** (num_layers + 1)
+    if n[1:2] == ["layers"]:
+      if len(n) > 2 and isinstance(n[2], int):
+        return decay ** (num_layers - n[2])
+      powers = num_layers - jnp.arange(num_layers, dtype=jnp.float32)
+      return (decay ** powers).reshape((num_layers,) + (1,) * (jnp.ndim(leaf) - 1))
+    return decay
+  return jax.tree_util.tree_map_with_path(scale, params)
+
+
+def scale_by_layer(decay: float) -> optax.GradientTransformation:
+  """Multiplies each update by its `layer_scales` factor (stateless; paths read at trace)."""
+  def update(updates, state, params=None):
+    scales = layer_scales(updates, decay)
+    return jax.tree.map(lambda u, s: (u * s).astype(u.dtype), updates, scales), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(cfg: OptimConfig, lr: optax.Schedule, *, skip_nonfinite: bool = False,
                    prunable: Callable | None = None) -> optax.GradientTransformation:
   """The configured optimiser with learning-rate schedule `lr`, after global-norm clipping.
@@ -127,6 +171,8 @@ def make_optimizer(cfg: OptimConfig, lr: optax.Schedule, *, skip_nonfinite: bool
     raise ValueError(f"unknown optimiser {cfg.name!r}")
   if cfg.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
+  if cfg.layer_decay < 1.0:
+    tx = optax.chain(tx, scale_by_layer(cfg.layer_decay))
   if cfg.keep_pruned:  # last: after weight decay, nothing moves a pruned weight
     if prunable is None:
       raise ValueError("optim.keep_pruned needs the model's prunable-parameter predicate")

@@ -3,6 +3,7 @@ the learning rate follows the model's width, the averaging function averages, an
 --sweep is one line."""
 
 import dataclasses
+import re
 
 import jax
 import numpy as np
@@ -157,3 +158,51 @@ def test_a_scratch_baseline_like_a_pretrained_model_takes_its_shape_and_tokenize
   with pytest.raises(classification.TrainError, match="shapes a model from scratch"):
     classification.setup(config_lib.load("finetune"), str(task), str(hf_dir),
                          like=str(hf_dir))
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_layer_decay_scales_each_layer_below_the_head(tmp_path, vocab_file, scan):
+  # Plain SGD at rate 1 on gradients of ones: each update is minus its layer's factor.
+  task_dir = write_task(tmp_path / "task", sizes=(("train", 64), ("validation", 8),
+                                                  ("test", 8)))
+  cfg = tiny()
+  cfg = dataclasses.replace(
+      cfg, model=dataclasses.replace(cfg.model, scan_layers=scan),
+      optim=dataclasses.replace(cfg.optim, name="sgd", momentum=0.0, weight_decay=0.0,
+                                grad_clip_norm=0.0, learning_rate=1.0, warmup_steps=0,
+                                schedule="constant", layer_decay=0.5))
+  _, program = _bound(cfg, task_dir, vocab_file)
+  params = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), program.model.abstract_params)
+  updates, _ = program.tx.update(params, program.tx.init(params), params)
+  seen = set()
+  for path, u in jax.tree_util.tree_flatten_with_path(updates)[0]:
+    name, u = jax.tree_util.keystr(path), np.asarray(u)
+    layer = re.match(r"\['encoder'\]\['layers'\]\[(\d+)\]", name)
+    if layer:
+      expected = [0.5 ** (2 - int(layer.group(1)))]
+    elif name.startswith("['encoder']['layers']"):  # scanned: stacked along axis 0
+      expected = [0.5 ** (2 - i) for i in range(u.shape[0])]
+      assert len(expected) == 2, name
+    elif name.startswith("['encoder']['embeddings']"):
+      expected = [0.5 ** 3]
+    else:
+      assert not name.startswith("['encoder']"), name  # BERT has no final norm
+      expected = [1.0]  # pooler and the new classifier: the full rate
+    rows = u if len(expected) > 1 else u[None]
+    for row, factor in zip(rows, expected):
+      np.testing.assert_array_equal(row, -np.float32(factor), err_msg=name)
+      seen.add(factor)
+  assert seen == {1.0, 0.5, 0.25, 0.125}
+  # The same program without the decay moves every tensor by the full rate.
+  cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, layer_decay=1.0))
+  _, program = _bound(cfg, task_dir, vocab_file)
+  updates, _ = program.tx.update(params, program.tx.init(params), params)
+  assert all((np.asarray(u) == -1.0).all() for u in jax.tree.leaves(updates))
+
+
+def test_a_layer_decay_outside_zero_to_one_is_refused_by_name():
+  cfg = tiny()
+  for bad in (0.0, 1.5):
+    with pytest.raises(config_lib.ConfigError, match=f"optim.layer_decay={bad}"):
+      config_lib.validate(dataclasses.replace(
+          cfg, optim=dataclasses.replace(cfg.optim, layer_decay=bad)))
