@@ -9,6 +9,7 @@ import optax
 from typing import Callable
 
 from jaxpt.config import OptimConfig
+from jaxpt.models import params as params_lib
 
 OPTIMIZERS = ("adamw", "stable_adamw", "lamb", "adafactor", "sgd", "rmsprop")
 SCHEDULES = ("linear", "cosine", "polynomial", "constant", "wsd", "inverse_sqrt")
@@ -97,39 +98,35 @@ def keep_zeros(prunable: Callable) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def _key_name(key):
-  for attr in ("key", "idx", "name"):
-    if hasattr(key, attr):
-      return getattr(key, attr)
-  return key
+def _layer_index(name: str) -> int | None:
+  """`i` of `encoder.layers.<i>.…`; None for scanned layers' stacked `encoder.layers.…`."""
+  head = name[len(params_lib.LAYERS):].split(".")[0]
+  return int(head) if head.isdigit() else None
 
 
 def layer_scales(params, decay: float):
   """The factor of each parameter's update under layer-wise decay (`OptimConfig.layer_decay`):
   a tree like `params` of Python floats, or, for scanned layers (stacked on a leading axis),
-  of `[L, 1, ...]` arrays. Encoder layers are found by their path, `encoder/layers/<i>/...` or
-  the stacked `encoder/layers/...`."""
-  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-  names = [[_key_name(k) for k in path] for path, _ in leaves]
-  indices = {n[2] for n in names if n[:2] == ["encoder", "layers"] and len(n) > 2
-             and isinstance(n[2], int)}
-  stacked = [leaf for (path, leaf), n in zip(leaves, names)
-             if n[:2] == ["encoder", "layers"] and not (len(n) > 2 and isinstance(n[2], int))]
-  num_layers = max(indices) + 1 if indices else (
-      jnp.shape(stacked[0])[0] if stacked else 0)
+  of `[L, 1, ...]` arrays."""
+  flat = [(params_lib.dotted(path), leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]]
+  layers = [(name, leaf) for name, leaf in flat if name.startswith(params_lib.LAYERS)]
+  looped = [i for i in (_layer_index(name) for name, _ in layers) if i is not None]
+  num_layers = max(looped) + 1 if looped else (jnp.shape(layers[0][1])[0] if layers else 0)
 
   def scale(path, leaf):
-    n = [_key_name(k) for k in path]
-    if not n or n[0] != "encoder":
-      return 1.0
-    if n[1:2] == ["embeddings"]:
+    name = params_lib.dotted(path)
+    if not name.startswith("encoder."):
+      return 1.0  # pooler, heads, a new classifier
+    if name.startswith("encoder.embeddings."):
       return decay ** (num_layers + 1)
-    if n[1:2] == ["layers"]:
-      if len(n) > 2 and isinstance(n[2], int):
-        return decay ** (num_layers - n[2])
-      powers = num_layers - jnp.arange(num_layers, dtype=jnp.float32)
-      return (decay ** powers).reshape((num_layers,) + (1,) * (jnp.ndim(leaf) - 1))
-    return decay
+    if not name.startswith(params_lib.LAYERS):
+      return decay  # the encoder's final norm
+    index = _layer_index(name)
+    if index is not None:
+      return decay ** (num_layers - index)
+    powers = num_layers - jnp.arange(num_layers, dtype=jnp.float32)
+    return (decay ** powers).reshape((num_layers,) + (1,) * (jnp.ndim(leaf) - 1))
   return jax.tree_util.tree_map_with_path(scale, params)
 
 
