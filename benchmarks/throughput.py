@@ -56,6 +56,10 @@ _DATA = flags.DEFINE_string("data_dir", "", "A prepared directory: also time the
                             "by the real loader, side by side.")
 _COMPARE = flags.DEFINE_enum("compare", "", ["", "hf"], "Also time HuggingFace's PyTorch "
                              "BertForPreTraining on the same batches, side by side.")
+_DOCS = flags.DEFINE_integer("docs", 0, "> 0: each synthetic row packs documents of about this "
+                             "many tokens (lengths drawn from a geometric distribution, seed 0): "
+                             "jaxpt gets their segment ids and keeps them apart; HF gets the "
+                             "same rows as run_mlm's concatenated blocks (no document mask).")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "With --compare: alternating rounds per side.")
 _SIDE = flags.DEFINE_enum("side", "", ["", "jaxpt", "hf"], "Internal: measure one side only "
                           "and print its JSON line.")
@@ -95,7 +99,33 @@ def predictions(cfg: config_lib.Config) -> int:
   return _LENGTH.value if causal(cfg) else config_lib.max_predictions(cfg.data, _LENGTH.value)
 
 
-def synthetic_batch(cfg: config_lib.Config, batch: int, length: int, preds: int, seed: int = 0):
+def packed_segments(batch: int, length: int, mean: int, seed: int = 0) -> np.ndarray:
+  """`[batch, length]` segment ids 1..K: each row filled with documents of geometric lengths
+  (mean `mean` tokens), the last one cut at the row's end."""
+  rng = np.random.default_rng(seed)
+  seg = np.zeros((batch, length), np.int32)
+  for row in seg:
+    at, doc = 0, 1
+    while at < length:
+      n = int(rng.geometric(1.0 / mean))
+      row[at:at + n] = doc
+      at, doc = at + n, doc + 1
+  return seg
+
+
+def synthetic_batch(cfg: config_lib.Config, batch: int, length: int, preds: int, seed: int = 0,
+                    docs: int = 0):
+  """Random tokens and masked positions; `docs` > 0 adds segment ids of packed documents."""
+  host = _synthetic(cfg, batch, length, preds, seed)
+  if docs:
+    if cfg.model.variant == "bert":
+      raise SystemExit("--docs: BERT's next-sentence task needs sentence pairs, not packed "
+                       "documents; use a RoBERTa, ModernBERT or decoder preset")
+    host["segment_ids"] = packed_segments(batch, length, docs, seed)
+  return host
+
+
+def _synthetic(cfg: config_lib.Config, batch: int, length: int, preds: int, seed: int):
   rng = np.random.default_rng(seed)
   if causal(cfg):
     return {"input_ids": rng.integers(5, cfg.model.vocab_size, (batch, length)).astype(np.int32),
@@ -132,7 +162,7 @@ def measure(preset: str) -> dict:
   sharding.check_fits(cfg, mesh)
   program = pretraining.build_program(cfg, mesh)
   preds = predictions(cfg)
-  host = synthetic_batch(cfg, _BATCH.value, _LENGTH.value, preds)
+  host = synthetic_batch(cfg, _BATCH.value, _LENGTH.value, preds, docs=_DOCS.value)
   with jax.set_mesh(mesh):
     batch = {k: jax.device_put(v, program.batch_sharding) for k, v in host.items()}
     state = program.init_state()
@@ -163,7 +193,8 @@ def measure(preset: str) -> dict:
       "preset": pathlib.Path(preset).stem, "seq_len": _LENGTH.value,
       "batch_size": _BATCH.value, "precision": _PRECISION.value, "mesh": dict(mesh.shape),
       "attention": cfg.model.attention, "attention_dropout": cfg.model.attention_dropout,
-      "kernels": transformer.describe_kernels(cfg.model, _LENGTH.value, packed=False),
+      "kernels": transformer.describe_kernels(cfg.model, _LENGTH.value, packed=bool(_DOCS.value)),
+      "docs": _DOCS.value,
       "params": params_lib.count(program.model.abstract_params),
       "compile_s": round(compile_s, 2), "step_time_s": step,
       "step_time_p90_s": float(np.percentile(times, 90)), "tokens_per_sec": tokens / step,
@@ -231,7 +262,9 @@ def measure_hf(preset: str) -> dict:
   model.train()
   opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
   preds = predictions(cfg)
-  host = synthetic_batch(cfg, _BATCH.value, _LENGTH.value, preds)
+  host = synthetic_batch(cfg, _BATCH.value, _LENGTH.value, preds, docs=_DOCS.value)
+  # --docs: the same tokens as run_mlm's concatenated blocks; HF's classes take no document
+  # mask (their SDPA path attends across documents), so segment_ids are not passed
   inputs = {"input_ids": torch.tensor(host["input_ids"], dtype=torch.long),
             "attention_mask": torch.tensor(host["attention_mask"], dtype=torch.long)}
   if causal(cfg):  # GPT2LMHeadModel shifts the labels itself
@@ -284,7 +317,8 @@ def compare(preset: str) -> list[dict]:
   passthrough = [f"--preset={preset}", f"--batch_size={_BATCH.value}",
                  f"--seq_len={_LENGTH.value}", f"--steps={_STEPS.value}",
                  f"--precision={_PRECISION.value}", f"--mesh={_MESH.value}",
-                 f"--remat={_REMAT.value}", f"--peak_tflops={_PEAK.value}"]
+                 f"--remat={_REMAT.value}", f"--peak_tflops={_PEAK.value}",
+                 f"--docs={_DOCS.value}"]
   for _ in range(_ROUNDS.value):
     for side in ("jaxpt", "hf"):
       proc = subprocess.run([sys.executable, __file__, f"--side={side}", *passthrough],

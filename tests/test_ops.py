@@ -193,3 +193,50 @@ def test_tied_logits_equal_the_product_and_its_gradients():
   want = _grads(lambda x, e: x @ e.T, x, embedding)
   _close(got, want, 1e-5)
   assert got[1][1].shape == embedding.shape and float(jnp.abs(got[1][1]).max()) > 0
+
+
+def _packed_rows(length, lengths_per_row):
+  seg = np.zeros((len(lengths_per_row), length), np.int32)
+  for r, lengths in enumerate(lengths_per_row):
+    at = 0
+    for i, n in enumerate(lengths):
+      seg[r, at:at + n] = i + 1
+      at += n
+  return jnp.asarray(seg)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_by_spans_equals_attention_by_blocks_at_real_tokens(causal):
+  """ops.attention_spans (each block of 16 queries against only the keys its sequences occupy)
+  against ops.attention_blocks under the whole mask: values at real tokens, and gradients of a
+  loss on them, for rows of short documents, one long document and padding, and a mix, so
+  that narrow, middle and whole-row widths all run."""
+  length, n, d, block = 64, 2, 8, 16
+  seg = _packed_rows(length, [[5, 3, 9, 2, 7, 11, 4, 6, 8, 5, 4], [50], [20, 30, 3, 11]])
+  first_key, order, begins, ends = ops._span_plan(seg, block, causal)
+  counts = np.asarray(ends - begins)
+  widths = ops.span_widths(length, block)
+  assert widths == (16, 24, 32, 48, 64) and counts.sum() == 12
+  assert (counts[:4] > 0).sum() >= 3 and counts[4] > 0  # narrow widths and the whole row
+  q, k, v = (jax.random.normal(key, (3, length, n, d)) for key in jax.random.split(
+      jax.random.key(11), 3))
+  mask = seg[:, :, None] == seg[:, None, :]
+  if causal:
+    mask &= jnp.tril(jnp.ones((length, length), bool))
+  real = (seg > 0)[..., None, None]
+  scale = d ** -0.5
+  cot = jax.random.normal(jax.random.key(12), q.shape)
+
+  def loss(f):
+    return lambda q, k, v: jnp.sum(jnp.where(real, f(q, k, v), 0.0) * cot)
+  spans = lambda q, k, v: ops.attention_spans(q, k, v, seg, scale, causal, block)
+  blocks = lambda q, k, v: ops.attention_blocks(q, k, v, mask[:, None], scale, block)
+  got, want = jax.jit(spans)(q, k, v), blocks(q, k, v)
+  _close(jnp.where(real, got, 0.0), jnp.where(real, want, 0.0), 1e-5)
+  _close(jax.jit(jax.grad(loss(spans), (0, 1, 2)))(q, k, v),
+         jax.grad(loss(blocks), (0, 1, 2))(q, k, v), 1e-5)
+  assert bool(jnp.isfinite(got).all())  # padding queries too
+  # Planted: one document boundary a token later is another function at real tokens.
+  moved = seg.at[0, 5].set(1)
+  other = ops.attention_spans(q, k, v, moved, scale, causal, block)
+  assert float(jnp.abs(jnp.where(real, other - want, 0.0)).max()) > 1e-3

@@ -402,3 +402,40 @@ def test_auto_attention_per_layer_kind_on_each_backend():
   assert kernels("modernbert_base", "tpu", True, **bf16) == {"global": "splash",
                                                              "local": "splash"}
   assert kernels("modernbert_base", "cpu", False) == {"global": "xla", "local": "xla"}
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_global_layers_by_spans_equal_the_whole_mask_in_the_stack(scan):
+  """At 256 tokens XLA's global layers run `global_spans` (model.kernels=auto on CPU); the
+  same weights with `model.kernels=plain` run them over the whole mask. Packed rows with
+  padding, local and global layers: the same hidden states at real tokens and the same
+  gradients of a loss on them."""
+  cfg = tiny(**MODERN, num_layers=3, local_window=16, global_every=2,
+             max_position_embeddings=256, scan_layers=scan)
+  assert "by spans of keys" in transformer.describe_kernels(cfg, 256, packed=True)
+  plain_cfg = dataclasses.replace(cfg, kernels="plain")
+  assert "spans" not in transformer.describe_kernels(plain_cfg, 256, packed=True)
+  spans, plain = encoder(cfg), encoder(plain_cfg)
+  nnx.update(plain, nnx.state(spans, nnx.Param))
+  segments = np.zeros((2, 256), np.int32)
+  segments[0, :40], segments[0, 40:170], segments[0, 170:230] = 1, 2, 3
+  segments[1, :256] = 1
+  segments = jnp.asarray(segments)
+  input_ids = ids(batch=2, length=256, seed=4)
+  real = (segments > 0)[..., None]
+
+  def loss(model):
+    hidden = model.encoder(input_ids, None, (segments > 0).astype(jnp.int32),
+                           segment_ids=segments)
+    return jnp.sum(jnp.where(real, hidden, 0.0) ** 2), hidden
+  # the two paths differ in code: the spans' work list runs as while loops
+  def jaxpr(model):
+    graphdef, state = nnx.split(model)
+    return str(jax.make_jaxpr(lambda state: loss(nnx.merge(graphdef, state))[0])(state))
+  assert "while" in jaxpr(spans) and "while" not in jaxpr(plain)
+  (_, h_spans), g_spans = nnx.value_and_grad(loss, has_aux=True)(spans)
+  (_, h_plain), g_plain = nnx.value_and_grad(loss, has_aux=True)(plain)
+  np.testing.assert_allclose(np.asarray(h_spans)[np.asarray(segments) > 0],
+                             np.asarray(h_plain)[np.asarray(segments) > 0], atol=2e-5)
+  for a, b in zip(jax.tree.leaves(g_spans), jax.tree.leaves(g_plain)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)

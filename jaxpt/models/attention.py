@@ -13,7 +13,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
+from jaxpt import sharding
 from jaxpt.models import ops
 
 
@@ -190,6 +192,33 @@ def local_blocks(q, k, v, segment_ids, *, window: tuple[int, int], scale: float)
   return out.reshape(b, blocks * block, n, d)[:, :length]
 
 
+def spans_apply(*, length: int, dropout: bool, custom: bool) -> bool:
+  """Whether XLA's global layers run `global_spans` (a block of queries against only the keys
+  of its sequences) rather than `dot_product` over a whole mask: with jaxpt's kernels
+  (`model.kernels`), no attention dropout, and a length that is a multiple of its block."""
+  return custom and not dropout and length % ops.SPAN_BLOCK == 0
+
+
+def global_spans(q, k, v, segment_ids, *, causal: bool, scale: float):
+  """`ops.attention_spans` (packed rows' global attention, each block of queries against the
+  keys of its own sequences) on each device's rows: under a mesh, a `shard_map` over the
+  batch axes (and the heads' tensor axis), since its work list is per row. `segment_ids`
+  `[batch, length]`, 1..K per sequence, 0 at padding."""
+  groups = q.shape[2] // k.shape[2]
+  if groups > 1:  # grouped queries: each key/value head serves `groups` query heads
+    k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+  run = lambda q, k, v, s: ops.attention_spans(q, k, v, s, scale, causal, ops.SPAN_BLOCK)
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not set(sharding.MESH_AXES) <= set(mesh.axis_names):
+    return run(q, k, v, segment_ids)
+  rows, heads = mesh.shape["data"] * mesh.shape["fsdp"], mesh.shape["tensor"]
+  if rows * heads == 1 or q.shape[0] % rows or q.shape[2] % heads:
+    return run(q, k, v, segment_ids)
+  spec = P(("data", "fsdp"), None, "tensor", None)
+  return jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, spec, P(("data", "fsdp"), None)),
+                       out_specs=spec, check_vma=False)(q, k, v, segment_ids)
+
+
 @functools.partial(jax.tree_util.register_dataclass,
                    data_fields=["segment_ids", "is_local", "global_mask"],
                    meta_fields=["causal", "local_window", "implementation", "interpret",
@@ -204,7 +233,9 @@ class LayerMask:
 
   segment_ids: jax.Array
   is_local: object
-  global_mask: object  # [batch, 1, length, length] for XLA's global layers; None for splash
+  # [batch, 1, length, length] for XLA's global layers by `dot_product`; None for splash,
+  # cuDNN, and XLA's global layers by `global_spans`
+  global_mask: object
   causal: bool
   local_window: tuple[int, int] | None
   implementation: str  # of the global layers: "xla" | "splash" | "cudnn"
@@ -227,6 +258,8 @@ class LayerMask:
                          padding_only=self.padding_only)
       if local:
         return local_blocks(q, k, v, self.segment_ids, window=window, scale=scale)
+      if self.global_mask is None:  # XLA's global layers by spans of keys (`spans_apply`)
+        return global_spans(q, k, v, self.segment_ids, causal=self.causal, scale=scale)
       return dot_product(q, k, v, self.global_mask, scale=scale, custom=self.custom)
     if self.local_window is None or self.is_local is False:
       return kernel(False)

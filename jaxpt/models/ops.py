@@ -20,6 +20,7 @@ import math
 import jax
 import jax.extend.random
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 # ---- dropout: the backward pass needs only the boolean keep-mask ----
@@ -246,6 +247,7 @@ attention.defvjp(_attention_fwd, _attention_bwd)
 # ---- attention without dropout: by blocks of queries, the probabilities recomputed ----
 
 QUERY_BLOCK = 256
+SPAN_BLOCK = 128  # `attention_spans`' queries per item (fastest of 128 / 256 / 512 on XLA:CPU)
 
 
 def attention_blocks(q, k, v, mask, scale: float, block: int = QUERY_BLOCK):
@@ -306,6 +308,161 @@ def _blocked_bwd(scale, res, g):
 
 
 _blocked.defvjp(_blocked_fwd, _blocked_bwd)
+
+
+# ---- global attention over packed rows: each block of queries reads only its sequences' keys ----
+
+
+def span_widths(length: int, block: int) -> tuple[int, ...]:
+  """The key widths a block of queries reads in `attention_spans`: block x 1, 1.5, 2, 3, 4,
+  6, ... and the whole length (at most 1.5x the keys a block needs are computed)."""
+  widths, w = {length}, block
+  while w < length:
+    widths.update(x for x in (w, w * 3 // 2) if x < length)
+    w *= 2
+  return tuple(sorted(widths))
+
+
+def _block_spans(segment_ids, block: int, causal: bool):
+  """Per row and block of queries: the keys [lo, hi) its real queries' sequences occupy (and
+  the block itself, which a padding query attends within). `segment_ids` 0..K, K <= length."""
+  length = segment_ids.shape[1]
+  pos = jnp.arange(length)
+  starts = jnp.arange(length // block) * block
+
+  def row(seg):
+    first = jax.ops.segment_min(pos, seg, num_segments=length + 1)[seg].reshape(-1, block)
+    last = jax.ops.segment_max(pos, seg, num_segments=length + 1)[seg].reshape(-1, block)
+    real = seg.reshape(-1, block) > 0
+    lo = jnp.minimum(jnp.min(jnp.where(real, first, length), axis=1), starts)
+    hi = jnp.maximum(jnp.max(jnp.where(real, last + 1, 0), axis=1), starts + block)
+    return lo, starts + block if causal else hi
+
+  return jax.vmap(row)(segment_ids)  # [batch, blocks] each
+
+
+def _span_plan(segment_ids, block: int, causal: bool):
+  """The work list: per (row, query block) item, the width it reads (an index into
+  `span_widths`) and the first key; the items sorted by width, and where each width's run
+  begins and ends in that order."""
+  b, length = segment_ids.shape
+  widths = jnp.asarray(span_widths(length, block))
+  lo, hi = (x.reshape(-1) for x in _block_spans(segment_ids, block, causal))
+  which = jnp.searchsorted(widths, hi - lo, side="left")  # the narrowest width that holds it
+  first_key = jnp.minimum(lo, length - widths[which])
+  order = jnp.argsort(which, stable=True)
+  ends = jnp.cumsum(jnp.bincount(which, length=widths.shape[0]))
+  return first_key, order, ends - jnp.bincount(which, length=widths.shape[0]), ends
+
+
+def _span_item(q, k, v, segment_ids, item, first_key, width: int, block: int, causal: bool):
+  """One item's queries `[block, heads, dim]`, keys and values `[width, heads, dim]` and the
+  mask `[block, width]` (same sequence; and not later, when causal)."""
+  blocks = q.shape[1] // block
+  r, x = item // blocks, item % blocks
+  s = first_key[item]
+  n, d = q.shape[2], q.shape[3]
+  qb = jax.lax.dynamic_slice(q, (r, x * block, 0, 0), (1, block, n, d))[0]
+  kb = jax.lax.dynamic_slice(k, (r, s, 0, 0), (1, width, n, d))[0]
+  vb = jax.lax.dynamic_slice(v, (r, s, 0, 0), (1, width, n, d))[0]
+  seg_q = jax.lax.dynamic_slice(segment_ids, (r, x * block), (1, block))[0]
+  seg_k = jax.lax.dynamic_slice(segment_ids, (r, s), (1, width))[0]
+  allowed = seg_q[:, None] == seg_k[None, :]
+  if causal:
+    allowed &= (s + jnp.arange(width))[None, :] <= (x * block + jnp.arange(block))[:, None]
+  return (r, s), qb, kb, vb, allowed
+
+
+def _span_logits(qb, kb, allowed, scale):
+  logits = jnp.einsum("qnd,knd->nqk", qb, kb, preferred_element_type=jnp.float32) * scale
+  return jnp.where(allowed[None], logits, jnp.finfo(jnp.float32).min)  # [heads, block, width]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def attention_spans(q, k, v, segment_ids, scale: float, causal: bool = False,
+                    block: int = SPAN_BLOCK):
+  """Attention within packed sequences that computes the scores of a block of queries only
+  against the keys its sequences occupy: softmax(q k^T * scale) v `[batch, length, heads,
+  head_dim]` where a query sees the keys of its own sequence (`segment_ids` `[batch, length]`,
+  1..K per sequence, 0 at padding; `causal`: and no later ones), the values of `attention`
+  with `mask(segment_ids=...)` at every real token. A padding query attends to the padding
+  keys near it (its output is never read). No dropout; the length a multiple of `block`;
+  key/value heads as many as query heads.
+
+  Each (row, block of queries) reads a span of keys of one of a few widths (`span_widths`):
+  rows of short documents cost about as much as local attention, a row of one document as
+  much as `attention_blocks`. The items run one at a time (a loop per width, of however many
+  items have that width), so this is for one device's rows: `attention.global_spans` runs
+  it on each device's shard under a mesh. The backward pass recomputes the probabilities
+  from each query's log-sum-exp, as `attention_blocks` does."""
+  return _spans_fwd(q, k, v, segment_ids, scale, causal, block)[0]
+
+
+def _spans_fwd(q, k, v, segment_ids, scale, causal, block):
+  b, length, n, d = q.shape
+  plan = _span_plan(segment_ids, block, causal)
+  first_key, order, begins, ends = plan
+  out = jnp.zeros((b * (length // block), block, n, d), q.dtype)
+  lse = jnp.zeros((b * (length // block), n, block), jnp.float32)
+  for w, width in enumerate(span_widths(length, block)):
+    def body(j, carry, width=width):
+      out, lse = carry
+      item = order[j]
+      _, qb, kb, vb, allowed = _span_item(q, k, v, segment_ids, item, first_key, width,
+                                          block, causal)
+      logits = _span_logits(qb, kb, allowed, scale)
+      top = jnp.max(logits, axis=-1, keepdims=True)  # every query sees a key: itself
+      e = jnp.exp(logits - top)
+      total = jnp.sum(e, axis=-1, keepdims=True)
+      y = jnp.einsum("nqk,knd->qnd", (e / total).astype(v.dtype), vb)
+      out = jax.lax.dynamic_update_slice(out, y[None], (item, 0, 0, 0))
+      lse = jax.lax.dynamic_update_slice(lse, (top + jnp.log(total))[None, ..., 0],
+                                         (item, 0, 0))
+      return out, lse
+    out, lse = jax.lax.fori_loop(begins[w], ends[w], body, (out, lse))
+  y = out.reshape(b, length, n, d)
+  return y, (q, k, v, segment_ids, plan, lse, out)
+
+
+def _spans_bwd(scale, causal, block, res, g):
+  q, k, v, segment_ids, plan, lse, out = res
+  first_key, order, begins, ends = plan
+  b, length, n, d = q.shape
+  g_items = g.reshape(out.shape)
+  dq = jnp.zeros(out.shape, jnp.float32)
+  dk = jnp.zeros(k.shape, jnp.float32)
+  dv = jnp.zeros(v.shape, jnp.float32)
+  for w, width in enumerate(span_widths(length, block)):
+    def body(j, carry, width=width):
+      dq, dk, dv = carry
+      item = order[j]
+      (r, s), qb, kb, vb, allowed = _span_item(q, k, v, segment_ids, item, first_key, width,
+                                               block, causal)
+      gb = jax.lax.dynamic_index_in_dim(g_items, item, keepdims=False)
+      yb = jax.lax.dynamic_index_in_dim(out, item, keepdims=False)
+      lse_b = jax.lax.dynamic_index_in_dim(lse, item, keepdims=False)
+      probs = jnp.exp(_span_logits(qb, kb, allowed, scale) - lse_b[..., None])  # 0: masked
+      dv_b = jnp.einsum("nqk,qnd->knd", probs.astype(v.dtype), gb,
+                        preferred_element_type=jnp.float32)
+      d_probs = jnp.einsum("qnd,knd->nqk", gb, vb, preferred_element_type=jnp.float32)
+      row = jnp.einsum("qnd,qnd->nq", gb.astype(jnp.float32), yb.astype(jnp.float32))
+      d_logits = jnp.where(allowed[None], probs * (d_probs - row[..., None]) * scale, 0.0)
+      d_logits = d_logits.astype(q.dtype)
+      dq_b = jnp.einsum("nqk,knd->qnd", d_logits, kb, preferred_element_type=jnp.float32)
+      dk_b = jnp.einsum("nqk,qnd->knd", d_logits, qb, preferred_element_type=jnp.float32)
+      dq = jax.lax.dynamic_update_slice(dq, dq_b[None], (item, 0, 0, 0))
+      at = (r, s, 0, 0)
+      dk = jax.lax.dynamic_update_slice(
+          dk, jax.lax.dynamic_slice(dk, at, (1, width, n, d)) + dk_b[None], at)
+      dv = jax.lax.dynamic_update_slice(
+          dv, jax.lax.dynamic_slice(dv, at, (1, width, n, d)) + dv_b[None], at)
+      return dq, dk, dv
+    dq, dk, dv = jax.lax.fori_loop(begins[w], ends[w], body, (dq, dk, dv))
+  return (dq.reshape(q.shape).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
+          np.zeros(segment_ids.shape, jax.dtypes.float0))
+
+
+attention_spans.defvjp(_spans_fwd, _spans_bwd)
 
 
 # ---- the LM head tied to the word embeddings ----

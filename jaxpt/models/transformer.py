@@ -101,15 +101,19 @@ def layer_kernels(cfg: ModelConfig, length: int, *, packed: bool, right_padded: 
 
 def describe_kernels(cfg: ModelConfig, length: int, *, packed: bool) -> str:
   """One line for the log: what each layer kind runs, e.g. "cudnn for global layers, xla
-  local(64, 64) by blocks for local layers"."""
+  local(64, 64) by blocks for local layers", "xla by spans of keys" (`global_spans`)."""
   kernels = layer_kernels(cfg, length, packed=packed, right_padded=True)
+  full = kernels["global"]
+  if full == "xla" and attn_lib.spans_apply(length=length, dropout=cfg.attention_dropout > 0,
+                                            custom=ops.custom_kernels(cfg.kernels)):
+    full += " by spans of keys"
   if len(kernels) == 1:
-    return kernels["global"]
+    return full
   left, right = local_window(cfg)
   local = kernels["local"]
   local += f" local({left}, {right})" + (" by blocks" if local == "xla"
                                         and cfg.attention_dropout == 0 else "")
-  return f"{kernels['global']} for global layers, {local} for local layers"
+  return f"{full} for global layers, {local} for local layers"
 
 
 local_window = config_lib.local_window  # (left, right) of a local layer (config.py)
@@ -370,9 +374,12 @@ class Transformer(nnx.Module):
     kinds = self._kinds()
     kernels = self.kernels(length, packed=segment_ids is not None, right_padded=right_padded)
     blocked = "local" in kinds and cfg.attention_dropout == 0.0  # local layers by blocks
-    if blocked or any(k != "xla" for k in kernels.values()):
-      segments = (segment_ids if segment_ids is not None else attention_mask > 0)
-      global_mask = None if kernels["global"] != "xla" else attn_lib.mask(
+    spans = kernels["global"] == "xla" and attn_lib.spans_apply(
+        length=length, dropout=cfg.attention_dropout > 0, custom=ops.custom_kernels(cfg.kernels))
+    if blocked or spans or any(k != "xla" for k in kernels.values()):
+      segments = (attention_mask > 0 if segment_ids is None
+                  else jnp.where(attention_mask > 0, segment_ids, 0))
+      global_mask = None if kernels["global"] != "xla" or spans else attn_lib.mask(
           length, key_mask=attention_mask, segment_ids=segment_ids,
           causal=cfg.attention_kind == "causal")
       return {kind: (attn_lib.LayerMask(
