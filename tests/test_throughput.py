@@ -178,3 +178,29 @@ def test_packing_keeps_every_example_and_cuts_padding():
       n = int(np.sum(packed.segment_ids[r] == k + 1))
       found.add((packed.input_ids[r, start:start + n].tobytes(), int(packed.nsp_labels[r, k])))
   assert found == originals
+
+
+@pytest.mark.slow
+def test_throughput_script_packs_documents_for_the_span_kernel():
+  """`--docs`: synthetic rows of packed documents, whose segment ids reach the global layers'
+  span kernel; a BERT preset (sentence pairs for next-sentence prediction) is refused."""
+  env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")
+  run = lambda preset: subprocess.run(
+      [sys.executable, "benchmarks/throughput.py", f"--preset={preset}", "--steps=1",
+       "--batch_size=2", "--seq_len=128", "--docs=16"], cwd=REPO, env=env,
+      capture_output=True, text=True, timeout=300)
+  proc = run("modernbert_tiny")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  row = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")][-1]
+  assert row["docs"] == 16 and "by spans of keys" in row["kernels"] and row["tokens_per_sec"] > 0
+  refused = run("bert_tiny")
+  assert refused.returncode != 0 and "--docs" in refused.stderr
+  code = ("import json, sys; sys.path.insert(0, 'benchmarks'); "
+          "from throughput import packed_segments; "
+          "print(json.dumps(packed_segments(3, 512, 32, seed=1).tolist()))")
+  seg = np.asarray(json.loads(subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
+                                             capture_output=True, text=True, check=True,
+                                             timeout=120).stdout.splitlines()[-1]))
+  assert (seg > 0).all() and (np.diff(seg, axis=1) >= 0).all()  # every token, in order
+  lengths = np.concatenate([np.bincount(row)[1:] for row in seg])
+  assert 20 < lengths[:-1].mean() < 45 and lengths.max() > 64  # geometric around 32
