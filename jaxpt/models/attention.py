@@ -15,8 +15,11 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from jaxpt import sharding
 from jaxpt.models import ops
+
+# The mesh axes of the batch and of the heads (jaxpt.sharding.LOGICAL_AXIS_RULES; not imported:
+# jaxpt.config imports this module).
+_ROWS, _HEADS = ("data", "fsdp"), "tensor"
 
 
 def mask(length: int, *, key_mask=None, segment_ids=None, causal: bool = False,
@@ -209,13 +212,13 @@ def global_spans(q, k, v, segment_ids, *, causal: bool, scale: float):
     k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
   run = lambda q, k, v, s: ops.attention_spans(q, k, v, s, scale, causal, ops.SPAN_BLOCK)
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or not set(sharding.MESH_AXES) <= set(mesh.axis_names):
+  if mesh.empty or not {*_ROWS, _HEADS} <= set(mesh.axis_names):
     return run(q, k, v, segment_ids)
-  rows, heads = mesh.shape["data"] * mesh.shape["fsdp"], mesh.shape["tensor"]
+  rows, heads = mesh.shape[_ROWS[0]] * mesh.shape[_ROWS[1]], mesh.shape[_HEADS]
   if rows * heads == 1 or q.shape[0] % rows or q.shape[2] % heads:
     return run(q, k, v, segment_ids)
-  spec = P(("data", "fsdp"), None, "tensor", None)
-  return jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, spec, P(("data", "fsdp"), None)),
+  spec = P(_ROWS, None, _HEADS, None)
+  return jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, spec, P(_ROWS, None)),
                        out_specs=spec, check_vma=False)(q, k, v, segment_ids)
 
 
