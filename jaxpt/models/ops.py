@@ -351,8 +351,9 @@ def _span_plan(segment_ids, block: int, causal: bool):
   which = jnp.searchsorted(widths, hi - lo, side="left")  # the narrowest width that holds it
   first_key = jnp.minimum(lo, length - widths[which])
   order = jnp.argsort(which, stable=True)
-  ends = jnp.cumsum(jnp.bincount(which, length=widths.shape[0]))
-  return first_key, order, ends - jnp.bincount(which, length=widths.shape[0]), ends
+  counts = jnp.bincount(which, length=widths.shape[0])
+  ends = jnp.cumsum(counts)
+  return first_key, order, ends - counts, ends
 
 
 def _span_item(q, k, v, segment_ids, item, first_key, width: int, block: int, causal: bool):
