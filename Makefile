@@ -4,6 +4,8 @@
 #   make test-fast  the unit tier alone (no end-to-end runs)
 #   make pretrain-embedded  every embedded corpus, BERT-tiny for 10,000 steps (~1 hour on 2 cores):
 #                   a model worth fine-tuning from (configs/embedded_tiny.py)
+#   make pretrain-embedded-modern  the same corpora packed, ModernBERT-style (modernbert_tiny),
+#                   the same 10,000 steps (configs/embedded_modern.py)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +15,7 @@ DATA := $(WORKDIR)/data
 # One worker per core; a test file stays on one worker so its module fixtures run once.
 PYTEST_ARGS ?= -n auto --dist loadfile
 
-.PHONY: pretrain pretrain-embedded test test-fast install clean
+.PHONY: pretrain pretrain-embedded pretrain-embedded-modern test test-fast install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +40,13 @@ pretrain-embedded: install
 	  $(VENV)/bin/jaxpt prepare --recipe=all --output=workdirs/embedded/data --vocab_size=8192 \
 	    --validation_fraction=0.02
 	$(VENV)/bin/jaxpt pretrain --config=embedded_tiny --workdir=workdirs/embedded
+
+pretrain-embedded-modern: install
+	@test -f workdirs/embedded_packed/data/manifest.json || \
+	  $(VENV)/bin/jaxpt prepare --recipe=all --output=workdirs/embedded_packed/data \
+	    --tokenizer_type=bpe --examples=full_sentences --pack --vocab_size=8192 \
+	    --seq_length=128 --validation_fraction=0.02
+	$(VENV)/bin/jaxpt pretrain --config=embedded_modern --workdir=workdirs/embedded_modern
 
 # Tests fetch the Debian packages of the recipes: they may refresh apt's lists (fresh machines).
 test: install

@@ -1,7 +1,8 @@
 """The fine-tuning scoreboard: does pretraining help, measured on real labelled tasks.
 
 For each task, training-set size (a learning curve), start (random init shaped like the
-jaxpt model, jaxpt's own pretrained model, the real all-MiniLM-L6-v2 weights) and seed:
+jaxpt model, jaxpt's own pretrained model, the real all-MiniLM-L6-v2 weights; and, as a second
+pretrained column, a ModernBERT-style model and random weights of its shape) and seed:
 fine-tune with the packaged defaults (`jaxpt/configs/finetune.py`: learning rate by width,
 early stopping), keep the best validation checkpoint, score it on the test split. Then, per
 (task, size, start), the ensemble of the seeds (`jaxpt ensemble`) and, for pretrained starts,
@@ -9,6 +10,8 @@ their uniform soup (`jaxpt average`). Reports mean and spread of macro-F1 and th
 cell, writes Markdown tables into benchmarks/RESULTS.md (between markers) and a chart.
 
   python benchmarks/finetune_report.py --jaxpt_workdir=workdirs/embedded     # the plan
+  python benchmarks/finetune_report.py --starts=modern_scratch,modern \
+      --modern_workdir=workdirs/embedded_modern    # the ModernBERT-style column
   python benchmarks/finetune_report.py --tasks=shakespeare_genre --train_sizes=64 \
       --starts=scratch --seeds=0,1 --override=finetune.min_steps=20  # a quick look
 
@@ -41,7 +44,9 @@ def parse_args(argv=None):
   p.add_argument("--tasks", default="spamassassin,brown_genre,brown_pos")
   p.add_argument("--starts", default="scratch,jaxpt,minilm",
                  help="scratch (random init; shaped like --jaxpt_workdir when it exists, "
-                      "else the preset's BERT-mini), jaxpt (--jaxpt_workdir), minilm")
+                      "else the preset's BERT-mini), jaxpt (--jaxpt_workdir), minilm, "
+                      "modern (--modern_workdir), modern_scratch (random init shaped like "
+                      "--modern_workdir)")
   p.add_argument("--jaxpt_workdir", default=str(REPO / "workdirs" / "shakespeare"),
                  help="a jaxpt pretraining workdir (default: the `make pretrain` demo)")
   p.add_argument("--jaxpt_description", default="",
@@ -50,8 +55,16 @@ def parse_args(argv=None):
                  help="earlier checkpoints of --jaxpt_workdir to fine-tune from as well "
                       "(starts jaxpt@STEP), e.g. 2500,5000,7500: downstream F1 against "
                       "pretraining tokens, one table per task")
+  p.add_argument("--modern_workdir", default=str(REPO / "workdirs" / "embedded_modern"),
+                 help="a second pretraining workdir, ModernBERT-style (`make "
+                      "pretrain-embedded-modern`), for the starts modern and modern_scratch")
+  p.add_argument("--modern_description", default="",
+                 help="what --modern_workdir holds, for the table's caption")
+  p.add_argument("--modern_steps", default="",
+                 help="earlier checkpoints of --modern_workdir to fine-tune from as well "
+                      "(starts modern@STEP)")
   p.add_argument("--curve_sizes", default="256",
-                 help="train sizes the jaxpt@STEP starts run at")
+                 help="train sizes the jaxpt@STEP and modern@STEP starts run at")
   p.add_argument("--curve_seeds", default="",
                  help="seeds of the jaxpt@STEP starts (default: --seeds)")
   p.add_argument("--seeds", default="0,1,2")
@@ -104,12 +117,24 @@ def _cell_dir(args, task: str, size: int, start: str) -> pathlib.Path:
   return pathlib.Path(args.out_dir) / task / f"n{size or 'all'}" / start
 
 
-def _checkpoint_start(args, step: int) -> pathlib.Path:
-  """Checkpoint `step` of --jaxpt_workdir as an import-hf-style directory (written once)."""
+def _pretrained(args) -> dict[str, str]:
+  """The pretrained starts' workdirs, by family (each has a scratch start of its shape)."""
+  return {"jaxpt": args.jaxpt_workdir, "modern": args.modern_workdir}
+
+
+SCRATCH = {"jaxpt": "scratch", "modern": "modern_scratch"}
+
+
+def _is_scratch(start: str) -> bool:
+  return start in SCRATCH.values()
+
+
+def _checkpoint_start(args, family: str, step: int) -> pathlib.Path:
+  """Checkpoint `step` of a family's workdir as an import-hf-style directory (written once)."""
   from jaxpt import pretrained
-  out = pathlib.Path(args.out_dir) / "starts" / f"jaxpt@{step}"
+  out = pathlib.Path(args.out_dir) / "starts" / f"{family}@{step}"
   if not (out / "params").is_dir():
-    pretrained.average_checkpoints(args.jaxpt_workdir, str(out), steps=[step])
+    pretrained.average_checkpoints(_pretrained(args)[family], str(out), steps=[step])
   return out
 
 
@@ -140,16 +165,18 @@ def _tokens_per_step(workdir: str) -> int | None:
     return None
 
 
-def curve_table(results: list[dict], tasks_, sizes, steps, final_step, tokens_per_step) -> str:
+def curve_table(results: list[dict], tasks_, sizes, steps, final_step, tokens_per_step,
+                family: str = "jaxpt") -> str:
   """Downstream macro-F1 against the pretraining checkpoint fine-tuned from."""
   out = []
   for size in sizes:
-    lines = [f"**Pretraining checkpoints** (test macro-F1 with {size or 'all'} training "
-             "labels; mean ± sd over seeds)", "",
+    lines = [f"**Pretraining checkpoints of `{family}`** (test macro-F1 with {size or 'all'} "
+             "training labels; mean ± sd over seeds)", "",
              "| checkpoint | pretraining tokens | " + " | ".join(tasks_) + " |",
              "|" + "---|" * (len(tasks_) + 2)]
-    rows = [("scratch", 0, "scratch")] + [(f"step {s}", s, f"jaxpt@{s}") for s in steps]
-    rows.append((f"step {final_step} (final)", final_step, "jaxpt"))
+    rows = ([(SCRATCH[family], 0, SCRATCH[family])]
+            + [(f"step {s}", s, f"{family}@{s}") for s in steps])
+    rows.append((f"step {final_step} (final)", final_step, family))
     for label, step, start in rows:
       cells = []
       for task in tasks_:
@@ -174,10 +201,13 @@ def run_one(args, task_name: str, size: int, start: str, seed: int) -> dict:
   if start == "scratch":
     init = "scratch"
     like = args.jaxpt_workdir if os.path.isdir(args.jaxpt_workdir) else None
-  elif start == "jaxpt":
-    init = args.jaxpt_workdir
-  elif start.startswith("jaxpt@"):
-    init = str(_checkpoint_start(args, int(start.partition("@")[2])))
+  elif start == "modern_scratch":
+    init, like = "scratch", args.modern_workdir
+  elif start in ("jaxpt", "modern"):
+    init = _pretrained(args)[start]
+  elif "@" in start:
+    family, _, step = start.partition("@")
+    init = str(_checkpoint_start(args, family, int(step)))
   else:
     init = "hf:" + str(corpora.fetch_weights("all-minilm-l6-v2"))
   task = subsample(labelled.load(task_name), size)
@@ -227,7 +257,7 @@ def tables(results: list[dict], fused: dict, tasks_, sizes, starts) -> str:
   for task in tasks_:
     columns = []
     for start in starts:
-      columns += [start, f"{start} ensemble"] + ([f"{start} soup"] if start != "scratch" else [])
+      columns += [start, f"{start} ensemble"] + ([] if _is_scratch(start) else [f"{start} soup"])
     lines = [f"**{task}** (test macro-F1; mean ± sd over seeds; CPU-min of the seeds; "
              "\"majority\": no better than predicting the most frequent label)", "",
              "| train examples | majority label | " + " | ".join(columns) + " |",
@@ -245,7 +275,7 @@ def tables(results: list[dict], fused: dict, tasks_, sizes, starts) -> str:
           cells.append(f"{_mean_sd([r['f1_macro'] for r in rows])} ({cpu:.0f} min{flag})")
         else:
           cells.append("")
-        for kind in ("ensemble", "soup") if start != "scratch" else ("ensemble",):
+        for kind in ("ensemble",) if _is_scratch(start) else ("ensemble", "soup"):
           f = fused.get((task, size, start, kind))
           cells.append(f"{f['f1_macro']:.3f}" if f else "")
       lines.append(f"| {n_train or size} | {majority[size]:.3f} | " + " | ".join(cells) + " |")
@@ -303,12 +333,20 @@ def main(argv=None):
   starts = args.starts.split(",")
   seeds = [int(s) for s in args.seeds.split(",")]
   sizes = [int(s) for s in args.train_sizes.split(",")]
-  steps = [int(s) for s in args.jaxpt_steps.split(",") if s]
+  known = {"scratch", "jaxpt", "minilm", "modern", "modern_scratch"}
+  if set(starts) - known:
+    raise SystemExit(f"--starts: unknown {sorted(set(starts) - known)} (known: {sorted(known)})")
+  for start in set(starts) & {"modern", "modern_scratch"}:
+    if not os.path.isdir(args.modern_workdir):
+      raise SystemExit(f"--starts={start}: --modern_workdir={args.modern_workdir} does not exist "
+                       "(make pretrain-embedded-modern)")
+  steps = {"jaxpt": [int(s) for s in args.jaxpt_steps.split(",") if s],
+           "modern": [int(s) for s in args.modern_steps.split(",") if s]}
   curve_sizes = [int(s) for s in args.curve_sizes.split(",") if s]
   plan = [(t, n, s, seed) for t in tasks_ for n in sizes for s in starts for seed in seeds]
   curve_seeds = [int(s) for s in (args.curve_seeds or args.seeds).split(",")]
-  plan += [(t, n, f"jaxpt@{step}", seed) for t in tasks_ for n in curve_sizes
-           for step in steps for seed in curve_seeds]
+  plan += [(t, n, f"{family}@{step}", seed) for family in steps for t in tasks_
+           for n in curve_sizes for step in steps[family] for seed in curve_seeds]
   results, fused = [], {}
   for i, (task, size, start, seed) in enumerate(plan, 1):
     print(f"[{i}/{len(plan)}] {task} / {size or 'all'} labels / {start} / seed {seed}",
@@ -317,16 +355,17 @@ def main(argv=None):
     print(f"    macro-F1 {r['f1_macro']:.4f}, {r['cpu_s'] / 60:.1f} CPU-min", flush=True)
     results.append(r)
     if seed == seeds[-1] and "@" not in start:
-      for kind in ("ensemble", "soup") if start != "scratch" else ("ensemble",):
+      for kind in ("ensemble",) if _is_scratch(start) else ("ensemble", "soup"):
         f = fuse(args, task, size, start, seeds, kind)
         if f:
           fused[(task, size, start, kind)] = f
           print(f"    {kind} of {len(seeds)} seeds: macro-F1 {f['f1_macro']:.4f}", flush=True)
   md = tables(results, fused, tasks_, sizes, starts)
-  if steps:
-    final = _final_step(args.jaxpt_workdir)
-    md += "\n\n" + curve_table(results, tasks_, curve_sizes, steps, final,
-                               _tokens_per_step(args.jaxpt_workdir))
+  for family, family_steps in steps.items():
+    if family_steps:
+      workdir = _pretrained(args)[family]
+      md += "\n\n" + curve_table(results, tasks_, curve_sizes, family_steps,
+                                 _final_step(workdir), _tokens_per_step(workdir), family)
   chart(results, tasks_, sizes, starts, args.png)
   versions = f"jax {jax.__version__}, {platform.processor() or platform.machine()}"
   scratch_shape = (f"random weights shaped like `{args.jaxpt_workdir}` (`--like`)"
@@ -339,7 +378,9 @@ def main(argv=None):
       f"validation checkpoint, mean ± sd over seeds {args.seeds}, with the packaged "
       "fine-tuning defaults" + (f" and {', '.join(args.override)}" if args.override else "")
       + f". Starts: `scratch` = {scratch_shape}; `jaxpt` = {args.jaxpt_description or args.jaxpt_workdir}; "
-      "`minilm` = the real all-MiniLM-L6-v2 weights (L6/H384). Ensemble: the seeds' mean "
+      "`minilm` = the real all-MiniLM-L6-v2 weights (L6/H384); `modern` = "
+      f"{args.modern_description or args.modern_workdir}; `modern_scratch` = random weights "
+      f"shaped like `{args.modern_workdir}`. Ensemble: the seeds' mean "
       "probabilities; soup: the mean of their weights.", "", md, "",
       f"![scoreboard]({os.path.relpath(args.png, os.path.dirname(args.results))})"])
   write_results(args.results, section)

@@ -96,7 +96,8 @@ def test_every_packaged_preset_loads_and_validates():
   from jaxpt import config as config_lib
   names = sorted(p.stem for p in (PACKAGE / "configs").glob("*.py")
                  if not p.stem.startswith("_"))
-  assert {"embedded_tiny", "modern_clm_stage", "modern_mlm_stage", "bert_base"} <= set(names)
+  assert {"embedded_tiny", "embedded_modern", "modern_clm_stage", "modern_mlm_stage",
+          "bert_base"} <= set(names)
   for name in names:
     cfg = config_lib.validate(config_lib.load(name))
     assert cfg.model.num_layers > 0, name
