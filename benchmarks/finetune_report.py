@@ -220,6 +220,8 @@ def run_one(args, task_name: str, size: int, start: str, seed: int) -> dict:
             "f1_macro": report["f1_macro"], "accuracy": report["accuracy"],
             "mcc": report["mcc"], "cpu_s": time.process_time() - cpu,
             "wall_s": time.time() - wall, "best_step": report["step"],
+            "last_step": report.get("last_step"),
+            "still_improving": report.get("still_improving"),
             "train_examples": len(task.splits["train"]), "init": setup.init_source,
             "learning_rate": setup.cfg.optim.learning_rate}
   result_path.write_text(json.dumps(result, indent=2) + "\n")
@@ -259,7 +261,8 @@ def tables(results: list[dict], fused: dict, tasks_, sizes, starts) -> str:
     for start in starts:
       columns += [start, f"{start} ensemble"] + ([] if _is_scratch(start) else [f"{start} soup"])
     lines = [f"**{task}** (test macro-F1; mean ± sd over seeds; CPU-min of the seeds; "
-             "\"majority\": no better than predicting the most frequent label)", "",
+             "\"majority\": no better than predicting the most frequent label; \"best at the last "
+             "step\": seeds whose validation metric was still rising when the run ended)", "",
              "| train examples | majority label | " + " | ".join(columns) + " |",
              "|" + "---|" * (len(columns) + 2)]
     majority = {size: majority_f1(task, size) for size in sizes}
@@ -272,6 +275,9 @@ def tables(results: list[dict], fused: dict, tasks_, sizes, starts) -> str:
           cpu = sum(r["cpu_s"] for r in rows) / 60
           mean = float(np.mean([r["f1_macro"] for r in rows]))
           flag = ", majority" if mean <= majority[size] + 0.005 else ""
+          rising = sum(bool(r.get("still_improving")) for r in rows)
+          if rising:
+            flag += f", {rising}/{len(rows)} best at the last step"
           cells.append(f"{_mean_sd([r['f1_macro'] for r in rows])} ({cpu:.0f} min{flag})")
         else:
           cells.append("")

@@ -95,6 +95,9 @@ def test_planted_task_is_learned_and_shuffled_labels_are_not(tmp_path, vocab_fil
   assert sum(map(sum, report["confusion_matrix"])) == 64
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == [12 * i for i in range(1, 7)]  # 384 / 32 steps an epoch
+  # Ran its 6 epochs: "still improving" says whether the best validation score was the last.
+  assert report["stopped"] == "finished" and report["last_step"] == 72
+  assert report["still_improving"] == (report["step"] == 72)
 
   # Re-running a finished run resumes at its end and only re-evaluates: no step is trained
   # again (metrics.jsonl keeps its rows) and the checkpoints stay at step 72.
@@ -210,6 +213,8 @@ def test_early_stopping_restores_the_best_checkpoint_not_the_last(tmp_path, voca
   assert last_step < 72  # stopped before the configured 6 epochs
   assert best_step == last_step - 2 * 3  # patience 2, an evaluation every 3 steps
   assert report["step"] == best_step != last_step
+  assert report["stopped"] == "early_stopping" and report["last_step"] == last_step
+  assert report["still_improving"] is False
   validation = classification.evaluate_workdir(str(workdir), split="validation")
   assert validation["f1_macro"] == pytest.approx(scores[best_step])
 

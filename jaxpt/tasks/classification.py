@@ -608,7 +608,14 @@ def finetune(s: Setup, workdir: str, *, progress: bool = True) -> dict:
   if last.get("stopped") in ("preempted", "interrupted"):
     return {"stopped": last["stopped"], "step": last["step"]}
   report = evaluate_workdir(workdir, runner=runner)
+  # Whether the run ended while the validation metric was still rising: the best checkpoint
+  # is the last evaluated one and early stopping did not end it.
+  stopped = last.get("stopped", "finished")
+  report.update(last_step=int(last["step"]), stopped=stopped,
+                still_improving=bool(stopped != "early_stopping"
+                                     and report["step"] == last["step"]))
   if runner.is_main:
+    write_report(workdir, "test", report)
     metric = cfg.finetune.metric
     print(evaluation.format_table(report, f"jaxpt finetune: best checkpoint (step "
                                           f"{report['step']}, validation {metric} "
@@ -616,6 +623,9 @@ def finetune(s: Setup, workdir: str, *, progress: bool = True) -> dict:
     if last.get("stopped") == "early_stopping":
       print(f"  stopped early at step {last['step']}: no validation improvement in "
             f"{cfg.train.early_stopping_patience} evaluations", flush=True)
+    elif report["still_improving"]:
+      print(f"  the best validation {metric} came at the last step ({last['step']}): the run may "
+            "be under-trained (raise finetune.epochs or finetune.min_steps)", flush=True)
   return report
 
 
