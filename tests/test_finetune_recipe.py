@@ -206,3 +206,35 @@ def test_a_layer_decay_outside_zero_to_one_is_refused_by_name():
     with pytest.raises(config_lib.ConfigError, match=f"optim.layer_decay={bad}"):
       config_lib.validate(dataclasses.replace(
           cfg, optim=dataclasses.replace(cfg.optim, layer_decay=bad)))
+
+
+@pytest.mark.parametrize("specials", ["bert", "roberta"])
+def test_token_tasks_on_a_byte_level_bpe_encode_words_as_in_running_text(specials):
+  # A byte-level BPE keeps a word's leading space in its first piece ("Ġdog"): the words of a
+  # token task must encode to the pieces of the sentence they form, not one glued string.
+  from jaxpt.data import labelled
+  from jaxpt.data import tokenizer as tok_lib
+  text = "the old king rides to the dark castle and the young queen walks by the river"
+  tok = tok_lib.train_bpe([text] * 50, 300, specials=specials)
+  assert tok_lib.is_byte_level(tok)
+  words = "the young king walks to the castle".split()
+  task = labelled.Task("pos", "token", ["a", "b"], {}, "test")
+  example = {"tokens": words, "tags": ["a", "b"] * 3 + ["a"]}
+  enc = classification.encode([example], tok, task, max_length=32)
+  sentence = tok.encode(" ".join(words))
+  assert enc.input_ids[0, :len(sentence.ids)].tolist() == sentence.ids
+  assert enc.attention_mask[0].sum() == len(sentence.ids)
+  # A label on the first piece of each word: where a piece starts with the space ("Ġ"), and
+  # at the first word.
+  starts = [i for i, t in enumerate(sentence.tokens)
+            if t.startswith("Ġ") or (i == 1)]
+  assert np.flatnonzero(enc.labels[0] != classification.IGNORE).tolist() == starts
+  assert [int(l) for l in enc.labels[0] if l != classification.IGNORE] == [0, 1] * 3 + [0]
+  # The comparison can fail: the words encoded one by one without their spaces do not give
+  # the sentence's pieces.
+  glued = tok.encode(words, is_pretokenized=True)
+  assert glued.ids != sentence.ids
+  # A WordPiece tokenizer splits on whitespace: its words are passed unchanged.
+  wordpiece = tok_lib.train_wordpiece([text] * 50, 200)
+  assert not tok_lib.is_byte_level(wordpiece)
+  assert tok_lib.words_as_in_text(wordpiece, [words]) == [words]

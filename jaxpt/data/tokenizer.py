@@ -173,6 +173,22 @@ def special_ids(tok: Tokenizer) -> dict[str, int]:
   return {role: tok.token_to_id(t) for role, t in zip(_ROLES, special_tokens(tok))}
 
 
+def is_byte_level(tok: Tokenizer) -> bool:
+  """Whether the pre-tokenizer is byte-level (GPT-2, RoBERTa, ModernBERT): there a word's
+  leading space is part of its first piece ("Ġdog"), so words given one by one must carry it."""
+  return '"ByteLevel"' in json.dumps(json.loads(tok.to_str()).get("pre_tokenizer") or {})
+
+
+def words_as_in_text(tok: Tokenizer, sentences: list[list[str]]) -> list[list[str]]:
+  """Sentences of words to encode with `is_pretokenized=True` so that each becomes the pieces
+  of the text it forms: for a byte-level tokenizer each word after the first gets the space
+  that precedes it in running text (else "dog" alone is encoded as "do", "g" where the text
+  " dog" is "Ġdog"); other tokenizers split on whitespace and get the words as they are."""
+  if not is_byte_level(tok):
+    return sentences
+  return [[w if i == 0 else " " + w for i, w in enumerate(words)] for words in sentences]
+
+
 def is_lowercase(tok: Tokenizer) -> bool:
   normalizer = json.loads(tok.to_str()).get("normalizer") or {}
   if normalizer.get("type") == "BertNormalizer":

@@ -66,7 +66,8 @@ def encode(examples: list[dict], tokenizer, task: labelled.Task, max_length: int
     texts = [(e["text"], e["text_pair"]) if e.get("text_pair") else e["text"] for e in examples]
     encodings = tokenizer.encode_batch(texts)
   else:
-    encodings = tokenizer.encode_batch([e["tokens"] for e in examples], is_pretokenized=True)
+    words = tok_lib.words_as_in_text(tokenizer, [e["tokens"] for e in examples])
+    encodings = tokenizer.encode_batch(words, is_pretokenized=True)
   for i, (example, enc) in enumerate(zip(examples, encodings)):
     tokens, types = enc.ids, enc.type_ids
     if len(tokens) > max_length:
