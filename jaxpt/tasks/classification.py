@@ -608,20 +608,19 @@ def finetune(s: Setup, workdir: str, *, progress: bool = True) -> dict:
   last = loop.run(runner, workdir, progress=progress)
   if last.get("stopped") in ("preempted", "interrupted"):
     return {"stopped": last["stopped"], "step": last["step"]}
-  report = evaluate_workdir(workdir, runner=runner)
   # Whether the run ended while the validation metric was still rising: the best checkpoint
   # is the last evaluated one and early stopping did not end it.
   stopped = last.get("stopped", "finished")
-  report.update(last_step=int(last["step"]), stopped=stopped,
-                still_improving=bool(stopped != "early_stopping"
-                                     and report["step"] == last["step"]))
+  still_improving = stopped != "early_stopping" and last.get("best_step") == last["step"]
+  report = evaluate_workdir(workdir, runner=runner,
+                            run={"last_step": int(last["step"]), "stopped": stopped,
+                                 "still_improving": bool(still_improving)})
   if runner.is_main:
-    write_report(workdir, "test", report)
     metric = cfg.finetune.metric
     print(evaluation.format_table(report, f"jaxpt finetune: best checkpoint (step "
                                           f"{report['step']}, validation {metric} "
                                           f"{last['best']:.4f}) on the test split"))
-    if last.get("stopped") == "early_stopping":
+    if stopped == "early_stopping":
       print(f"  stopped early at step {last['step']}: no validation improvement in "
             f"{cfg.train.early_stopping_patience} evaluations", flush=True)
     elif report["still_improving"]:
@@ -672,11 +671,12 @@ def load_best(workdir: str, *, task_spec: str | None = None,
 
 def evaluate_workdir(workdir: str, *, split: str = "test",
                      runner: ClassificationTask | None = None, task_spec: str | None = None,
-                     out: str | None = None) -> dict:
-  """The best checkpoint of a fine-tuning workdir on `split`: report, printed and written."""
+                     out: str | None = None, run: dict | None = None) -> dict:
+  """The best checkpoint of a fine-tuning workdir on `split`: report, printed and written.
+  `run`: fields about the run that trained it, written with the report."""
   runner, state, info, step = load_best(workdir, task_spec=task_spec, runner=runner)
   report = runner.report(state.eval_params, split)
-  report.update(step=step, task=info["task"], init=info["init"])
+  report.update(step=step, task=info["task"], init=info["init"], **(run or {}))
   if runner.is_main:
     write_report(workdir, split, report, out)
   return report
