@@ -49,12 +49,15 @@ pretrain-embedded-modern: install
 	$(VENV)/bin/jaxpt pretrain --config=embedded_modern --workdir=workdirs/embedded_modern
 
 # Tests fetch the Debian packages of the recipes: they may refresh apt's lists (fresh machines).
+# The `jaxpt` command backs large host blocks with huge pages itself (jaxpt/cli/allocator.py);
+# the test processes that call the library in-process get the same tunable here.
+TEST_ENV := JAXPT_APT_UPDATE=1 GLIBC_TUNABLES=glibc.malloc.hugetlb=1
 test: install
-	JAXPT_APT_UPDATE=1 $(PY) -m pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 # The unit tier: no end-to-end runs (`slow`); a few minutes on 2 cores.
 test-fast: install
-	JAXPT_APT_UPDATE=1 $(PY) -m pytest $(PYTEST_ARGS) -m "not slow"
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS) -m "not slow"
 
 clean:
 	rm -rf $(WORKDIR)

@@ -21,6 +21,7 @@ import dataclasses
 import datetime
 import functools
 import json
+import os
 import pathlib
 import platform
 import time
@@ -30,6 +31,7 @@ import numpy as np
 from absl import app, flags
 
 from jaxpt import config as config_lib
+from jaxpt.cli import allocator
 from jaxpt import sharding
 from jaxpt.tasks import pretraining
 from jaxpt.train import loop
@@ -61,6 +63,10 @@ _DOCS = flags.DEFINE_integer("docs", 0, "> 0: each synthetic row packs documents
                              "jaxpt gets their segment ids and keeps them apart; HF gets the "
                              "same rows as run_mlm's concatenated blocks (no document mask).")
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "With --compare: alternating rounds per side.")
+_HUGE = flags.DEFINE_enum("huge_pages", "jaxpt", ["jaxpt", "both", "none"],
+                          "Which sides run with glibc's huge-page tunable "
+                          "(jaxpt/cli/allocator.py): jaxpt's, as the `jaxpt` command sets it "
+                          "for itself (the default); both; neither.")
 _SIDE = flags.DEFINE_enum("side", "", ["", "jaxpt", "hf"], "Internal: measure one side only "
                           "and print its JSON line.")
 _SWEEP = flags.DEFINE_list("sweep_batch_sizes", [], "Measure each preset at each of these "
@@ -309,6 +315,15 @@ def _peak_rss() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
+def _side_env(side: str) -> dict[str, str]:
+  """The side's environment: with or without the allocator tunable, as `--huge_pages` says."""
+  base = allocator.untuned_environment(dict(os.environ))
+  if _HUGE.value == "both" or (_HUGE.value == "jaxpt" and side == "jaxpt"):
+    unset = {k: v for k, v in base.items() if k != allocator.OPT_OUT}
+    return allocator.tuned_here(unset) or base
+  return base
+
+
 def compare(preset: str) -> list[dict]:
   """Alternates subprocesses of each side; returns the per-run rows."""
   import subprocess
@@ -322,7 +337,7 @@ def compare(preset: str) -> list[dict]:
   for _ in range(_ROUNDS.value):
     for side in ("jaxpt", "hf"):
       proc = subprocess.run([sys.executable, __file__, f"--side={side}", *passthrough],
-                            capture_output=True, text=True, check=False)
+                            capture_output=True, text=True, check=False, env=_side_env(side))
       if proc.returncode:
         raise SystemExit(f"{side} run failed:\n{proc.stderr[-3000:]}")
       rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -364,9 +379,12 @@ def _chart(rows: list[dict], path: str) -> None:
 
 def main(argv):
   del argv
+  if not _SIDE.value and not _COMPARE.value and _HUGE.value != "none":
+    allocator.reexec_with_huge_pages()  # as the `jaxpt` command does
   if _SIDE.value:
     preset = _PRESETS.value[0]
     row = measure(preset) if _SIDE.value == "jaxpt" else measure_hf(preset)
+    row["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES", "")
     if _SIDE.value == "jaxpt":
       row.update(side="jaxpt", process_peak_rss_bytes=_peak_rss())
       row["peak_memory_bytes"] = row["process_peak_rss_bytes"]  # like for like with torch

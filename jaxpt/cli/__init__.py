@@ -12,8 +12,8 @@ import textwrap
 
 from absl import flags
 
-from jaxpt.cli import (compress, fill_mask, finetune, fusion, generate, hf, plot, prepare,
-                       pretrain)
+from jaxpt.cli import (allocator, compress, fill_mask, finetune, fusion, generate, hf, plot,
+                       prepare, pretrain)
 from jaxpt.cli.common import UsageError
 from jaxpt.config import resolve_preset
 from jaxpt.errors import UserError
@@ -86,6 +86,8 @@ def _did_you_mean(argv: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+  if argv is None:  # the `jaxpt` command itself, not a call from Python with its own argv
+    allocator.reexec_with_huge_pages()
   argv = list(sys.argv if argv is None else argv)
   if len(argv) < 2:  # no command: usage, and a failing status for scripts
     print(_usage(), file=sys.stderr)
