@@ -228,23 +228,35 @@ def run_one(args, task_name: str, size: int, start: str, seed: int) -> dict:
   return result
 
 
+def cached_fusion(path: pathlib.Path, seeds: list[int]) -> dict | None:
+  """A cell's saved ensemble or soup if it fused exactly `seeds` (files written before the
+  seeds were recorded: if it had as many members), else None."""
+  if not path.exists():
+    return None
+  cached = json.loads(path.read_text())
+  if "seeds" in cached:
+    return cached if cached["seeds"] == list(seeds) else None
+  return cached if len(cached.get("members", ())) == len(seeds) else None
+
+
 def fuse(args, task: str, size: int, start: str, seeds: list[int], kind: str) -> dict | None:
   """The ensemble (or soup) of a cell's seeds, scored on the test split; cached."""
   from jaxpt import fusion
   cell = _cell_dir(args, task, size, start)
   path = cell / f"{kind}.json"
-  if path.exists():
-    return json.loads(path.read_text())
-  runs = [str(cell / f"seed{seed}") for seed in seeds]
-  if len(runs) < 2:
+  if len(seeds) < 2:
     return None
+  cached = cached_fusion(path, seeds)
+  if cached:
+    return cached
+  runs = [str(cell / f"seed{seed}") for seed in seeds]
   cpu = time.process_time()
   if kind == "ensemble":
     report = fusion.ensemble(runs, str(cell / "ensemble_out"))
   else:
     report = fusion.soup(runs, str(cell / "soup_out"), overwrite=True)
   out = {"f1_macro": report["f1_macro"], "cpu_s": time.process_time() - cpu,
-         "members": [m.get("f1_macro") for m in report["members"]]}
+         "seeds": list(seeds), "members": [m.get("f1_macro") for m in report["members"]]}
   path.write_text(json.dumps(out, indent=2) + "\n")
   return out
 

@@ -145,3 +145,23 @@ def test_the_default_recipe_learns_a_planted_task_from_scratch(tmp_path):
   predicted = np.sum(report["confusion_matrix"], 0)  # test examples per predicted class
   assert report["f1_macro"] > 0.8, report  # the majority class scores 0.17
   assert predicted.max() < 64
+
+
+def test_the_scoreboard_reuses_an_ensemble_only_of_the_same_seeds(tmp_path):
+  """benchmarks/finetune_report.py caches each cell's ensemble and soup: a later run with other
+  seeds (one seed, or two of three) must not report the cached three-seed fusion as its own."""
+  import importlib.util
+  from test_cli import REPO
+  spec = importlib.util.spec_from_file_location(
+      "finetune_report", os.path.join(REPO, "benchmarks", "finetune_report.py"))
+  report = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(report)
+  path = tmp_path / "ensemble.json"
+  assert report.cached_fusion(path, [0, 1, 2]) is None
+  path.write_text(json.dumps({"f1_macro": 0.5, "seeds": [0, 1, 2], "members": [0.4, 0.5, 0.6]}))
+  assert report.cached_fusion(path, [0, 1, 2])["f1_macro"] == 0.5
+  assert report.cached_fusion(path, [0, 1]) is None
+  assert report.cached_fusion(path, [1, 2, 3]) is None
+  path.write_text(json.dumps({"f1_macro": 0.5, "members": [0.4, 0.5, 0.6]}))  # before "seeds"
+  assert report.cached_fusion(path, [0, 1, 2])["f1_macro"] == 0.5
+  assert report.cached_fusion(path, [0, 1]) is None
