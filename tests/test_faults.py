@@ -128,14 +128,20 @@ def test_a_best_checkpoint_ahead_of_the_latest_is_dropped(prepared_dir, vocab, u
   assert losses(workdir) == losses(uninterrupted)
 
 
+@pytest.mark.parametrize("damaged", ["chunk", "metadata"])
 def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous(prepared_dir, vocab,
-                                                                    uninterrupted, tmp_path):
+                                                                    uninterrupted, tmp_path,
+                                                                    damaged):
   workdir = tmp_path / "w"
   _first_half(prepared_dir, vocab, workdir)
-  files = [p for p in (workdir / "checkpoints" / "4" / "state").rglob("*")
-           if p.is_file() and p.stat().st_size > 1000]
-  biggest = max(files, key=lambda p: p.stat().st_size)
-  biggest.write_bytes(biggest.read_bytes()[:100])  # a truncated chunk
+  state = workdir / "checkpoints" / "4" / "state"
+  if damaged == "chunk":  # the largest array data file (how Orbax splits them varies)
+    victim = max((p for p in state.glob("ocdbt.process_*/d/*") if p.is_file()),
+                 key=lambda p: p.stat().st_size)
+  else:  # the state's tree metadata, read for the shapes before any array
+    victim = state / "_METADATA"
+  assert victim.stat().st_size > 1000, victim
+  victim.write_bytes(victim.read_bytes()[:100])  # truncated
   proc = _second_half(prepared_dir, vocab, workdir)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "checkpoints/4 is unreadable" in proc.stdout, proc.stdout

@@ -407,7 +407,12 @@ def _read_latest(task: Task, mesh, checkpointer, workdir: str, say) -> tuple:
     segments = schedule_segments(data.get("schedule_segments", []),
                                  int(data.get("num_steps", 0)), step, task.num_steps)
     program = build_program(task, mesh, segments)
-    problems = checkpointer.mismatches(step, program.abstract_state)
+    try:  # the state's own metadata file (shapes) may be the damaged one
+      problems = checkpointer.mismatches(step, program.abstract_state)
+    except Exception as e:  # noqa: BLE001
+      unreadable.append((step, ckpt_lib.describe_error(e)))
+      say(f"{where} is unreadable: {unreadable[-1][1]}")
+      continue
     if problems:
       changed = [f"{section}.{k}" for section in ("model", "optim")
                  for k, v in dataclasses.asdict(getattr(cfg, section)).items()
