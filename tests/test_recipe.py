@@ -61,6 +61,17 @@ def test_a_decay_branches_off_a_stable_run_and_continues_it_exactly(prepared_dir
   assert not (tmp_path / "other" / "checkpoints").exists() or not os.listdir(
       tmp_path / "other" / "checkpoints")
 
+  # A damaged source step is one line naming it, and nothing is written.
+  metadata = stable / "checkpoints" / "20" / "state" / "_METADATA"
+  metadata.write_bytes(metadata.read_bytes()[:100])
+  proc = run(command(prepared_dir, tmp_path / "damaged", vocab, *wsd,
+                     f"--config.train.branch_from={stable}:20", "--config.train.num_steps=26"))
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert f"{stable}/checkpoints/20 is unreadable" in proc.stderr
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert not (tmp_path / "damaged" / "checkpoints").exists() or not os.listdir(
+      tmp_path / "damaged" / "checkpoints")
+
 
 def test_the_moving_average_follows_its_recurrence_and_is_what_the_workdir_gives(
     prepared_dir, vocab, tmp_path):

@@ -471,20 +471,32 @@ def _read_branch(task: Task, mesh, say) -> tuple:
       raise TrainError(f"config.train.branch_from={spec}: no checkpoint at step "
                        f"{step} in {directory} (steps: {sorted(steps)})")
     where = f"{directory}/{step}"
-    data, saved = source.restore_metadata(step)
+    try:
+      data, saved = source.restore_metadata(step)
+    except Exception as e:  # noqa: BLE001 (any reason a file cannot be read)
+      raise TrainError(f"config.train.branch_from={spec}: {where} is unreadable: "
+                       f"{ckpt_lib.describe_error(e)}") from None
     schedule = saved.get("optim", {}).get("schedule")
     if schedule != "wsd":
       raise TrainError(f"config.train.branch_from={spec}: {where} was trained with "
                        f"optim.schedule={schedule!r}; a decay branches off the stable phase "
                        "of a wsd run")
     program = build_program(task, mesh)
-    problems = source.mismatches(step, program.abstract_state)
+    try:
+      problems = source.mismatches(step, program.abstract_state)
+    except Exception as e:  # noqa: BLE001
+      raise TrainError(f"config.train.branch_from={spec}: {where} is unreadable: "
+                       f"{ckpt_lib.describe_error(e)}") from None
     if problems:
       raise TrainError(f"{where} does not fit this run: {'; '.join(problems)}")
     _check_config(task, saved, data, where)
     task.check_resume(data, where)
-    with jax.set_mesh(program.mesh):
-      state, _, _ = source.restore(step, program.abstract_state)
+    try:
+      with jax.set_mesh(program.mesh):
+        state, _, _ = source.restore(step, program.abstract_state)
+    except Exception as e:  # noqa: BLE001
+      raise TrainError(f"config.train.branch_from={spec}: {where} is unreadable: "
+                       f"{ckpt_lib.describe_error(e)}") from None
   finally:
     source.close()
   if step >= task.num_steps:
