@@ -385,6 +385,32 @@ class Resumed:
   config: dict
 
 
+class _Unreadable(Exception):
+  """A checkpoint file that could not be read; the message is the reason, in one line."""
+
+
+def _readable(read):
+  """read(), any failure of it re-raised as _Unreadable. Only the reads go through this: a
+  check that fails after a good read (a config that does not fit) is not "unreadable"."""
+  try:
+    return read()
+  except Exception as e:  # noqa: BLE001 (any reason a file cannot be read)
+    raise _Unreadable(ckpt_lib.describe_error(e)) from None
+
+
+def _json_items(items: tuple) -> tuple:
+  data, saved = items
+  if not isinstance(data, dict) or not isinstance(saved, dict):
+    raise ValueError("the data or config item is not a JSON object")
+  return data, saved
+
+
+def _restore_state(checkpointer, step: int, program) -> TrainState:
+  with jax.set_mesh(program.mesh):
+    state, _, _ = checkpointer.restore(step, program.abstract_state)
+  return state
+
+
 def _read_latest(task: Task, mesh, checkpointer, workdir: str, say) -> tuple:
   """(program, Resumed, schedule segments) from the newest readable checkpoint, or
   (program, None, []) for none.
@@ -397,37 +423,25 @@ def _read_latest(task: Task, mesh, checkpointer, workdir: str, say) -> tuple:
   for step in sorted(checkpointer.all_steps(), reverse=True):
     where = f"{checkpointer.directory}/{step}"
     try:
-      data, saved = checkpointer.restore_metadata(step)
-      if not isinstance(data, dict) or not isinstance(saved, dict):
-        raise ValueError("the data or config item is not a JSON object")
-    except Exception as e:  # noqa: BLE001 (any reason a file cannot be read)
-      unreadable.append((step, ckpt_lib.describe_error(e)))
-      say(f"{where} is unreadable: {unreadable[-1][1]}")
-      continue
-    segments = schedule_segments(data.get("schedule_segments", []),
-                                 int(data.get("num_steps", 0)), step, task.num_steps)
-    program = build_program(task, mesh, segments)
-    try:  # the state's own metadata file (shapes) may be the damaged one
-      problems = checkpointer.mismatches(step, program.abstract_state)
-    except Exception as e:  # noqa: BLE001
-      unreadable.append((step, ckpt_lib.describe_error(e)))
-      say(f"{where} is unreadable: {unreadable[-1][1]}")
-      continue
-    if problems:
-      changed = [f"{section}.{k}" for section in ("model", "optim")
-                 for k, v in dataclasses.asdict(getattr(cfg, section)).items()
-                 if saved.get(section, {}).get(k) != v]
-      raise TrainError(f"{where} does not fit this run"
-                       + (f" ({', '.join(changed)} changed)" if changed else "")
-                       + f": {'; '.join(problems)}")
-    _check_config(task, saved, data, where)
-    task.check_resume(data, where)
-    try:
-      with jax.set_mesh(program.mesh):
-        state, _, _ = checkpointer.restore(step, program.abstract_state)
-    except Exception as e:  # noqa: BLE001
-      unreadable.append((step, ckpt_lib.describe_error(e)))
-      say(f"{where} is unreadable: {unreadable[-1][1]}")
+      data, saved = _readable(lambda: _json_items(checkpointer.restore_metadata(step)))
+      segments = schedule_segments(data.get("schedule_segments", []),
+                                   int(data.get("num_steps", 0)), step, task.num_steps)
+      program = build_program(task, mesh, segments)
+      # the state's own metadata file (shapes) may be the damaged one
+      problems = _readable(lambda: checkpointer.mismatches(step, program.abstract_state))
+      if problems:
+        changed = [f"{section}.{k}" for section in ("model", "optim")
+                   for k, v in dataclasses.asdict(getattr(cfg, section)).items()
+                   if saved.get(section, {}).get(k) != v]
+        raise TrainError(f"{where} does not fit this run"
+                         + (f" ({', '.join(changed)} changed)" if changed else "")
+                         + f": {'; '.join(problems)}")
+      _check_config(task, saved, data, where)
+      task.check_resume(data, where)
+      state = _readable(lambda: _restore_state(checkpointer, step, program))
+    except _Unreadable as e:
+      unreadable.append((step, str(e)))
+      say(f"{where} is unreadable: {e}")
       continue
     if unreadable:
       _sync("jaxpt_set_aside")
@@ -472,31 +486,21 @@ def _read_branch(task: Task, mesh, say) -> tuple:
                        f"{step} in {directory} (steps: {sorted(steps)})")
     where = f"{directory}/{step}"
     try:
-      data, saved = source.restore_metadata(step)
-    except Exception as e:  # noqa: BLE001 (any reason a file cannot be read)
-      raise TrainError(f"config.train.branch_from={spec}: {where} is unreadable: "
-                       f"{ckpt_lib.describe_error(e)}") from None
-    schedule = saved.get("optim", {}).get("schedule")
-    if schedule != "wsd":
-      raise TrainError(f"config.train.branch_from={spec}: {where} was trained with "
-                       f"optim.schedule={schedule!r}; a decay branches off the stable phase "
-                       "of a wsd run")
-    program = build_program(task, mesh)
-    try:
-      problems = source.mismatches(step, program.abstract_state)
-    except Exception as e:  # noqa: BLE001
-      raise TrainError(f"config.train.branch_from={spec}: {where} is unreadable: "
-                       f"{ckpt_lib.describe_error(e)}") from None
-    if problems:
-      raise TrainError(f"{where} does not fit this run: {'; '.join(problems)}")
-    _check_config(task, saved, data, where)
-    task.check_resume(data, where)
-    try:
-      with jax.set_mesh(program.mesh):
-        state, _, _ = source.restore(step, program.abstract_state)
-    except Exception as e:  # noqa: BLE001
-      raise TrainError(f"config.train.branch_from={spec}: {where} is unreadable: "
-                       f"{ckpt_lib.describe_error(e)}") from None
+      data, saved = _readable(lambda: _json_items(source.restore_metadata(step)))
+      schedule = saved.get("optim", {}).get("schedule")
+      if schedule != "wsd":
+        raise TrainError(f"config.train.branch_from={spec}: {where} was trained with "
+                         f"optim.schedule={schedule!r}; a decay branches off the stable "
+                         "phase of a wsd run")
+      program = build_program(task, mesh)
+      problems = _readable(lambda: source.mismatches(step, program.abstract_state))
+      if problems:
+        raise TrainError(f"{where} does not fit this run: {'; '.join(problems)}")
+      _check_config(task, saved, data, where)
+      task.check_resume(data, where)
+      state = _readable(lambda: _restore_state(source, step, program))
+    except _Unreadable as e:
+      raise TrainError(f"config.train.branch_from={spec}: {where} is unreadable: {e}") from None
   finally:
     source.close()
   if step >= task.num_steps:
